@@ -1,0 +1,3 @@
+"""patentqa: multimodal question answering over scanned patent PDFs."""
+
+__version__ = "0.1.0"

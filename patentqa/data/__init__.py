@@ -1,0 +1,1 @@
+"""Corpus reading and validation, page rendering, question routing, split, synthetic patents."""

@@ -1,0 +1,165 @@
+"""Page images: each PDF page rendered once, at the size the model will see, into a cache.
+
+The seed rendered every page at 600 DPI and let the processor throw most pixels away.
+Here each page is rendered straight to the size Qwen's ``smart_resize`` gives for the
+pixel budget (multiples of the image factor, at most ``max_pixels``), so the processor
+does not resize it again and training and inference read the same file.
+
+Cache key: PDF content hash, 1-based page, pixel budget, colour space and format. Files are
+written atomically (temp file + rename), rendering runs in a process pool, one task per
+document, and pages already in the cache are never rendered again.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import pymupdf
+from tqdm import tqdm
+
+from patentqa.data.corpus import Document, Problem
+
+_REFERENCE_DPI = 600  # page size used to derive the target grid (the seed's render size)
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """How pages are rendered; every field is part of the cache key."""
+
+    max_pixels: int
+    min_pixels: int = 3136
+    factor: int = 28
+    colorspace: str = "rgb"  # "gray" halves bytes for black-and-white scans
+    format: str = "jpeg"
+    jpeg_quality: int = 90
+
+    def key(self) -> str:
+        quality = f"-q{self.jpeg_quality}" if self.format == "jpeg" else ""
+        return f"px{self.max_pixels}-min{self.min_pixels}-f{self.factor}-{self.colorspace}{quality}"
+
+    @property
+    def suffix(self) -> str:
+        return ".jpg" if self.format == "jpeg" else ".png"
+
+
+@dataclass
+class RenderResult:
+    """Paths of every rendered page plus what happened."""
+
+    paths: dict[tuple[str, int], Path]
+    rendered: int
+    cached: int
+    problems: list[Problem]
+
+
+def target_size(width_pt: float, height_pt: float, spec: RenderSpec) -> tuple[int, int]:
+    """(width, height) in pixels that Qwen's smart_resize maps a page of this size to."""
+    from qwen_vl_utils.vision_process import smart_resize
+
+    scale = _REFERENCE_DPI / 72
+    height, width = smart_resize(round(height_pt * scale), round(width_pt * scale), factor=spec.factor,
+                                 min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
+    return width, height
+
+
+def page_path(cache_dir: Path, document: Document, page: int, spec: RenderSpec) -> Path:
+    """Content-addressed location of one rendered page (1-based)."""
+    return cache_dir / document.sha256[:2] / document.sha256 / spec.key() / f"p{page:04d}{spec.suffix}"
+
+
+def render_page(page: pymupdf.Page, size: tuple[int, int], spec: RenderSpec) -> pymupdf.Pixmap:
+    """Rasterise one page to exactly ``size`` pixels."""
+    width, height = size
+    matrix = pymupdf.Matrix(width / page.rect.width, height / page.rect.height)
+    colorspace = pymupdf.csGRAY if spec.colorspace == "gray" else pymupdf.csRGB
+    pixmap = page.get_pixmap(matrix=matrix, colorspace=colorspace, alpha=False)
+    if (pixmap.width, pixmap.height) != size:  # rounding of the clip rectangle
+        pixmap = pymupdf.Pixmap(pixmap, width, height, None)
+    return pixmap
+
+
+def _save_atomic(pixmap: pymupdf.Pixmap, target: Path, spec: RenderSpec) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=spec.suffix)
+    os.close(handle)
+    try:
+        if spec.format == "jpeg":
+            pixmap.save(tmp, output="jpeg", jpg_quality=spec.jpeg_quality)
+        else:
+            pixmap.save(tmp, output="png")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _page_sizes(pdf: Path, pages: list[int], spec: RenderSpec) -> dict[int, tuple[int, int]]:
+    """Target pixel size of each page (computed in the parent: workers stay free of torch)."""
+    with pymupdf.open(pdf) as doc:
+        rects = {page: doc.load_page(page - 1).rect for page in pages}
+    return {page: target_size(rect.width, rect.height, spec) for page, rect in rects.items()}
+
+
+def _render_document(pdf: str, jobs: list[tuple[int, str, tuple[int, int]]],
+                     spec: RenderSpec) -> list[tuple[int, str | None]]:
+    """Worker: render (page, target path, size) jobs of one PDF; (page, error or None) each."""
+    outcome: list[tuple[int, str | None]] = []
+    with pymupdf.open(pdf) as doc:
+        for page_no, target, size in jobs:
+            try:
+                _save_atomic(render_page(doc.load_page(page_no - 1), size, spec), Path(target), spec)
+                outcome.append((page_no, None))
+            except Exception as error:  # one bad page must not stop the document
+                outcome.append((page_no, f"{type(error).__name__}: {error}"))
+    return outcome
+
+
+def render_documents(documents: list[Document], cache_dir: str | Path, spec: RenderSpec,
+                     workers: int | None = None, progress: bool = True) -> RenderResult:
+    """Render every page of ``documents`` that is not cached yet; return all page paths."""
+    cache_dir = Path(cache_dir)
+    result = RenderResult(paths={}, rendered=0, cached=0, problems=[])
+    todo: dict[Document, list[tuple[int, str]]] = {}
+    for document in documents:
+        for page in range(1, document.page_count + 1):
+            path = page_path(cache_dir, document, page, spec)
+            result.paths[(document.name, page)] = path
+            if path.is_file():
+                result.cached += 1
+            else:
+                todo.setdefault(document, []).append((page, str(path)))
+    total = sum(len(jobs) for jobs in todo.values())
+    if not total:
+        return result
+    sized: dict[Document, list[tuple[int, str, tuple[int, int]]]] = {}
+    for document, jobs in todo.items():
+        try:
+            sizes = _page_sizes(document.path, [page for page, _ in jobs], spec)
+        except Exception as error:  # the PDF changed or broke since it was inspected
+            result.problems.append(Problem(str(document.path), f"cannot read page sizes ({error})"))
+            for page, _ in jobs:
+                result.paths.pop((document.name, page), None)
+            continue
+        sized[document] = [(page, path, sizes[page]) for page, path in jobs]
+    total = sum(len(jobs) for jobs in sized.values())
+    workers = max(1, min(workers or os.cpu_count() or 1, len(sized)))
+    with ProcessPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=total, unit="page", desc="render pages", disable=not progress) as bar:
+        futures = {pool.submit(_render_document, str(d.path), jobs, spec): d for d, jobs in sized.items()}
+        for future in as_completed(futures):
+            document = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as error:  # the PDF could not be opened in the worker
+                outcome = [(page, f"{type(error).__name__}: {error}") for page, _ in todo[document]]
+            for page, error in outcome:
+                if error:
+                    result.problems.append(Problem(str(document.path), f"page {page} failed to render ({error})"))
+                    result.paths.pop((document.name, page), None)
+                else:
+                    result.rendered += 1
+            bar.update(len(outcome))
+    return result
