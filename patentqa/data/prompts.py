@@ -1,0 +1,248 @@
+"""The one prompt builder: the only code that writes prompt text.
+
+``build_prompt`` returns a structured ``Prompt`` (ordered text and image parts, each image
+with its pixel budget). Renderers turn that one structure into an ms-swift SFT row,
+transformers chat messages, a vLLM request or OpenAI content parts, so training and every
+inference engine see the same words, images and budgets.
+
+Prompt forms (which one a question gets is routing's decision, see ``prompt_form``):
+- ``with_context``: page question; asked page + retrieved pages;
+- ``figure_only``: page question answerable from the figure alone; asked page, bigger budget;
+- ``document``: whole-patent question; retrieved pages.
+Variants (config group ``prompt``): ``seed_b`` (the seed's round-B templates verbatim) and
+``page_labels`` (each image labelled 第N页：, the asked page named in the text).
+"""
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Any, Union
+
+from patentqa.data.questions import parse_question
+
+FORMS: tuple[str, ...] = ("with_context", "figure_only", "document")
+IMAGE_TAG = "<image>"
+
+_INTRO = "你是一个专利内容分析专家，请根据我提供的专利内容回答我的问题。\n"
+_ASK = "请你在分析专利内容后，回答我的问题：\n【我的问题】【{question}】\n"
+_THINK = "请仔细思考，在思考结束后，请直接给出你的答案："
+_THINK_POSITION = ("请仔细思考，你需要特别注意，图中部件的上下、前后、左右位置判断应以标号线所指代的实际结构为准，"
+                   "而不是仅凭直观看数字。在思考结束后，请直接给出你的答案：")
+
+
+@dataclass(frozen=True)
+class PageImage:
+    """A rendered page: its 1-based number and image file."""
+
+    page: int
+    path: str
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """One image in a prompt, with the pixel budget it is shown at."""
+
+    path: str
+    page: int
+    max_pixels: int
+    min_pixels: int
+
+
+Part = Union[str, ImagePart]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Ordered text and image parts; adjacent strings are merged by the builder."""
+
+    parts: tuple[Part, ...]
+    form: str = "text"
+
+    @property
+    def images(self) -> list[ImagePart]:
+        return [part for part in self.parts if isinstance(part, ImagePart)]
+
+    def text(self, image_tag: str = IMAGE_TAG) -> str:
+        """The prompt text with ``image_tag`` where each image goes."""
+        return "".join(part if isinstance(part, str) else image_tag for part in self.parts)
+
+    def pixel_budget(self) -> tuple[int, int] | None:
+        """(max_pixels, min_pixels) shared by every image, or None for a text-only prompt."""
+        budgets = {(image.max_pixels, image.min_pixels) for image in self.images}
+        if len(budgets) > 1:
+            raise ValueError(f"images of one prompt have different budgets: {sorted(budgets)}")
+        return budgets.pop() if budgets else None
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """The ``prompt`` config group."""
+
+    name: str
+    max_pixels: dict[str, int]
+    min_pixels: int = 3136
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> PromptConfig:
+        return cls(name=str(cfg.name), max_pixels={str(k): int(v) for k, v in dict(cfg.max_pixels).items()},
+                   min_pixels=int(cfg.min_pixels))
+
+    def budget(self, form: str) -> int:
+        return self.max_pixels["figure_only" if form == "figure_only" else "with_context"]
+
+
+def prompt_form(question: str, figure_only: bool | None = None) -> str:
+    """Default routing: whole-patent questions → document; position questions → figure only.
+
+    ``figure_only`` overrides the rule for page questions (e.g. the seed's LLM classifier).
+    """
+    parsed = parse_question(question)
+    if parsed.page is None:
+        return "document"
+    if figure_only is None:
+        figure_only = parsed.kind == "figure_position"
+    return "figure_only" if figure_only else "with_context"
+
+
+def build_prompt(config: PromptConfig, question: str, form: str, asked: PageImage | None,
+                 context: list[PageImage]) -> Prompt:
+    """The prompt for one question in one form; ``context`` pages come sorted by the retriever."""
+    if form not in FORMS:
+        raise ValueError(f"unknown prompt form {form!r}; expected one of {FORMS}")
+    if form != "document" and asked is None:
+        raise ValueError(f"form {form!r} needs the asked page")
+    budget = config.budget(form)
+
+    def image(page: PageImage) -> list[Part]:
+        part = ImagePart(page.path, page.page, budget, config.min_pixels)
+        return [f"第{page.page}页：", part] if config.name == "page_labels" else [part]
+
+    labelled = config.name == "page_labels"
+    where = f"第{asked.page}页" if labelled and asked else "这页"
+    parts: list[Part] = [_INTRO]
+    if form == "document":
+        parts += ["专利内容为：\n", *[p for page in context for p in image(page)], "\n\n"]
+    else:
+        parts += [f"该问题针对于{where}专利内容里面的图进行提问：\n", *image(asked), "\n\n"]  # type: ignore[arg-type]
+        if form == "with_context":
+            parts += ["其他的相关专利内容为：\n", *[p for page in context for p in image(page)], "\n\n"]
+    parts.append(_ASK.format(question=question))
+    hint = form == "figure_only" and "位置" in question
+    parts.append(_THINK_POSITION if hint else _THINK)
+    return Prompt(parts=_merge(parts), form=form)
+
+
+def _merge(parts: list[Part]) -> tuple[Part, ...]:
+    merged: list[Part] = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        elif part != "":
+            merged.append(part)
+    return tuple(merged)
+
+
+# --- the seed's two text-only helper calls -------------------------------------------------
+
+CLASSIFIER_PROMPT = (
+    '你是一个内容分类专家，请判断用户的这个问题能否直接通过看图回答，还是需要参考其他的相关信息来回答。\n'
+    '    判断规则：已知图是结构图，里面只有部件序号，没有部件名称。如果用户的问题是要通过看图判断某些部件的位置关系，'
+    '这类问题可以直接通过看图回答；如果用户问题涉及到询问部件是什么、部件名称功能和原理等，这些问题需要参考其他的相关信息来回答。\n'
+    '    对于只需要看图回答的问题，请回答字母"Y"；对于需要参考其他的相关信息来回答的问题，请回答字母"N"。\n'
+    '    \n    给你提供一些示例\n'
+    '    示例1： 在文件中第5页提供的图片中，编号为4的部件是什么？\n    解析：询问部件名称，图里面是没有的\n    回答：N\n\n'
+    '    示例2:基于文件中第6页的图片，部件4位于哪个部件的延伸方向上？\n    解析：询问部件位置关系，图里面是可以看出来的\n    回答：Y\n\n'
+    '    示例3:根据文件中第7页的图片，部件41位于部件3的什么位置？\n    解析：询问部件位置关系，图里面是可以看出来的\n    回答：Y\n\n'
+    '    你要判断的用户问题是：\n    '
+)
+
+STYLE_PROMPT = (
+    '你是一个内容提取专家，请从文本中判断，这段描述想表达的准确答案是什么。请仔细思考，在思考结束后，输出简要的答案（通常20个字词以内）。'
+    '\n    为了便于你回答，我给你提供几个示例：\n    示例1\n'
+    '    文本内容为："根据专利内容和图2的描述：\\n\\n- 编号为15的部件是**滤网**。\\n- 编号为12的部件是**连接法兰**。\\n\\n'
+    '从图2中可以看出，滤网（15）位于连接法兰（12）的**下方**。\\n\\n因此，正确答案是在12的下方"\n'
+    '    输出的答案为：在12的下方\n\n    示例2\n'
+    '    文本内容为："根据专利内容，调节可移动折弯模架的位置是通过丝杆机构（部件7）实现的。丝杆机构包括丝杆（71）和丝杆滑块（72），'
+    '通过调节手轮（74）转动丝杆，从而带动丝杆滑块移动，进而控制导轨滑块（6）沿导轨（5）移动，最终实现可移动折弯模架（1）的位置调节。'
+    '因此，首先需要操作的部件是丝杆机构（部件7）。"\n    输出的答案为：部件7\n\n    示例3\n'
+    '    文本内容为："该专利提供了一种用于滚筒输送机的货物靠边规整处理机构，通过倾斜设置的转辊和联动皮带，实现货物自动靠边规整，减少损伤，提高输送效率。"\n'
+    '    输出的答案为：实现货物自动靠边规整\n\n    示例4:\n    文本内容为："定位杆"\n    输出的答案为： 定位杆\n\n'
+    '    示例5:\n    文本内容为："部件22位于部件23的左侧"\n    输出的答案为： 部件22位于部件23的左侧\n    '
+)
+
+
+def classifier_prompt(question: str) -> Prompt:
+    """The seed's Y/N classifier: can the figure alone answer this page question?"""
+    return Prompt(parts=(CLASSIFIER_PROMPT + question + "\n请直接回答分类结果，不要解释，你的答案为：",))
+
+
+def parse_classifier_answer(text: str) -> bool:
+    """True (figure only) when the classifier's output contains Y or y, as in the seed."""
+    return "Y" in text or "y" in text
+
+
+def style_prompt(raw_answer: str, style_answers: list[str]) -> Prompt:
+    """The seed's style pass: shorten a raw answer, shown answers of similar training questions."""
+    examples = "回答风格示例: " + "".join(answer + "\n" for answer in style_answers) + "\n\n"
+    text = (STYLE_PROMPT + "同时为了便于你回答，我再给你提供一些答案的风格示例：\n" + examples + "\n"
+            + "你要判断的文本内容为：\n" + raw_answer
+            + "请直接回答文本想要表达的准确答案（风格和前面的示例类似，通常20个字词以内，并且不要改变原始回答的意思），不要解释，你输出的答案为：")
+    return Prompt(parts=(text,))
+
+
+# --- renderers -----------------------------------------------------------------------------
+
+def to_swift_row(prompt: Prompt, answer: str) -> dict[str, Any]:
+    """An ms-swift SFT row: ``<image>`` tags in order, images, the row's pixel budget."""
+    row: dict[str, Any] = {"messages": [{"role": "user", "content": prompt.text(IMAGE_TAG)},
+                                        {"role": "assistant", "content": answer}],
+                           "images": [image.path for image in prompt.images]}
+    budget = prompt.pixel_budget()
+    if budget:
+        row["chat_template_kwargs"] = {"max_pixels": budget[0], "min_pixels": budget[1]}
+    return row
+
+
+def to_chat_messages(prompt: Prompt) -> list[dict[str, Any]]:
+    """transformers / qwen-vl-utils chat messages (images carry their budgets)."""
+    content: list[dict[str, Any]] = []
+    for part in prompt.parts:
+        if isinstance(part, str):
+            content.append({"type": "text", "text": part})
+        else:
+            content.append({"type": "image", "image": part.path,
+                            "max_pixels": part.max_pixels, "min_pixels": part.min_pixels})
+    return [{"role": "user", "content": content}]
+
+
+def load_images(prompt: Prompt, factor: int = 28) -> list[Any]:
+    """The PIL images of a prompt, resized to their budgets exactly as qwen-vl-utils does."""
+    from qwen_vl_utils import fetch_image
+
+    return [fetch_image({"image": part.path, "max_pixels": part.max_pixels, "min_pixels": part.min_pixels},
+                        image_patch_size=factor // 2) for part in prompt.images]
+
+
+def to_vllm_request(prompt: Prompt, processor: Any, factor: int = 28) -> dict[str, Any]:
+    """A vLLM request: the chat-templated prompt string and its (already budgeted) images."""
+    text = processor.apply_chat_template(to_chat_messages(prompt), tokenize=False, add_generation_prompt=True)
+    request: dict[str, Any] = {"prompt": text}
+    if prompt.images:
+        request["multi_modal_data"] = {"image": load_images(prompt, factor)}
+    return request
+
+
+def to_openai_content(prompt: Prompt, factor: int = 28) -> list[dict[str, Any]]:
+    """OpenAI chat content parts; images as base64 JPEG data URLs at their budget."""
+    images = iter(load_images(prompt, factor))
+    content: list[dict[str, Any]] = []
+    for part in prompt.parts:
+        if isinstance(part, str):
+            content.append({"type": "text", "text": part})
+        else:
+            buffer = io.BytesIO()
+            next(images).convert("RGB").save(buffer, format="JPEG", quality=95)
+            url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+            content.append({"type": "image_url", "image_url": {"url": url}})
+    return content
