@@ -1,0 +1,377 @@
+"""Tiny random Qwen2.5-VL / Qwen2-VL checkpoints for tests, built offline in seconds.
+
+Nothing is downloaded: a byte-level BPE tokenizer is trained on a small embedded Chinese
+patent corpus, padded up to id 151642, and Qwen's special tokens are added at their real
+ids (151643-151664). ms-swift hard-codes those ids (``<|image_pad|>`` = 151655); a tiny
+model with other ids trains, but never expands image tokens.
+
+    tiny_qwen2_5_vl(cache_dir)        -> cache_dir/qwen2_5_vl      (answerer)
+    tiny_qwen2_vl_embedder(cache_dir) -> cache_dir/qwen2_vl_gme    (GME-shaped embedder)
+
+Each directory holds config, safetensors weights, tokenizer, processor, chat template,
+``generation_config.json`` and a ``tiny.json`` marker with the recipe digest; a changed
+recipe rebuilds. Builds go to a temp dir next to the target and are moved into place with
+``os.replace``, so a killed build never leaves a half model.
+
+CLI: ``python -m patentqa.tiny out_dir=DIR`` builds both and prints the paths.
+
+This module imports nothing from ``patentqa`` so every stage may use it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+RECIPE_VERSION = 1
+SEED = 0
+
+# Qwen2.5 / Qwen2.5-VL added tokens, in id order from 151643 (tokenizer_config.json of the
+# real checkpoints). The first 14 are special; the last 8 are ordinary added tokens.
+FIRST_SPECIAL_ID = 151643
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",  # 151643
+    "<|im_start|>",  # 151644
+    "<|im_end|>",  # 151645
+    "<|object_ref_start|>",  # 151646
+    "<|object_ref_end|>",  # 151647
+    "<|box_start|>",  # 151648
+    "<|box_end|>",  # 151649
+    "<|quad_start|>",  # 151650
+    "<|quad_end|>",  # 151651
+    "<|vision_start|>",  # 151652
+    "<|vision_end|>",  # 151653
+    "<|vision_pad|>",  # 151654
+    "<|image_pad|>",  # 151655
+    "<|video_pad|>",  # 151656
+)
+EXTRA_TOKENS: tuple[str, ...] = (
+    "<tool_call>",  # 151657
+    "</tool_call>",  # 151658
+    "<|fim_prefix|>",  # 151659
+    "<|fim_middle|>",  # 151660
+    "<|fim_suffix|>",  # 151661
+    "<|fim_pad|>",  # 151662
+    "<|repo_name|>",  # 151663
+    "<|file_sep|>",  # 151664
+)
+TOKENIZER_LEN = FIRST_SPECIAL_ID + len(SPECIAL_TOKENS) + len(EXTRA_TOKENS)  # 151665, as Qwen
+VOCAB_SIZE = 151680  # embedding rows: >= TOKENIZER_LEN, a multiple of 64
+
+BPE_VOCAB_SIZE = 1200  # learned merges/tokens before the filler entries
+
+CORPUS = """\
+本发明公开了一种折叠式电动自行车车架，包括主车架、前叉组件、后平叉和折叠机构。
+所述折叠机构位于主车架的中部，所述锁紧件设置在折叠机构的左侧，所述把手位于前叉组件的上方。
+权利要求1：一种散热装置，其特征在于，包括壳体、风扇和散热片，所述风扇位于壳体的右侧，
+所述散热片设置在风扇的下方，所述壳体的上方设有进风口，所述出风口位于壳体的左侧。
+权利要求2：根据权利要求1所述的散热装置，其特征在于，所述散热片的数量为12片，间距为3毫米。
+图1为本实用新型的结构示意图；图2为图1中A部的局部放大图；图3为部件4的剖视图。
+附图标记说明：1-底座，2-支撑杆，3-连接板，4-转轴，5-电机，6-齿轮，7-传动带，8-卡扣，9-弹簧，10-螺栓。
+部件编号为5的电机位于底座的右侧上方，编号为3的连接板位于支撑杆的左侧下方。
+在文件中第10页的示意图中，编号为7的部件是什么？答：传动带。
+在文件中第3页的示意图中，部件6位于部件5的哪一侧？答：左侧。
+该专利的发明名称是什么？该专利要解决的技术问题是什么？该装置的有益效果是结构简单、成本低、便于维护。
+说明书摘要：本实用新型涉及机械技术领域，具体涉及一种自动化夹持装置，包括机架、气缸、夹爪和控制器。
+实施例一：如图4所示，所述夹爪通过销轴与连接块铰接，所述气缸的活塞杆与连接块固定连接。
+上方 下方 左侧 右侧 前侧 后侧 内侧 外侧 中部 顶部 底部 位于 部件 编号 示意图 附图 第 页
+0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 100 2025 CN 202310123456.7
+The invention relates to a folding frame; claim 1 discloses a heat sink with a fan on the left side.
+"""
+
+# The chat template of the released Qwen2.5-VL-*-Instruct checkpoints (chat_template.json).
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_TEXT_COMMON: dict[str, Any] = {
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,  # head_dim 16; mrope_section sums to head_dim / 2
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 2,
+    "rms_norm_eps": 1e-6,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "pad_token_id": 151643,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+}
+_TOKEN_IDS: dict[str, Any] = {
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "tie_word_embeddings": False,
+}
+
+QWEN2_5_VL_RECIPE: dict[str, Any] = {
+    "name": "qwen2_5_vl",
+    "text_config": _TEXT_COMMON,
+    "vision_config": {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": 64,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [1],
+        "tokens_per_second": 2,
+    },
+}
+QWEN2_VL_GME_RECIPE: dict[str, Any] = {
+    "name": "qwen2_vl_gme",
+    "text_config": _TEXT_COMMON,
+    "vision_config": {
+        "depth": 2,
+        "embed_dim": 32,
+        "hidden_size": 64,  # output width = text hidden size
+        "mlp_ratio": 2,
+        "num_heads": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+}
+
+
+def tiny_qwen2_5_vl(cache_dir: str | Path) -> Path:
+    """Directory of a tiny random Qwen2.5-VL (``cache_dir/qwen2_5_vl``), built if missing."""
+    return _cached(Path(cache_dir) / "qwen2_5_vl", QWEN2_5_VL_RECIPE, _build_qwen2_5_vl)
+
+
+def tiny_qwen2_vl_embedder(cache_dir: str | Path) -> Path:
+    """Directory of a tiny random Qwen2-VL shaped like GME (``cache_dir/qwen2_vl_gme``)."""
+    return _cached(Path(cache_dir) / "qwen2_vl_gme", QWEN2_VL_GME_RECIPE, _build_qwen2_vl)
+
+
+def recipe_digest(recipe: dict[str, Any]) -> str:
+    """Hash of everything that shapes a tiny model; the marker stores it."""
+    blob = json.dumps(
+        {
+            "version": RECIPE_VERSION,
+            "seed": SEED,
+            "recipe": recipe,
+            "corpus": CORPUS,
+            "chat_template": CHAT_TEMPLATE,
+            "tokens": [SPECIAL_TOKENS, EXTRA_TOKENS, BPE_VOCAB_SIZE],
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _is_current(target: Path, digest: str) -> bool:
+    marker = target / "tiny.json"
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("digest") == digest
+    except (OSError, ValueError):
+        return False
+
+
+def _cached(target: Path, recipe: dict[str, Any], build: Callable[[Path, dict[str, Any]], None]) -> Path:
+    """Return ``target`` if its marker matches the recipe, else build it atomically."""
+    digest = recipe_digest(recipe)
+    if _is_current(target, digest):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    try:
+        build(tmp, recipe)
+        marker = {"recipe_version": RECIPE_VERSION, "digest": digest, "name": recipe["name"], "seed": SEED}
+        (tmp / "tiny.json").write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        if target.exists():  # stale recipe: move the old copy aside first
+            if _is_current(target, digest):  # a concurrent build won the race
+                return target
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / "model")
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _is_current(target, digest):  # not a lost race: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _build_tokenizer() -> Any:
+    """Byte-level BPE trained on CORPUS, padded to id 151642, Qwen's added tokens after."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import AddedToken
+    from transformers import Qwen2TokenizerFast
+
+    pretokenize_regex = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pretokenize_regex), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB_SIZE,
+        min_frequency=1,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+    )
+    bpe.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    vocab: dict[str, int] = dict(model["vocab"])
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    # Filler entries: in the vocab, unreachable by any merge, so never produced by encoding.
+    next_id = len(vocab)
+    while next_id < FIRST_SPECIAL_ID:
+        vocab[f"<filler_{next_id}>"] = next_id
+        next_id += 1
+
+    tokenizer = Qwen2TokenizerFast(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|endoftext|>",  # added first, so it lands on 151643; switched below
+        pad_token="<|endoftext|>",
+        model_max_length=32768,
+        errors="replace",
+        split_special_tokens=False,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS], special_tokens=True)
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in EXTRA_TOKENS])
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
+    tokenizer.eos_token = "<|im_end|>"  # as in the released *-Instruct tokenizers
+    tokenizer.chat_template = CHAT_TEMPLATE
+    for i, tok in enumerate(SPECIAL_TOKENS + EXTRA_TOKENS):
+        got = tokenizer.convert_tokens_to_ids(tok)
+        if got != FIRST_SPECIAL_ID + i:
+            raise RuntimeError(f"tiny tokenizer: {tok} got id {got}, expected {FIRST_SPECIAL_ID + i}")
+    if len(tokenizer) != TOKENIZER_LEN:
+        raise RuntimeError(f"tiny tokenizer has {len(tokenizer)} tokens, expected {TOKENIZER_LEN}")
+    return tokenizer
+
+
+def _save_common(out: Path, model: Any, processor: Any) -> None:
+    from transformers import GenerationConfig
+
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=151643,
+        eos_token_id=[151645, 151643],
+        pad_token_id=151643,
+        do_sample=False,
+    ).save_pretrained(out)
+
+
+def _seeded_model(model_cls: Any, config: Any) -> Any:
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = model_cls(config)
+    return model.eval()
+
+
+def _image_processor(cls: Any) -> Any:
+    # pixel budget of the released checkpoints' preprocessor_config.json (min/max_pixels)
+    return cls(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384})
+
+
+def _build_qwen2_5_vl(out: Path, recipe: dict[str, Any]) -> None:
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = _build_tokenizer()
+    config = Qwen2_5_VLConfig(
+        text_config=dict(recipe["text_config"]),
+        vision_config=dict(recipe["vision_config"]),
+        **_TOKEN_IDS,
+    )
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    model = _seeded_model(Qwen2_5_VLForConditionalGeneration, config)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=_image_processor(Qwen2VLImageProcessor),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
+    _save_common(out, model, processor)
+
+
+def _build_qwen2_vl(out: Path, recipe: dict[str, Any]) -> None:
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = _build_tokenizer()
+    config = Qwen2VLConfig(
+        text_config=dict(recipe["text_config"]),
+        vision_config=dict(recipe["vision_config"]),
+        **_TOKEN_IDS,
+    )
+    config.architectures = ["Qwen2VLForConditionalGeneration"]
+    model = _seeded_model(Qwen2VLForConditionalGeneration, config)
+    processor = Qwen2VLProcessor(
+        image_processor=_image_processor(Qwen2VLImageProcessor),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
+    _save_common(out, model, processor)
+
+
+def main(argv: list[str]) -> None:
+    """``python -m patentqa.tiny out_dir=DIR``: build both tiny models, print their paths."""
+    opts = dict(a.split("=", 1) for a in argv if "=" in a)
+    out_dir = Path(opts.get("out_dir", ".cache/tiny"))
+    print(tiny_qwen2_5_vl(out_dir))
+    print(tiny_qwen2_vl_embedder(out_dir))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
