@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from patentqa.data.corpus import DataError, Question, SplitData, file_sha256, problems_as_dicts, read_split
 from patentqa.data.pages import RenderResult, RenderSpec, render_documents
 from patentqa.data.questions import parse_question
-from patentqa.data.split import DocumentSplit, split_documents, split_questions
+from patentqa.data.split import SPLITS, DocumentSplit, split_documents, split_questions
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,8 @@ class DatasetBuild:
     """Everything the data stage produced, for the stages after it."""
 
     out_dir: Path
-    train: list[Question]
-    heldout: list[Question]
-    test: SplitData | None
+    questions: dict[str, list[Question]]   # labelled questions per split: train / dev / test
+    unlabelled: SplitData | None           # the competition's test split (no answers), if present
     split: DocumentSplit
     pages: RenderResult
     manifest: dict[str, Any]
@@ -91,8 +90,8 @@ def build_dataset(cfg: DictConfig) -> DatasetBuild:
     test_dir = data_dir / cfg.data.test_split
     test_data = read_split(data_dir, cfg.data.test_split, strict=cfg.strict, require_answer=False) \
         if test_dir.is_dir() else None
-    split = split_documents(train_data.documents, cfg.data.heldout_ratio, cfg.seed)
-    train, heldout = split_questions(train_data.questions, split)
+    split = split_documents(train_data.documents, cfg.data.split.dev, cfg.data.split.test, cfg.seed)
+    questions = split_questions(train_data.questions, split)
     documents = list(train_data.documents.values()) + (list(test_data.documents.values()) if test_data else [])
     spec = render_spec(cfg)
     pages = render_documents(documents, Path(cfg.paths.cache_dir) / "pages", spec, workers=cfg.data.pages.workers)
@@ -100,14 +99,12 @@ def build_dataset(cfg: DictConfig) -> DatasetBuild:
         raise DataError("\n".join(str(p) for p in pages.problems))
     ensure_tiny_models(cfg)
     out_dir = Path(cfg.paths.cache_dir) / "datasets" / f"{cfg.data.name}-{dataset_key(cfg)}"
-    manifest = _manifest(cfg, data_dir, train_data, test_data, split, train, heldout, pages, spec)
+    manifest = _manifest(cfg, data_dir, train_data, test_data, split, questions, pages, spec)
     manifest["seconds"] = round(time.perf_counter() - started, 3)
     write_json_atomic(out_dir / "manifest.json", manifest)
-    for name, questions in (("train", train), ("heldout", heldout)):
-        write_json_atomic(out_dir / f"{name}_ids.json", [q.id for q in questions])
-    log.info("dataset %s: %d train / %d held-out questions, %d pages rendered, %d cached, %d problems",
-             out_dir.name, len(train), len(heldout), pages.rendered, pages.cached, manifest["problems"]["count"])
-    return DatasetBuild(out_dir, train, heldout, test_data, split, pages, manifest)
+    log.info("dataset %s: questions %s, %d pages rendered, %d cached, %d problems", out_dir.name,
+             {k: len(v) for k, v in questions.items()}, pages.rendered, pages.cached, manifest["problems"]["count"])
+    return DatasetBuild(out_dir, questions, test_data, split, pages, manifest)
 
 
 def _kinds(questions: list[Question]) -> dict[str, int]:
@@ -119,7 +116,7 @@ def _kinds(questions: list[Question]) -> dict[str, int]:
 
 
 def _manifest(cfg: DictConfig, data_dir: Path, train_data: SplitData, test_data: SplitData | None,
-              split: DocumentSplit, train: list[Question], heldout: list[Question],
+              split: DocumentSplit, questions: dict[str, list[Question]],
               pages: RenderResult, spec: RenderSpec) -> dict[str, Any]:
     problems = train_data.problems + (test_data.problems if test_data else []) + pages.problems
     pdf_hashes = sorted(f"{d.name}:{d.sha256}" for d in train_data.documents.values())
@@ -127,11 +124,11 @@ def _manifest(cfg: DictConfig, data_dir: Path, train_data: SplitData, test_data:
         "dataset_key": dataset_key(cfg),
         "data_dir": str(data_dir.resolve()),
         "seed": cfg.seed,
-        "splits": {"train": train_data.summary(), "test": test_data.summary() if test_data else None},
-        "documents": {"train": list(split.train), "heldout": list(split.heldout)},
-        "questions": {"train": len(train), "heldout": len(heldout),
-                      "test": len(test_data.questions) if test_data else 0},
-        "kinds": {"train": _kinds(train), "heldout": _kinds(heldout)},
+        "inputs": {"labelled": train_data.summary(), "unlabelled": test_data.summary() if test_data else None},
+        "documents": {name: list(split.of(name)) for name in SPLITS},
+        "questions": {**{name: len(qs) for name, qs in questions.items()},
+                      "unlabelled": len(test_data.questions) if test_data else 0},
+        "kinds": {name: _kinds(qs) for name, qs in questions.items()},
         "pages": {"spec": spec.key(), "rendered": pages.rendered, "cached": pages.cached,
                   "total": len(pages.paths)},
         "corpus_hash": hashlib.sha256("\n".join(pdf_hashes).encode()).hexdigest(),

@@ -125,7 +125,7 @@ def build_prompt(config: PromptConfig, question: str, form: str, asked: PageImag
         parts += ["专利内容为：\n", *[p for page in context for p in image(page)], "\n\n"]
     else:
         parts += [f"该问题针对于{where}专利内容里面的图进行提问：\n", *image(asked), "\n\n"]  # type: ignore[arg-type]
-        if form == "with_context":
+        if form == "with_context" and context:  # no retrieved pages (retrieval=none): asked page only
             parts += ["其他的相关专利内容为：\n", *[p for page in context for p in image(page)], "\n\n"]
     parts.append(_ASK.format(question=question))
     hint = form == "figure_only" and "位置" in question
@@ -141,6 +141,20 @@ def _merge(parts: list[Part]) -> tuple[Part, ...]:
         elif part != "":
             merged.append(part)
     return tuple(merged)
+
+
+def prompt_to_json(prompt: Prompt) -> dict[str, Any]:
+    """A JSON-safe form of a prompt, stored in evaluation sets."""
+    parts = [part if isinstance(part, str) else {"image": part.path, "page": part.page, "max_pixels": part.max_pixels,
+                                                   "min_pixels": part.min_pixels} for part in prompt.parts]
+    return {"form": prompt.form, "parts": parts}
+
+
+def prompt_from_json(data: dict[str, Any]) -> Prompt:
+    """Inverse of ``prompt_to_json``."""
+    parts = tuple(part if isinstance(part, str) else ImagePart(part["image"], part["page"], part["max_pixels"],
+                                                              part["min_pixels"]) for part in data["parts"])
+    return Prompt(parts=parts, form=data["form"])
 
 
 # --- the seed's two text-only helper calls -------------------------------------------------

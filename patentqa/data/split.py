@@ -1,9 +1,10 @@
-"""Document-level held-out split: no document has questions on both sides.
+"""Document-level split into train / dev / test: no document has questions on two sides.
 
 The seed split rows at random, so the 1-image and 3-image rows of one question (and
 questions of one patent) landed on both sides. Here whole documents are assigned by a
-seeded hash of their name: deterministic for (seed, ratio), independent of input order,
-and adding a document never moves another one.
+seeded hash of their name: deterministic for (seed, ratios), independent of input order,
+and adding a document moves no other one (beyond the rounding of the split sizes).
+``dev`` picks checkpoints; ``test`` is touched only for final reports.
 """
 from __future__ import annotations
 
@@ -13,49 +14,63 @@ from dataclasses import dataclass
 
 from patentqa.data.corpus import Question
 
+SPLITS: tuple[str, ...] = ("train", "dev", "test")
+
 
 @dataclass(frozen=True)
 class DocumentSplit:
-    """Documents used for training and documents held out for scoring checkpoints."""
+    """Document names per split."""
 
     train: tuple[str, ...]
-    heldout: tuple[str, ...]
+    dev: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def of(self, split: str) -> tuple[str, ...]:
+        return getattr(self, split)
 
 
 class LeakageError(AssertionError):
-    """A document (or question id) appears on both sides of a split."""
+    """A document, question id or question text appears on two sides of a split."""
 
 
 def _rank(seed: int, document: str) -> str:
     return hashlib.sha256(f"{seed}:{document}".encode()).hexdigest()
 
 
-def split_documents(documents: Iterable[str], ratio: float, seed: int) -> DocumentSplit:
-    """Hold out ``round(ratio * n)`` documents (at least one when ratio > 0 and n > 1)."""
-    if not 0 <= ratio < 1:
-        raise ValueError(f"held-out ratio must be in [0, 1), got {ratio}")
+def _count(ratio: float, n: int) -> int:
+    return min(max(round(ratio * n), 1), n - 1) if ratio > 0 and n > 1 else 0
+
+
+def split_documents(documents: Iterable[str], dev_ratio: float, test_ratio: float, seed: int) -> DocumentSplit:
+    """Assign documents to splits: ``round(ratio * n)`` each for dev and test (≥1 when ratio > 0)."""
+    if dev_ratio < 0 or test_ratio < 0 or dev_ratio + test_ratio >= 1:
+        raise ValueError(f"need 0 <= dev, test and dev + test < 1; got dev={dev_ratio}, test={test_ratio}")
     names = sorted(set(documents))
-    n_heldout = round(ratio * len(names))
-    if ratio > 0 and len(names) > 1:
-        n_heldout = min(max(n_heldout, 1), len(names) - 1)
     ranked = sorted(names, key=lambda name: _rank(seed, name))
-    heldout = set(ranked[:n_heldout])
-    return DocumentSplit(train=tuple(n for n in names if n not in heldout),
-                         heldout=tuple(n for n in names if n in heldout))
+    n_test = _count(test_ratio, len(names))
+    n_dev = _count(dev_ratio, len(names) - n_test)
+    test, dev = set(ranked[:n_test]), set(ranked[n_test:n_test + n_dev])
+    return DocumentSplit(train=tuple(n for n in names if n not in test | dev),
+                         dev=tuple(n for n in names if n in dev), test=tuple(n for n in names if n in test))
 
 
-def split_questions(questions: list[Question], split: DocumentSplit) -> tuple[list[Question], list[Question]]:
-    """(train questions, held-out questions), each in input order; proves no leakage."""
-    heldout_docs = set(split.heldout)
-    train = [q for q in questions if q.document not in heldout_docs]
-    heldout = [q for q in questions if q.document in heldout_docs]
-    assert_disjoint(train, heldout)
-    return train, heldout
+def split_questions(questions: list[Question], split: DocumentSplit) -> dict[str, list[Question]]:
+    """Questions per split, each in input order; proves no leakage."""
+    side = {doc: name for name in SPLITS for doc in split.of(name)}
+    parts: dict[str, list[Question]] = {name: [] for name in SPLITS}
+    for question in questions:
+        parts[side[question.document]].append(question)
+    assert_disjoint(parts)
+    return parts
 
 
-def assert_disjoint(train: list[Question], heldout: list[Question]) -> None:
-    """Raise ``LeakageError`` if any document or question id is on both sides."""
-    shared_docs = {q.document for q in train} & {q.document for q in heldout}
-    shared_ids = {q.id for q in train} & {q.id for q in heldout}
-    if shared_docs or shared_ids:
-        raise LeakageError(f"split leaks: documents {sorted(shared_docs)[:5]}, ids {sorted(shared_ids)[:5]}")
+def assert_disjoint(parts: dict[str, list[Question]]) -> None:
+    """Raise ``LeakageError`` if a document, id or question text is in two splits."""
+    names = list(parts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for what, key in (("documents", lambda q: q.document), ("ids", lambda q: q.id),
+                              ("question texts", lambda q: (q.document, q.question))):
+                shared = {key(q) for q in parts[a]} & {key(q) for q in parts[b]}
+                if shared:
+                    raise LeakageError(f"{a}/{b} share {what}: {sorted(map(str, shared))[:5]}")
