@@ -1,0 +1,41 @@
+"""Model inputs for the transformers engine: prompts → one left-padded ``BatchFeature``.
+
+Text comes from the processor's chat template over ``to_chat_messages``; images come from
+``load_images``, already resized to each image's budget by qwen-vl-utils, exactly as
+ms-swift's ``qwen2_5_vl`` template resizes them for training. The image processor is then
+told not to resize again (``do_resize=False``, as swift does when it encodes a row), so the
+grid is the budgeted image's and the pixels are the ones the model was trained on.
+``tests/test_parity.py`` proves the ids, grids and pixels equal swift's.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from patentqa.data.prompts import Prompt, load_images, to_chat_messages
+
+
+def prompt_text(processor: Any, prompt: Prompt) -> str:
+    """The chat-templated prompt string, ending with the assistant header."""
+    return processor.apply_chat_template(to_chat_messages(prompt), tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompts(processor: Any, prompts: list[Prompt], factor: int = 28) -> Any:
+    """Token ids, attention mask and pixels of ``prompts``, left-padded for batched generation.
+
+    ``factor`` must equal the processor's patch_size * merge_size (28 for Qwen2.5-VL).
+    Text-only prompts may be mixed with image prompts.
+    """
+    image_processor = processor.image_processor
+    expected = image_processor.patch_size * image_processor.merge_size
+    if factor != expected:
+        raise ValueError(f"factor {factor} != the processor's patch_size * merge_size ({expected})")
+    texts = [prompt_text(processor, prompt) for prompt in prompts]
+    images = [image for prompt in prompts for image in load_images(prompt, factor)]
+    return processor(
+        text=texts,
+        images=images or None,
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+        images_kwargs={"do_resize": False},  # already at the budget: no second resize
+    )
