@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from patentqa.data.corpus import DataError, Question, SplitData, file_sha256, problems_as_dicts, read_split
 from patentqa.data.pages import RenderResult, RenderSpec, render_documents
-from patentqa.data.questions import parse_question
-from patentqa.data.split import SPLITS, DocumentSplit, split_documents, split_questions
+from patentqa.data.prompts import PromptConfig
+from patentqa.data.retrieval import make_retriever, recall_report, style_examples
+from patentqa.data.sft import PromptedQuestion, eval_record, prompted, sft_rows, write_jsonl_atomic
+from patentqa.data.split import SPLITS, DocumentSplit, LeakageError, split_documents, split_questions
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         json.dump(payload, out, ensure_ascii=False, indent=2, sort_keys=True)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -57,8 +61,14 @@ def render_spec(cfg: DictConfig) -> RenderSpec:
 def dataset_key(cfg: DictConfig) -> str:
     """Short hash of the config that decides the dataset's content."""
     parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "prompt", "retrieval")}
-    parts["seed"] = cfg.seed
+    parts["data"].get("pages", {}).pop("workers", None)  # how many processes render never changes a page
+    parts["seed"], parts["image_factor"] = cfg.seed, cfg.model.image_factor
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def dataset_dir(cfg: DictConfig) -> Path:
+    """Where the dataset for this config is (or will be) built."""
+    return Path(cfg.paths.cache_dir) / "datasets" / f"{cfg.data.name}-{dataset_key(cfg)}"
 
 
 def ensure_corpus(cfg: DictConfig) -> Path:
@@ -83,57 +93,95 @@ def ensure_tiny_models(cfg: DictConfig) -> None:
 
 
 def build_dataset(cfg: DictConfig) -> DatasetBuild:
-    """Run the data stage for ``cfg`` and return what it built."""
+    """Run the data stage for ``cfg`` and return what it built (cached parts are reused)."""
     started = time.perf_counter()
     data_dir = ensure_corpus(cfg)
-    train_data = read_split(data_dir, cfg.data.train_split, strict=cfg.strict)
-    test_dir = data_dir / cfg.data.test_split
-    test_data = read_split(data_dir, cfg.data.test_split, strict=cfg.strict, require_answer=False) \
-        if test_dir.is_dir() else None
-    split = split_documents(train_data.documents, cfg.data.split.dev, cfg.data.split.test, cfg.seed)
-    questions = split_questions(train_data.questions, split)
-    documents = list(train_data.documents.values()) + (list(test_data.documents.values()) if test_data else [])
+    labelled = read_split(data_dir, cfg.data.train_split, strict=cfg.strict)
+    unlabelled = read_split(data_dir, cfg.data.test_split, strict=cfg.strict, require_answer=False) \
+        if (data_dir / cfg.data.test_split).is_dir() else None
+    split = split_documents(labelled.documents, cfg.data.split.dev, cfg.data.split.test, cfg.seed)
+    questions = split_questions(labelled.questions, split)
+    documents = {**(unlabelled.documents if unlabelled else {}), **labelled.documents}
     spec = render_spec(cfg)
-    pages = render_documents(documents, Path(cfg.paths.cache_dir) / "pages", spec, workers=cfg.data.pages.workers)
+    pages = render_documents(list(documents.values()), Path(cfg.paths.cache_dir) / "pages", spec,
+                             workers=cfg.data.pages.workers)
     if cfg.strict and pages.problems:
         raise DataError("\n".join(str(p) for p in pages.problems))
     ensure_tiny_models(cfg)
-    out_dir = Path(cfg.paths.cache_dir) / "datasets" / f"{cfg.data.name}-{dataset_key(cfg)}"
-    manifest = _manifest(cfg, data_dir, train_data, test_data, split, questions, pages, spec)
+    retriever = make_retriever(cfg.retrieval, pages.paths, Path(cfg.paths.cache_dir) / "embeddings")
+    retriever.prepare(labelled.questions, documents)
+    config = PromptConfig.from_cfg(cfg.prompt)
+    items = {name: prompted(config, qs, documents, pages.paths, retriever) for name, qs in questions.items()}
+    train_pool = [item.question for item in items["train"]]
+    style = style_examples([i.question for n in ("dev", "test") for i in items[n]], train_pool,
+                           cfg.retrieval.style_examples, retriever.similarity)
+    with_context = cfg.data.sft.all_page_questions_with_context
+    outputs = {f"{name}.jsonl": sft_rows(config, items[name], documents, pages.paths, retriever, with_context)
+               for name in ("train", "dev")}
+    outputs.update({f"{name}_eval.jsonl": [eval_record(i, style.get(i.question.id, [])) for i in items[name]]
+                    for name in ("dev", "test")})
+    out_dir = dataset_dir(cfg)
+    hashes = {name: write_jsonl_atomic(out_dir / name, rows) for name, rows in outputs.items()}
+    manifest = _manifest(cfg, data_dir, labelled, unlabelled, split, items, pages, spec)
+    manifest["outputs"] = {name: {"sha256": digest, "rows": len(outputs[name])} for name, digest in hashes.items()}
+    manifest["leakage"] = leakage_checks(items, outputs, style)
+    if any("evidence_pages" in q.extra for q in labelled.questions):
+        manifest["retrieval"] = {"name": cfg.retrieval.name, "k": cfg.retrieval.k,
+                                 "recall_at_k": recall_report(retriever, labelled.questions, documents)}
     manifest["seconds"] = round(time.perf_counter() - started, 3)
     write_json_atomic(out_dir / "manifest.json", manifest)
-    log.info("dataset %s: questions %s, %d pages rendered, %d cached, %d problems", out_dir.name,
-             {k: len(v) for k, v in questions.items()}, pages.rendered, pages.cached, manifest["problems"]["count"])
-    return DatasetBuild(out_dir, questions, test_data, split, pages, manifest)
+    log.info("dataset %s: %s rows, %d pages rendered, %d cached, %d problems, %.1fs", out_dir.name,
+             {k: len(v) for k, v in outputs.items()}, pages.rendered, pages.cached,
+             manifest["problems"]["count"], manifest["seconds"])
+    return DatasetBuild(out_dir, questions, unlabelled, split, pages, manifest)
 
 
-def _kinds(questions: list[Question]) -> dict[str, int]:
+def leakage_checks(items: dict[str, list[PromptedQuestion]], outputs: dict[str, list[dict[str, Any]]],
+                   style: dict[str, list[str]]) -> dict[str, Any]:
+    """Prove the splits do not leak; raise ``LeakageError`` if they do."""
+    docs = {name: {i.question.document for i in qs} for name, qs in items.items()}
+    texts = {name: {(i.question.document, i.question.question) for i in qs} for name, qs in items.items()}
+    train_rows = {(row["document"], row["id"]) for row in outputs["train.jsonl"]}
+    heldout_ids = {(i.question.document, i.question.id) for n in ("dev", "test") for i in items[n]}
+    train_answers = {i.question.answer for i in items["train"]}
+    checks = {
+        "documents_disjoint": not (docs["train"] & docs["dev"] or docs["train"] & docs["test"] or docs["dev"] & docs["test"]),
+        "no_heldout_question_in_train": not (texts["train"] & (texts["dev"] | texts["test"])) and not train_rows & heldout_ids,
+        "style_examples_from_train_only": all(a in train_answers for answers in style.values() for a in answers),
+    }
+    if not all(checks.values()):
+        raise LeakageError(f"leakage checks failed: {checks}")
+    generic = {i.question.question for i in items["train"]} & {i.question.question for n in ("dev", "test") for i in items[n]}
+    checks["same_text_other_documents"] = len(generic)  # generic phrasings asked of different patents
+    return checks
+
+
+def _kinds(items: list[PromptedQuestion]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for question in questions:
-        kind = parse_question(question.question).kind
-        counts[kind] = counts.get(kind, 0) + 1
+    for item in items:
+        counts[item.kind] = counts.get(item.kind, 0) + 1
     return dict(sorted(counts.items()))
 
 
-def _manifest(cfg: DictConfig, data_dir: Path, train_data: SplitData, test_data: SplitData | None,
-              split: DocumentSplit, questions: dict[str, list[Question]],
+def _manifest(cfg: DictConfig, data_dir: Path, labelled: SplitData, unlabelled: SplitData | None,
+              split: DocumentSplit, items: dict[str, list[PromptedQuestion]],
               pages: RenderResult, spec: RenderSpec) -> dict[str, Any]:
-    problems = train_data.problems + (test_data.problems if test_data else []) + pages.problems
-    pdf_hashes = sorted(f"{d.name}:{d.sha256}" for d in train_data.documents.values())
+    problems = labelled.problems + (unlabelled.problems if unlabelled else []) + pages.problems
+    pdf_hashes = sorted(f"{d.name}:{d.sha256}" for d in labelled.documents.values())
+    files = (cfg.data.train_split, cfg.data.test_split)
     return {
         "dataset_key": dataset_key(cfg),
         "data_dir": str(data_dir.resolve()),
         "seed": cfg.seed,
-        "inputs": {"labelled": train_data.summary(), "unlabelled": test_data.summary() if test_data else None},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "inputs": {"labelled": labelled.summary(), "unlabelled": unlabelled.summary() if unlabelled else None,
+                   "corpus_sha256": hashlib.sha256("\n".join(pdf_hashes).encode()).hexdigest(),
+                   "question_files": {s: file_sha256(data_dir / s / f"{s}.jsonl") for s in files
+                                      if (data_dir / s / f"{s}.jsonl").is_file()}},
         "documents": {name: list(split.of(name)) for name in SPLITS},
-        "questions": {**{name: len(qs) for name, qs in questions.items()},
-                      "unlabelled": len(test_data.questions) if test_data else 0},
-        "kinds": {name: _kinds(qs) for name, qs in questions.items()},
-        "pages": {"spec": spec.key(), "rendered": pages.rendered, "cached": pages.cached,
-                  "total": len(pages.paths)},
-        "corpus_hash": hashlib.sha256("\n".join(pdf_hashes).encode()).hexdigest(),
-        "question_files": {s: file_sha256(data_dir / s / f"{s}.jsonl")
-                           for s in (cfg.data.train_split, cfg.data.test_split)
-                           if (data_dir / s / f"{s}.jsonl").is_file()},
+        "questions": {name: len(qs) for name, qs in items.items()},
+        "kinds": {name: _kinds(qs) for name, qs in items.items()},
+        "forms": {name: dict(Counter(i.prompt.form for i in qs)) for name, qs in items.items()},
+        "pages": {"spec": spec.key(), "rendered": pages.rendered, "cached": pages.cached, "total": len(pages.paths)},
         "problems": {"count": len(problems), "items": problems_as_dicts(problems)},
     }

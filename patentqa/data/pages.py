@@ -90,6 +90,7 @@ def _save_atomic(pixmap: pymupdf.Pixmap, target: Path, spec: RenderSpec) -> None
             pixmap.save(tmp, output="jpeg", jpg_quality=spec.jpeg_quality)
         else:
             pixmap.save(tmp, output="png")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -120,7 +121,7 @@ def _render_document(pdf: str, jobs: list[tuple[int, str, tuple[int, int]]],
 def render_documents(documents: list[Document], cache_dir: str | Path, spec: RenderSpec,
                      workers: int | None = None, progress: bool = True) -> RenderResult:
     """Render every page of ``documents`` that is not cached yet; return all page paths."""
-    cache_dir = Path(cache_dir)
+    cache_dir = Path(cache_dir).resolve()  # rows store these paths: absolute, valid from any cwd
     result = RenderResult(paths={}, rendered=0, cached=0, problems=[])
     todo: dict[Document, list[tuple[int, str]]] = {}
     for document in documents:

@@ -1,0 +1,268 @@
+"""GME embeddings (gme-Qwen2-VL) of page images and question texts, cached on disk.
+
+The recipe follows the model repo's ``gme_inference.py``: every input is one chat turn
+
+    <|im_start|>system\\n{instruction}<|im_end|>\\n<|im_start|>user\\n
+    [<|vision_start|><|image_pad|><|vision_end|>]{text}<|im_end|>\\n<|im_start|>assistant\\n<|endoftext|>
+
+(pages: the document instruction and no text; questions: the query instruction and the
+text), and the embedding is the last-layer hidden state of the last *attended* token,
+L2-normalised. The pad token is ``<|endoftext|>`` too, so "last non-pad" is read from the
+attention mask, never from token ids. Like ``gme_inference.py`` (written for transformers
+< 4.52, where ``Qwen2VLModel`` was the text decoder) the decoder gets plain sequential
+positions, not M-RoPE grid positions: ``positions="mrope"`` switches to the 3-D positions
+that transformers' Qwen2-VL forward (and ms-swift's ``qwen2_gme``) use.
+
+Cache: ``cache_dir/<encoder key>/{pages,queries}/<xx>/<key>.npy``, one float32 vector per
+file, written atomically. The encoder key hashes the model (config.json + weight file
+names and sizes, or the hub id), dtype and position mode; a page key hashes the image
+file's sha256, pixel budget and instruction; a query key the instruction and text.
+The model is loaded only when something is missing from the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKENS = "<|vision_start|><|image_pad|><|vision_end|>"
+DEFAULT_INSTRUCTION = "You are a helpful assistant."  # gme_inference.py: documents / non-queries
+POSITION_MODES = ("sequential", "mrope")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def gme_prompt(instruction: str, text: str = "", image: bool = False) -> str:
+    """The one GME input string (exactly as ``gme_inference.py`` builds it)."""
+    body = (IMAGE_TOKENS if image else "") + text
+    return (f"<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n{body}<|im_end|>\n"
+            f"<|im_start|>assistant\n<|endoftext|>")
+
+
+def model_key(model_path: str | Path) -> str:
+    """Hash identifying a model: config.json + weight file names/sizes of a local dir, else the hub id."""
+    path = Path(model_path)
+    digest = hashlib.sha256()
+    if path.is_dir():
+        for name in ("config.json", "tiny.json"):
+            if (path / name).is_file():
+                digest.update(name.encode() + b"\0" + (path / name).read_bytes() + b"\0")
+        for weight in sorted(p for p in path.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES)):
+            digest.update(f"{weight.name}:{weight.stat().st_size}\n".encode())
+    else:
+        digest.update(f"hub:{model_path}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _sha(*parts: Any) -> str:
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).hexdigest()
+
+
+def save_vector(path: Path, vector: np.ndarray) -> None:
+    """Write one .npy atomically (temp file in the same folder + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.save(out, np.asarray(vector, dtype=np.float32))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_vector(path: Path) -> np.ndarray | None:
+    """A cached vector, or None when absent or unreadable (it is then recomputed)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+class GmeEmbedder:
+    """Page and query embeddings from a gme-Qwen2-VL checkpoint, batched and cached."""
+
+    def __init__(self, model_path: str | Path, cache_dir: str | Path, *, min_pixels: int, max_pixels: int,
+                 query_instruction: str, document_instruction: str = DEFAULT_INSTRUCTION, batch_size: int = 8,
+                 device: str | None = None, dtype: str | None = None, positions: str = "sequential",
+                 progress: bool = True) -> None:
+        if positions not in POSITION_MODES:
+            raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
+        if not 0 < min_pixels <= max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
+        self.model_path = str(model_path)
+        self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
+        self.query_instruction, self.document_instruction = query_instruction, document_instruction
+        self.batch_size = max(1, int(batch_size))
+        self.positions, self.progress = positions, progress
+        self.device = device or _default_device()
+        self.dtype = dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
+        self.key = _sha(model_key(model_path), self.dtype, positions)[:16]
+        self.cache_dir = Path(cache_dir) / self.key
+        self.forward_calls = 0          # model forward passes (batches) run by this instance
+        self.computed = 0               # vectors computed (not read from the cache)
+        self.last_rate: float | None = None  # pages/s of the last page batch run
+        self._model: Any = None
+        self._processor: Any = None
+        self._file_sha: dict[tuple[str, int, int], str] = {}
+
+    # ---- public API -------------------------------------------------------------------------
+    def embed_pages(self, paths: list[Path]) -> np.ndarray:
+        """(len(paths), dim) unit vectors of page images (document instruction, no text)."""
+        keys = [_sha("page", self._image_sha(Path(p)), self.min_pixels, self.max_pixels, self.document_instruction)
+                for p in paths]
+        return self._embed(keys, [Path(p) for p in paths], "pages")
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) unit vectors of texts (query instruction)."""
+        keys = [_sha("query", self.query_instruction, t) for t in texts]
+        return self._embed(keys, list(texts), "queries")
+
+    __call__ = embed_queries  # a text embedder for style examples
+
+    # ---- cache --------------------------------------------------------------------------------
+    def _path(self, kind: str, key: str) -> Path:
+        return self.cache_dir / kind / key[:2] / f"{key}.npy"
+
+    def _image_sha(self, path: Path) -> str:
+        stat = path.stat()
+        memo = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if memo not in self._file_sha:
+            self._file_sha[memo] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return self._file_sha[memo]
+
+    def _embed(self, keys: list[str], items: list[Any], kind: str) -> np.ndarray:
+        found: dict[str, np.ndarray] = {}
+        todo: dict[str, Any] = {}
+        for key, item in zip(keys, items):
+            if key in found or key in todo:
+                continue
+            vector = load_vector(self._path(kind, key))
+            if vector is None:
+                todo[key] = item
+            else:
+                found[key] = vector
+        if todo:
+            found.update(self._compute(todo, kind))
+        if not keys:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
+
+    def _compute(self, todo: dict[str, Any], kind: str) -> dict[str, np.ndarray]:
+        self._load()
+        if not self._meta_written():
+            self._write_meta()
+        keys = list(todo)
+        out: dict[str, np.ndarray] = {}
+        started = time.perf_counter()
+        unit = "page" if kind == "pages" else "query"
+        with tqdm(total=len(keys), unit=unit, desc=f"gme {kind}", disable=not self.progress) as bar:
+            for start in range(0, len(keys), self.batch_size):
+                batch = keys[start:start + self.batch_size]
+                if kind == "pages":
+                    vectors = self._forward([(self.document_instruction, "", todo[k]) for k in batch])
+                else:
+                    vectors = self._forward([(self.query_instruction, todo[k], None) for k in batch])
+                for key, vector in zip(batch, vectors):
+                    save_vector(self._path(kind, key), vector)
+                    out[key] = vector
+                bar.update(len(batch))
+        seconds = time.perf_counter() - started
+        self.computed += len(keys)
+        if kind == "pages":
+            self.last_rate = len(keys) / seconds if seconds > 0 else None
+        log.info("gme: embedded %d %s in %.1fs (%.2f/s)", len(keys), kind, seconds, len(keys) / max(seconds, 1e-9))
+        return out
+
+    def _meta_written(self) -> bool:
+        return (self.cache_dir / "encoder.json").is_file()
+
+    def _write_meta(self) -> None:
+        """A human-readable note of what the encoder key stands for."""
+        meta = {"model_path": self.model_path, "model_key": model_key(self.model_path), "dtype": self.dtype,
+                "positions": self.positions}
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".json")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(meta, out, indent=2)
+        os.replace(tmp, self.cache_dir / "encoder.json")
+
+    # ---- model --------------------------------------------------------------------------------
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoProcessor, Qwen2VLModel
+        from transformers.utils import logging as hf_logging
+
+        started = time.perf_counter()
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # an lm_head in the checkpoint is reported as unexpected: harmless
+        try:
+            # Qwen2VLModel (no lm_head) loads both GME's layout (visual.*, model.*) and transformers 5's.
+            model = Qwen2VLModel.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype),
+                                                 device_map=self.device)  # straight onto the device
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        self._model = model.eval()
+        self._processor = AutoProcessor.from_pretrained(self.model_path)  # pixel budget: per call (_forward)
+        self._processor.tokenizer.padding_side = "right"  # as gme_inference.py; pooling reads the mask anyway
+        log.info("gme: loaded %s on %s (%s) in %.1fs", self.model_path, self.device, self.dtype,
+                 time.perf_counter() - started)
+
+    def _forward(self, batch: list[tuple[str, str, Path | None]]) -> list[np.ndarray]:
+        """Embed one batch of (instruction, text, image path or None); all with or all without image."""
+        import torch
+        from PIL import Image
+
+        with_image = [image is not None for _, _, image in batch]
+        if any(with_image) and not all(with_image):
+            raise ValueError("a batch mixes inputs with and without images")
+        prompts = [gme_prompt(instr, text, image is not None) for instr, text, image in batch]
+        images = [Image.open(image).convert("RGB") for _, _, image in batch if image is not None] or None
+        inputs = self._processor(text=prompts, images=images, padding=True, return_tensors="pt",
+                                 images_kwargs={"size": {"shortest_edge": self.min_pixels,
+                                                         "longest_edge": self.max_pixels}})
+        model = self._model
+        ids = inputs["input_ids"].to(self.device)
+        mask = inputs["attention_mask"].to(self.device)
+        with torch.inference_mode():
+            if self.positions == "mrope":
+                extra = {k: inputs[k].to(self.device) for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids")
+                         if k in inputs}
+                model.rope_deltas = None
+                hidden = model(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
+            else:
+                embeds = model.get_input_embeddings()(ids)
+                if images is not None:
+                    pixels = inputs["pixel_values"].to(self.device, model.visual.dtype)
+                    grid = inputs["image_grid_thw"].to(self.device)
+                    features = torch.cat(model.get_image_features(pixels, grid, return_dict=True).pooler_output)
+                    image_mask = ids == model.config.image_token_id
+                    if int(image_mask.sum()) != features.shape[0]:
+                        raise RuntimeError(f"{int(image_mask.sum())} image tokens but {features.shape[0]} features")
+                    embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
+                # sequential positions of the attended tokens (= arange for right padding, as GME)
+                position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+                hidden = model.language_model(inputs_embeds=embeds, attention_mask=mask,
+                                              position_ids=position_ids).last_hidden_state
+            last = (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # last attended
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+        self.forward_calls += 1
+        return list(pooled.cpu().numpy())
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
