@@ -30,5 +30,6 @@ def parse_args(schema: type[T], argv: list[str] | None = None) -> T:
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except (OmegaConfBaseException, ValueError) as error:
         message = str(error).splitlines()[0]
-        print(f"error: {message}", file=sys.stderr)
+        valid = ", ".join(schema.__dataclass_fields__)  # type: ignore[attr-defined]
+        print(f"error: {message}\nvalid keys: {valid}", file=sys.stderr)
         raise SystemExit(2) from None
