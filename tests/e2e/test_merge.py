@@ -1,0 +1,220 @@
+"""Merge + equivalence check on the tiny Qwen2.5-VL: real `swift sft` -> real `swift export` -> check.
+
+A LoRA adapter is trained for a few steps with a learning rate high enough to change the model
+(non-zero B matrices, different first tokens); ``merge_checkpoint`` merges it and finds base +
+adapter and the merged model equivalent. Then merged weights are corrupted in copies (noise on
+one tensor; one tensor left unmerged, as when a merge misses a module) and the check fails with
+exit 1 and a message naming what differs: proof that the check can fail. ~60 s on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from patentqa.data.prompts import prompt_to_json, to_swift_row
+from patentqa.train import merge
+from patentqa.train.merge import MergeError, MergeReport, merge_checkpoint, synthetic_prompts
+
+MAX_PIXELS = 280 * 280  # 100 image tokens per page: fast on CPU
+ANSWERS = ["左侧", "右侧", "上方", "下方"]
+MAX_STEPS = 4
+CORRUPTED_TENSOR = "model.layers.1.mlp.down_proj.weight"  # LoRA-merged (all-linear), as swift saves it
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(MAX_PIXELS=str(MAX_PIXELS), WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", MODELSCOPE_OFFLINE="1")
+    for key in ("NPROC_PER_NODE", "NNODES"):  # single process: no torchrun
+        env.pop(key, None)
+    return env
+
+
+def _run(argv: list[str], cwd: Path, log: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr, encoding="utf-8")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA checkpoint of the tiny model from the real `swift sft` (lr 2e-2: the adapter matters)."""
+    pytest.importorskip("swift")
+    swift = merge.swift_command()
+    work = tmp_path_factory.mktemp("merge_sft")
+    rows = [to_swift_row(prompt, ANSWERS[i % 4]) for i, prompt in enumerate(synthetic_prompts(8, work))]
+    train, val = work / "train.jsonl", work / "val.jsonl"
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:6]), encoding="utf-8")
+    val.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[6:]), encoding="utf-8")
+    out = work / "swift_out"
+    argv = swift + [
+        "sft", "--model", str(tiny_vl), "--model_type", "qwen2_5_vl", "--template", "qwen2_5_vl",
+        "--check_model", "false", "--tuner_type", "lora", "--lora_rank", "8", "--lora_alpha", "32",
+        "--target_modules", "all-linear", "--max_steps", str(MAX_STEPS), "--gradient_accumulation_steps", "2",
+        "--per_device_train_batch_size", "1", "--per_device_eval_batch_size", "1",
+        "--learning_rate", "2e-2",  # high: 4 steps must visibly change the model
+        "--save_steps", str(MAX_STEPS), "--eval_steps", str(MAX_STEPS), "--logging_steps", "1",
+        "--save_only_model", "true", "--dataloader_num_workers", "0", "--strict", "true", "--seed", "0",
+        "--output_dir", str(out), "--dataset", str(train), "--val_dataset", str(val), "--report_to", "none",
+    ]
+    proc = _run(argv, work, work / "sft.log")
+    if proc.returncode != 0:
+        pytest.fail(f"swift sft exited {proc.returncode}; log {work / 'sft.log'}\n{(proc.stdout + proc.stderr)[-4000:]}")
+    (run_dir,) = sorted(out.glob("v*-*"))
+    ckpt = run_dir / f"checkpoint-{MAX_STEPS}"
+    assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "adapter_config.json").is_file()
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def merged(checkpoint: Path) -> MergeReport:
+    """The first merge of ``checkpoint`` (real `swift export`) and its equivalence report."""
+    return merge_checkpoint(checkpoint, k=8, max_new_tokens=8, min_new_tokens=4)
+
+
+@pytest.mark.e2e
+def test_adapter_changes_the_model(checkpoint: Path, merged: MergeReport) -> None:
+    from safetensors.torch import load_file
+
+    adapter = load_file(checkpoint / "adapter_model.safetensors")
+    lora_b = {key: float(t.abs().max()) for key, t in adapter.items() if "lora_B" in key}
+    assert lora_b and all(value > 0 for value in lora_b.values()), lora_b
+    eq = merged.equivalence
+    assert eq.adapter_effect > 0.1, eq.adapter_effect  # first-step logits move, far beyond the tolerance
+    assert eq.adapter_effect > 100 * eq.tolerance
+    assert eq.adapter_changes_first_token > 0
+    assert not eq.warnings, eq.warnings
+
+
+@pytest.mark.e2e
+def test_merge_is_equivalent(checkpoint: Path, merged: MergeReport, tiny_vl: Path) -> None:
+    merged_dir = checkpoint.with_name(f"{checkpoint.name}-merged")
+    assert merged.equivalent and merged.verdict == "equivalent", merged.problems
+    assert Path(merged.merged_dir) == merged_dir and Path(merged.base_model) == tiny_vl
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "processor_config.json", "chat_template.jinja", "export.log", merge.REPORT_NAME):
+        assert (merged_dir / name).is_file(), name
+    argv = merged.swift_argv
+    assert argv[1:] == ["export", "--adapters", str(checkpoint), "--merge_lora", "true", "--output_dir", argv[7],
+                        "--exist_ok", "true"]
+    assert Path(argv[7]).parent == checkpoint.parent and Path(argv[7]).name.startswith(".checkpoint-4-merged.partial")
+    assert not list(checkpoint.parent.glob(".*merged*")), "partial or old merge left behind"
+
+    eq = merged.equivalence
+    assert eq.dtype == "float32" and eq.k == 8 and not eq.input_diffs
+    assert all(p.equal and p.first_diff is None and len(p.adapter_tokens) >= 4 for p in eq.prompts)
+    assert eq.max_logit_diff <= 1e-5, eq.max_logit_diff  # fp32: only the order of additions differs
+    assert eq.max_logit_diff_prefix <= 1e-5, eq.max_logit_diff_prefix
+
+    report = json.loads((merged_dir / merge.REPORT_NAME).read_text(encoding="utf-8"))
+    assert report["verdict"] == "equivalent" and report["checkpoint"] == str(checkpoint)
+    assert len(report["equivalence"]["prompts"]) == 8
+    assert math.isfinite(report["equivalence"]["max_logit_diff"])
+    assert {"export_s", "check_s", "total_s"} <= set(report["timings"])
+
+
+@pytest.mark.e2e
+def test_swift_merge_equals_peft_merge_and_unload(checkpoint: Path, merged: MergeReport) -> None:
+    """swift export (peft tuner backend) merges exactly as peft's ``merge_and_unload``."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(merged.base_model, dtype=torch.float32)
+    ours = PeftModel.from_pretrained(base, str(checkpoint)).merge_and_unload().state_dict()
+    theirs = AutoModelForImageTextToText.from_pretrained(merged.merged_dir, dtype=torch.float32).state_dict()
+    assert set(ours) == set(theirs)
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) <= 1e-6
+
+
+def _corrupt(merged_dir: Path, out: Path, base_model: str, how: str) -> Path:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(merged_dir, out)
+    weights = load_file(out / "model.safetensors")
+    tensor = weights[CORRUPTED_TENSOR]
+    if how == "noise":  # 10% of the tensor's spread on one of ~60 tensors
+        noise = torch.randn(tensor.shape, generator=torch.Generator().manual_seed(0))
+        weights[CORRUPTED_TENSOR] = tensor + 0.1 * tensor.std() * noise
+    else:  # the merge missed a module: its base weight is still there
+        weights[CORRUPTED_TENSOR] = load_file(Path(base_model) / "model.safetensors")[CORRUPTED_TENSOR]
+    assert not weights[CORRUPTED_TENSOR].equal(tensor)
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("how", ["noise", "missed_module"])
+def test_corrupted_merge_fails(checkpoint: Path, merged: MergeReport, tmp_path: Path, how: str,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    bad = _corrupt(Path(merged.merged_dir), tmp_path / f"bad-{how}", merged.base_model, how)
+    with pytest.raises(SystemExit) as exit_info:
+        merge.main([f"checkpoint={checkpoint}", f"merged={bad}", "k=4", "max_new_tokens=4", "min_new_tokens=4"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "MERGE CHECK FAILED" in err and "NOT equivalent" in err, err
+    assert "first-step logits differ by up to" in err and "> tolerance" in err, err
+    report = json.loads((bad / merge.REPORT_NAME).read_text(encoding="utf-8"))
+    assert report["verdict"] == "NOT EQUIVALENT" and report["problems"]
+    assert report["equivalence"]["max_logit_diff"] > report["equivalence"]["tolerance"]
+
+
+@pytest.mark.e2e
+def test_incomplete_merged_dir_is_named(checkpoint: Path, merged: MergeReport, tmp_path: Path) -> None:
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        os.symlink(Path(merged.merged_dir) / name, partial / name)
+    with pytest.raises(MergeError, match="lacks: image processor .*; chat template"):
+        merge_checkpoint(checkpoint, merged=partial)
+
+
+@pytest.mark.e2e
+def test_cli_merges_again(checkpoint: Path, merged: MergeReport, tmp_path: Path) -> None:
+    """The CLI as a subprocess: a second merge into the existing dir, prompts from an eval JSONL."""
+    prompts = synthetic_prompts(3, tmp_path)
+    records = [{"id": "q0", "question": "no prompt here"}] + [
+        {"id": f"q{i}", "answer": "左侧", "prompt": prompt_to_json(p)} for i, p in enumerate(prompts)]
+    dev = tmp_path / "dev_eval.jsonl"
+    dev.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    report_path = Path(merged.merged_dir) / merge.REPORT_NAME
+    before = report_path.stat().st_mtime_ns
+
+    argv = [sys.executable, "-m", "patentqa.train.merge", f"checkpoint={checkpoint}", f"prompts={dev}", "k=2",
+            "max_new_tokens=4", "min_new_tokens=2"]
+    proc = _run(argv, tmp_path, tmp_path / "cli.log")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "[merge] equivalent: 2 prompts" in proc.stdout, proc.stdout[-2000:]
+    assert "Successfully merged LoRA" in proc.stdout  # swift's own output, streamed through
+    report: dict[str, Any] = json.loads(report_path.read_text(encoding="utf-8"))
+    assert report_path.stat().st_mtime_ns > before
+    assert report["verdict"] == "equivalent" and report["equivalence"]["k"] == 2
+    assert report["prompts_source"] == str(dev)
+    assert not list(checkpoint.parent.glob(".*merged*")), "partial or old merge left behind"
+
+
+def test_token_mismatch_is_named() -> None:
+    """A token difference names the prompt and its first differing position (no model needed)."""
+    import torch
+
+    logits = [torch.zeros(2, 5) for _ in range(3)]
+    adapter = merge._Run(tokens=[[1, 2, 3], [1, 2, 4]], step_logits=logits)
+    merged_run = merge._Run(tokens=[[1, 2, 3], [1, 2, 0, 4]], step_logits=[t.clone() for t in logits] + [logits[0]])
+    base = merge._Run(tokens=[[4], [4]], step_logits=[logits[0] + 1])
+    results, prefix = merge._compare(adapter, merged_run, base, decode=lambda ids: str(ids))
+    assert [r.equal for r in results] == [True, False] and results[1].first_diff == 2 and prefix == 0.0
+    equivalence = merge.Equivalence(
+        base_model="b", adapter_dir="a", merged_dir="m", k=2, max_new_tokens=4, min_new_tokens=0, dtype="float32",
+        atol=1e-3, rtol=0.0, logit_scale=0.0, tolerance=1e-3, max_logit_diff=0.0, max_logit_diff_prefix=prefix,
+        adapter_effect=1.0, adapter_changes_first_token=2, input_diffs=[], prompts=results, timings={})
+    (problem,) = equivalence.problems()
+    assert problem.startswith("prompt 1: generated tokens differ from position 2"), problem
