@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(PY) -m patentqa.data +exp=smoke
+	$(PY) -m patentqa.train +exp=smoke
 
 test: setup
 	$(PY) -m pytest

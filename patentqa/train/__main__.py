@@ -1,0 +1,42 @@
+"""Train an experiment: data (cached) → swift sft LoRA run → run record (+ W&B).
+
+    python -m patentqa.train +exp=smoke
+    python -m patentqa.train +exp=lora_r8 dry_run=true
+    python -m patentqa.train -m +exp=lora_r8,lora_r16
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from patentqa.config import CONF_DIR
+from patentqa.data.corpus import DataError
+from patentqa.train.swift_args import SwiftArgError
+from patentqa.train.train import TrainFailed, train
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    group = f"sweep-{Path(hydra_cfg.sweep.dir).name}" if hydra_cfg.mode == RunMode.MULTIRUN else None
+    try:
+        result = train(cfg, run_dir, group=group)
+    except (SwiftArgError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except TrainFailed as error:
+        print(f"\ntraining failed ({run_dir}):\n{error}", file=sys.stderr)
+        sys.exit(1)
+    if not cfg.dry_run:
+        print(f"\ntraining succeeded: {run_dir}\n  checkpoints: {[c.path.name for c in result.checkpoints]}\n"
+              f"  summary: {result.summary}")
+
+
+if __name__ == "__main__":
+    main()

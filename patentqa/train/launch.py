@@ -1,0 +1,90 @@
+"""Launching ``swift sft``: its environment, the streamed subprocess, and what it left behind."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+# variables the launcher decides; inherited values are dropped unless the launcher sets them
+LAUNCH_VARS = ("NPROC_PER_NODE", "CUDA_VISIBLE_DEVICES", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch_env(cfg: DictConfig) -> dict[str, str]:
+    """The environment that decides how swift runs: processes, devices, nodes, image budget."""
+    launcher = cfg.launcher
+    env = {"MAX_PIXELS": str(max(cfg.prompt.max_pixels.values()))}  # fallback only: rows carry their budget
+    for var in LAUNCH_VARS:
+        value = launcher.get(var.lower())
+        if value is not None:
+            env[var] = str(value)
+    return env
+
+
+def swift_executable() -> str:
+    """The ``swift`` command of the running interpreter's environment."""
+    beside = Path(sys.executable).parent / "swift"
+    return str(beside) if beside.exists() else "swift"
+
+
+def child_env(launch: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+    """os.environ less the launcher's variables it does not set, plus ``launch`` and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(launch)
+    env.update(extra)
+    return env
+
+
+def run_streaming(argv: list[str], env: dict[str, str], log_path: Path, tail: int = 40) -> tuple[int, list[str]]:
+    """Run ``argv`` (no shell), echo its output to the console and ``log_path``; (exit code, last lines)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    last: deque[str] = deque(maxlen=tail)
+    with open(log_path, "a", encoding="utf-8") as log, \
+            subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             encoding="utf-8", errors="replace", bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+            last.append(line.rstrip("\n"))
+        code = process.wait()
+    return code, list(last)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A saved swift checkpoint."""
+
+    path: Path
+    step: int
+
+
+def checkpoints(swift_dir: Path) -> list[Checkpoint]:
+    """Complete checkpoints (with trainer_state.json) under swift's output dir, by step."""
+    found = []
+    for path in swift_dir.glob("v*/checkpoint-*"):
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir() and (path / "trainer_state.json").is_file():
+            found.append(Checkpoint(path, int(match.group(1))))
+    return sorted(found, key=lambda c: (c.step, str(c.path)))
+
+
+def swift_summary(swift_dir: Path) -> dict[str, object]:
+    """Last/best checkpoint and final losses from swift's logging.jsonl files."""
+    summary: dict[str, object] = {}
+    for log in sorted(swift_dir.glob("v*/logging.jsonl")):
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            for key in ("loss", "eval_loss", "last_model_checkpoint", "best_model_checkpoint", "global_step/max_steps"):
+                if key in record:
+                    summary[key] = record[key]
+    return summary

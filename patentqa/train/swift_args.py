@@ -1,0 +1,140 @@
+"""``swift sft`` arguments: rendered from config, validated against the installed ms-swift.
+
+Validation uses swift's own parser (``HfArgumentParser`` over ``SftArguments``) without
+constructing the arguments, so an unknown, renamed or mistyped flag fails before any
+process starts, naming the flag and, where known, its replacement.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+# flags of older ms-swift versions (the seed used 2.x/3.x) and their 4.x names
+RENAMED: dict[str, str] = {
+    "train_type": "tuner_type",
+    "metric": "eval_metric",
+    "sft_type": "tuner_type",
+    "custom_train_dataset_path": "dataset",
+    "custom_val_dataset_path": "val_dataset",
+    "dtype": "torch_dtype",
+}
+# train config keys that are ours, not swift flags
+_NOT_SWIFT = {"extra_args"}
+
+
+class SwiftArgError(ValueError):
+    """A swift flag that the installed ms-swift does not accept."""
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> Any:
+    """swift's own argument parser for ``swift sft`` (built once: ~5 s of imports)."""
+    from swift import SftArguments
+    from swift.utils.utils import _patch_get_type_hints
+    from transformers import HfArgumentParser
+
+    with _patch_get_type_hints():
+        parser = HfArgumentParser([SftArguments])
+
+    def fail(message: str) -> None:
+        raise SwiftArgError(f"swift sft rejects the arguments: {message}")
+
+    parser.error = fail  # type: ignore[method-assign]
+    return parser
+
+
+def known_flags() -> set[str]:
+    """Every flag name the installed ``swift sft`` accepts."""
+    return {action.dest for action in _parser()._actions}
+
+
+def to_argv(args: dict[str, Any]) -> list[str]:
+    """``--flag value`` pairs; lists become several values, dicts JSON, booleans true/false."""
+    argv: list[str] = []
+    for key, value in args.items():
+        argv.append(f"--{key}")
+        if isinstance(value, (list, tuple)):
+            argv += [_scalar(v) for v in value]
+        else:
+            argv.append(_scalar(value))
+    return argv
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        import json
+
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def validate(args: dict[str, Any]) -> None:
+    """Raise ``SwiftArgError`` for any flag or value the installed ``swift sft`` would reject."""
+    flags = known_flags()
+    for key in args:
+        if key in flags:
+            continue
+        if key in RENAMED:
+            raise SwiftArgError(f"--{key} is not a flag of the installed ms-swift; it was renamed to --{RENAMED[key]}")
+        close = difflib.get_close_matches(key, flags, n=3)
+        hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
+        raise SwiftArgError(f"--{key} is not a flag of the installed ms-swift (swift sft){hint}")
+    _, unknown = _parser().parse_known_args(to_argv(args))
+    if unknown:
+        raise SwiftArgError(f"swift sft does not accept: {' '.join(unknown)}")
+    if "device_map" in args and args.get("deepspeed"):
+        raise SwiftArgError("--device_map cannot be combined with --deepspeed (swift and ZeRO-3 both refuse it)")
+
+
+def render(cfg: DictConfig, train_file: Path, val_file: Path, output_dir: Path, report_to: str) -> dict[str, Any]:
+    """The ``swift sft`` arguments for a run, from the ``model``, ``train`` and ``launcher`` groups."""
+    model = cfg.model
+    local = Path(str(model.path)).is_dir()
+    args: dict[str, Any] = {
+        "model": str(Path(str(model.path)).resolve()) if local else str(model.path),  # adapters record it
+        "model_type": model.model_type,
+        "template": model.template,
+        "torch_dtype": model.torch_dtype,
+        "dataset": [str(train_file)],
+        "val_dataset": [str(val_file)],  # our document-level dev split, never swift's random split
+        "split_dataset_ratio": 0.0,
+        "output_dir": str(output_dir),
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "strict": True,  # a row that fails to encode is an error, not silently swapped for another
+        "report_to": [report_to],
+        "run_name": cfg.name,  # W&B run name (swift's default is its output dir)
+    }
+    if local:
+        args["check_model"] = False  # local weights: no hub calls
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    assert isinstance(train, dict)
+    for key, value in train.items():
+        if key not in _NOT_SWIFT and value is not None:
+            args[key] = value
+    if cfg.launcher.get("deepspeed"):
+        args["deepspeed"] = cfg.launcher.deepspeed
+    for key, value in (train.get("extra_args") or {}).items():
+        if key in args:
+            raise SwiftArgError(f"train.extra_args.{key} repeats a value set elsewhere ({args[key]!r}); "
+                                f"set it there instead")
+        args[key] = value
+    return args
+
+
+def write_config_file(path: Path, args: dict[str, Any], env: dict[str, str]) -> None:
+    """swift's config-file form (``swift sft FILE.yaml``): flags as keys, ``ENV`` for the environment."""
+    payload = dict(args)
+    if env:
+        payload["ENV"] = dict(env)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(payload, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,68 @@
+"""swift sft arguments: rendered from config, validated by the installed ms-swift's own parser."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from patentqa.config import compose
+from patentqa.train import swift_args
+from patentqa.train.launch import launch_env
+
+SEED_RECIPE = {"tuner_type": "lora", "lora_rank": 8, "lora_alpha": 32, "lorap_lr_ratio": 10, "learning_rate": 1e-4,
+               "num_train_epochs": 5, "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "adam_beta1": 0.9,
+               "adam_beta2": 0.95, "weight_decay": 0.1, "gradient_accumulation_steps": 16,
+               "per_device_train_batch_size": 1, "freeze_vit": True, "deepspeed": "zero3"}
+
+
+def render(*overrides: str) -> dict:
+    cfg = compose(["+exp=lora_r8", *overrides])
+    return swift_args.render(cfg, Path("/d/train.jsonl"), Path("/d/dev.jsonl"), Path("/r/swift"), "wandb")
+
+
+def test_seed_recipe_on_8_gpus_is_valid() -> None:
+    args = render("model=qwen2_5_vl_32b", "launcher=8gpu")
+    assert {k: args[k] for k in SEED_RECIPE} == SEED_RECIPE
+    assert args["val_dataset"] == ["/d/dev.jsonl"] and args["split_dataset_ratio"] == 0.0
+    assert "device_map" not in args and args["model"] == "Qwen/Qwen2.5-VL-32B-Instruct"
+    swift_args.validate(args)
+    env = launch_env(compose(["+exp=lora_r8", "launcher=8gpu"]))
+    assert env["NPROC_PER_NODE"] == "8" and env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
+    assert env["MAX_PIXELS"] == "2352000"
+
+
+def test_renamed_flag_fails_fast_with_its_replacement() -> None:
+    with pytest.raises(swift_args.SwiftArgError, match="renamed to --tuner_type"):
+        swift_args.validate(render("+train.extra_args.train_type=lora"))
+
+
+def test_typo_and_bad_value_fail_fast() -> None:
+    with pytest.raises(swift_args.SwiftArgError, match="did you mean --lora_rank"):
+        swift_args.validate(render("+train.extra_args.lora_rnak=8"))
+    with pytest.raises(swift_args.SwiftArgError, match="invalid int value"):
+        swift_args.validate(render("train.lora_rank=eight"))
+    with pytest.raises(swift_args.SwiftArgError, match="device_map"):
+        swift_args.validate(render("+train.extra_args.device_map=auto"))
+
+
+def test_extra_args_pass_any_flag_but_not_twice() -> None:
+    args = render("+train.extra_args.max_length=4096")
+    swift_args.validate(args)
+    assert args["max_length"] == 4096
+    with pytest.raises(swift_args.SwiftArgError, match="repeats"):
+        render("+train.extra_args.lora_rank=4")
+
+
+def test_multinode_env() -> None:
+    env = launch_env(compose(["+exp=lora_r8", "launcher=multinode", "launcher.nnodes=4", "launcher.node_rank=1",
+                              "launcher.master_addr=10.0.0.1"]))
+    assert (env["NNODES"], env["NODE_RANK"], env["MASTER_ADDR"], env["NPROC_PER_NODE"]) == ("4", "1", "10.0.0.1", "8")
+
+
+def test_config_file_form_round_trips(tmp_path: Path) -> None:
+    import yaml
+
+    args = render()
+    swift_args.write_config_file(tmp_path / "swift_args.yaml", args, {"MAX_PIXELS": "2352000"})
+    loaded = yaml.safe_load((tmp_path / "swift_args.yaml").read_text())
+    assert loaded.pop("ENV") == {"MAX_PIXELS": "2352000"} and loaded == args
