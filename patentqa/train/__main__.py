@@ -24,15 +24,16 @@ from patentqa.train.train import TrainFailed, train
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    group = f"sweep-{Path(hydra_cfg.sweep.dir).name}" if hydra_cfg.mode == RunMode.MULTIRUN else None
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    group = f"sweep-{Path(hydra_cfg.sweep.dir).name}" if sweep else None
     try:
         result = train(cfg, run_dir, group=group)
-    except (SwiftArgError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except TrainFailed as error:
-        print(f"\ntraining failed ({run_dir}):\n{error}", file=sys.stderr)
-        sys.exit(1)
+    except (SwiftArgError, DataError, TrainFailed) as error:
+        print(f"\n{cfg.name}: {'training failed' if isinstance(error, TrainFailed) else 'error'} ({run_dir}):\n{error}",
+              file=sys.stderr)
+        if sweep:
+            return  # the manifest says failed; the other sweep members still run
+        sys.exit(1 if isinstance(error, TrainFailed) else 2)
     if not cfg.dry_run:
         print(f"\ntraining succeeded: {run_dir}\n  checkpoints: {[c.path.name for c in result.checkpoints]}\n"
               f"  summary: {result.summary}")
