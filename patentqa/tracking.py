@@ -86,15 +86,17 @@ def scrub(obj: Any, *, _values: list[str] | None = None) -> Any:
     return obj
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``scrub(obj)`` as JSON via a temp file + ``os.replace`` (never half a file)."""
+def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` via a temp file in the same folder + ``os.replace``: readers never see half a file.
+
+    The one way patentqa writes files that others read (manifests, rows, caches, pages).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(scrub(obj), indent=2, ensure_ascii=False, default=str)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -103,6 +105,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``scrub(obj)`` as JSON atomically."""
+    text = json.dumps(scrub(obj), indent=2, ensure_ascii=False, default=str, sort_keys=True)
+    return atomic_write(path, (text + "\n").encode("utf-8"))
 
 
 def git_state(path: str | os.PathLike | None = None) -> dict[str, Any] | None:

@@ -39,3 +39,16 @@ def test_overrides_reach_the_config() -> None:
     cfg = compose(["+exp=lora_r8", "train.lora_rank=16", "model=qwen2_5_vl_7b"])
     assert cfg.train.lora_rank == 16 and cfg.model.name == "qwen2_5_vl_7b"
     assert cfg.data.name == "ccks2025" and cfg.launcher.nproc_per_node == 8
+
+
+@pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm_8gpu"])
+def test_slurm_launcher_composes(launcher: str) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=["+exp=lora_r8", f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert "SlurmLauncher" in cfg.hydra.launcher._target_
+    if launcher == "slurm_8gpu":
+        assert cfg.hydra.launcher.gpus_per_node == 8 and cfg.hydra.launcher.tasks_per_node == 1

@@ -15,7 +15,6 @@ from patentqa.tiny import (
     recipe_digest,
     QWEN2_5_VL_RECIPE,
     tiny_qwen2_5_vl,
-    tiny_qwen2_vl_embedder,
 )
 
 QWEN_IDS = {

@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from patentqa.data.prompts import PromptConfig
 from patentqa.data.retrieval import make_retriever, recall_report, style_examples
 from patentqa.data.sft import PromptedQuestion, eval_record, prompted, sft_rows, write_jsonl_atomic
 from patentqa.data.split import SPLITS, DocumentSplit, LeakageError, split_documents, split_questions
+from patentqa.tracking import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +37,6 @@ class DatasetBuild:
     split: DocumentSplit
     pages: RenderResult
     manifest: dict[str, Any]
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON via a temp file and rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(payload, out, ensure_ascii=False, indent=2, sort_keys=True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def render_spec(cfg: DictConfig) -> RenderSpec:
@@ -68,7 +57,7 @@ def dataset_key(cfg: DictConfig) -> str:
 
 def dataset_dir(cfg: DictConfig) -> Path:
     """Where the dataset for this config is (or will be) built."""
-    return Path(cfg.paths.cache_dir) / "datasets" / f"{cfg.data.name}-{dataset_key(cfg)}"
+    return Path(cfg.paths.cache_dir).resolve() / "datasets" / f"{cfg.data.name}-{dataset_key(cfg)}"
 
 
 def ensure_corpus(cfg: DictConfig) -> Path:

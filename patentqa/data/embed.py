@@ -22,16 +22,17 @@ The model is loaded only when something is missing from the cache.
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import logging
-import os
-import tempfile
+
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+
+from patentqa.tracking import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,9 @@ def _sha(*parts: Any) -> str:
 
 def save_vector(path: Path, vector: np.ndarray) -> None:
     """Write one .npy atomically (temp file in the same folder + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.save(out, np.asarray(vector, dtype=np.float32))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(vector, dtype=np.float32))
+    atomic_write(path, buffer.getvalue())
 
 
 def load_vector(path: Path) -> np.ndarray | None:
@@ -190,11 +185,7 @@ class GmeEmbedder:
         """A human-readable note of what the encoder key stands for."""
         meta = {"model_path": self.model_path, "model_key": model_key(self.model_path), "dtype": self.dtype,
                 "positions": self.positions}
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".json")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(meta, out, indent=2)
-        os.replace(tmp, self.cache_dir / "encoder.json")
+        write_json_atomic(self.cache_dir / "encoder.json", meta)
 
     # ---- model --------------------------------------------------------------------------------
     def _load(self) -> None:

@@ -12,7 +12,7 @@ document, and pages already in the cache are never rendered again.
 from __future__ import annotations
 
 import os
-import tempfile
+
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import pymupdf
 from tqdm import tqdm
 
 from patentqa.data.corpus import Document, Problem
+from patentqa.tracking import atomic_write
 
 _REFERENCE_DPI = 600  # page size used to derive the target grid (the seed's render size)
 
@@ -82,19 +83,9 @@ def render_page(page: pymupdf.Page, size: tuple[int, int], spec: RenderSpec) -> 
 
 
 def _save_atomic(pixmap: pymupdf.Pixmap, target: Path, spec: RenderSpec) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=spec.suffix)
-    os.close(handle)
-    try:
-        if spec.format == "jpeg":
-            pixmap.save(tmp, output="jpeg", jpg_quality=spec.jpeg_quality)
-        else:
-            pixmap.save(tmp, output="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    data = pixmap.tobytes(output="jpeg", jpg_quality=spec.jpeg_quality) if spec.format == "jpeg" \
+        else pixmap.tobytes(output="png")
+    atomic_write(target, data)
 
 
 def _page_sizes(pdf: Path, pages: list[int], spec: RenderSpec) -> dict[int, tuple[int, int]]:

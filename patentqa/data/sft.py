@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +15,7 @@ from patentqa.data.corpus import Document, Question
 from patentqa.data.prompts import (IMAGE_TAG, PageImage, Prompt, PromptConfig, build_prompt, prompt_form,
                                    prompt_to_json, to_swift_row)
 from patentqa.data.questions import parse_question
+from patentqa.tracking import atomic_write
 
 
 class ContextRetriever(Protocol):
@@ -102,12 +101,6 @@ def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> str:
     """Write rows as JSONL (temp file + rename) unless identical content is there; return sha256."""
     data = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows).encode()
     digest = hashlib.sha256(data).hexdigest()
-    if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
-        return digest
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".jsonl")
-    with os.fdopen(handle, "wb") as out:
-        out.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    if not (path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == digest):
+        atomic_write(path, data)
     return digest

@@ -31,6 +31,7 @@ from patentqa.cli import parse_args
 from patentqa.data import synth_vocab as V
 from patentqa.data.synth_questions import (KINDS, document_candidates, figure_other_candidates, pick_questions,
                                            plain, position_candidates)
+from patentqa.tracking import atomic_write
 from patentqa.data.synth_render import FIGURE_REGIONS, assign_figures, front_lines, layout_figure, render_pdf, wrap
 
 LINES_PER_PAGE = 35
@@ -66,13 +67,6 @@ class Part:
     carrier: int | None = None
     joint: str | None = None         # sentence fragment, e.g. "通过螺栓与机架1固定连接"
     joint_answer: str | None = None  # e.g. "螺栓连接"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, then rename over the target."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def dumps(obj: Any) -> str:
@@ -268,8 +262,8 @@ def build_document(job: tuple[SynthSpec, int, str, Path]) -> tuple[list[dict], i
              "parts": [asdict(p) for p in pat["parts"]], "figures": figures, "questions": asked}
     folder = out / split
     pdf = render_pdf(stem, pages, figures, spec.scan_dpi, spec.jpeg_quality)
-    write_atomic(folder / "documents" / f"{stem}.pdf", pdf)
-    write_atomic(folder / "truth" / f"{stem}.json", (dumps(truth) + "\n").encode())
+    atomic_write(folder / "documents" / f"{stem}.pdf", pdf)
+    atomic_write(folder / "truth" / f"{stem}.json", (dumps(truth) + "\n").encode())
     return rows, len(pages)
 
 
@@ -308,7 +302,7 @@ def prepare_out_dir(out: Path) -> None:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    write_atomic(path, "".join(dumps(r) + "\n" for r in rows).encode())
+    atomic_write(path, "".join(dumps(r) + "\n" for r in rows).encode())
 
 
 def generate(out_dir: str | Path, spec: SynthSpec) -> dict:
@@ -335,7 +329,7 @@ def generate(out_dir: str | Path, spec: SynthSpec) -> dict:
               "kinds": {k: sum(r["kind"] == k for r in every) for k in KINDS},
               "pages": sum(n for _, n in results)}
     recorded = {k: v for k, v in asdict(spec).items() if k != "workers"}  # workers never change the output
-    write_atomic(out / "synth.json", (dumps({"spec": recorded, "counts": counts}) + "\n").encode())
+    atomic_write(out / "synth.json", (dumps({"spec": recorded, "counts": counts}) + "\n").encode())
     return counts
 
 

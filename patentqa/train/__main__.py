@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> None:
               file=sys.stderr)
         if sweep:
             return  # the manifest says failed; the other sweep members still run
-        sys.exit(1 if isinstance(error, TrainFailed) else 2)
+        sys.exit(error.exit_code if isinstance(error, TrainFailed) else 2)  # swift's own status
     if not cfg.dry_run:
         print(f"\ntraining succeeded: {run_dir}\n  checkpoints: {[c.path.name for c in result.checkpoints]}\n"
               f"  summary: {result.summary}")

@@ -41,6 +41,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from patentqa.data.prompts import PageImage, Prompt, PromptConfig, build_prompt, prompt_from_json
+from patentqa.tracking import write_json_atomic
 
 REPORT_NAME = "merge_report.json"
 # First-step logit tolerance (atol, rtol) by the dtype both models run in: the logits pass when
@@ -495,12 +496,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(data, out, ensure_ascii=False, indent=2)
-        out.write("\n")
-    os.replace(tmp, path)
 
 
 def merge_checkpoint(checkpoint: Path, prompts: Optional[Path] = None, k: int = 8, merged: Optional[Path] = None,

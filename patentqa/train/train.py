@@ -23,7 +23,11 @@ from patentqa.train.launch import Checkpoint, checkpoints, child_env, launch_env
 
 
 class TrainFailed(RuntimeError):
-    """``swift sft`` ended with a non-zero status."""
+    """``swift sft`` ended with a non-zero status (``exit_code``)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -104,7 +108,7 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
                         error_tail="\n".join(tail[-15:]) if failed else None)
         if failed:
             raise TrainFailed(f"swift sft exited with status {result.exit_code}: {cause}\nlast lines:\n"
-                              + "\n".join(tail[-15:]))
+                              + "\n".join(tail[-15:]), result.exit_code)
         tracker.summary({f"train/{k}": v for k, v in result.summary.items() if isinstance(v, (int, float))})
     return result
 
