@@ -1,0 +1,1 @@
+"""Engine implementations; import them through patentqa.infer.engine.make_engine."""
