@@ -17,8 +17,9 @@ T = TypeVar("T")
 def parse_args(schema: type[T], argv: list[str] | None = None) -> T:
     """Parse ``key=value`` arguments onto dataclass ``schema``; exit 2 with a message on error."""
     argv = sys.argv[1:] if argv is None else argv
-    bad = [arg for arg in argv if "=" not in arg]
-    if bad or any(arg in ("-h", "--help") for arg in argv):
+    wants_help = any(arg in ("-h", "--help") for arg in argv)
+    bad = [arg for arg in argv if "=" not in arg and arg not in ("-h", "--help")]
+    if bad or wants_help:
         fields = " ".join(f"{name}=..." for name in schema.__dataclass_fields__)  # type: ignore[attr-defined]
         print(f"usage: {fields}" + (f"\nnot key=value: {' '.join(bad)}" if bad else ""), file=sys.stderr)
         raise SystemExit(2 if bad else 0)
