@@ -10,13 +10,13 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from patentqa.data.corpus import DataError, Question, SplitData, file_sha256, problems_as_dicts, read_split
+from patentqa.data.corpus import DataError, Document, Question, SplitData, file_sha256, problems_as_dicts, read_split
 from patentqa.data.pages import RenderResult, RenderSpec, render_documents
 from patentqa.data.prompts import PromptConfig
 from patentqa.data.retrieval import make_retriever, recall_report, style_examples
@@ -37,6 +37,8 @@ class DatasetBuild:
     split: DocumentSplit
     pages: RenderResult
     manifest: dict[str, Any]
+    documents: dict[str, Document] = field(default_factory=dict)  # labelled and unlabelled
+    retriever: Any = None                                         # prepared on every question
 
 
 def render_spec(cfg: DictConfig) -> RenderSpec:
@@ -98,7 +100,7 @@ def build_dataset(cfg: DictConfig) -> DatasetBuild:
         raise DataError("\n".join(str(p) for p in pages.problems))
     ensure_tiny_models(cfg)
     retriever = make_retriever(cfg.retrieval, pages.paths, Path(cfg.paths.cache_dir) / "embeddings")
-    retriever.prepare(labelled.questions, documents)
+    retriever.prepare(labelled.questions + (unlabelled.questions if unlabelled else []), documents)
     config = PromptConfig.from_cfg(cfg.prompt)
     items = {name: prompted(config, qs, documents, pages.paths, retriever) for name, qs in questions.items()}
     train_pool = [item.question for item in items["train"]]
@@ -122,7 +124,7 @@ def build_dataset(cfg: DictConfig) -> DatasetBuild:
     log.info("dataset %s: %s rows, %d pages rendered, %d cached, %d problems, %.1fs", out_dir.name,
              {k: len(v) for k, v in outputs.items()}, pages.rendered, pages.cached,
              manifest["problems"]["count"], manifest["seconds"])
-    return DatasetBuild(out_dir, questions, unlabelled, split, pages, manifest)
+    return DatasetBuild(out_dir, questions, unlabelled, split, pages, manifest, documents, retriever)
 
 
 def leakage_checks(items: dict[str, list[PromptedQuestion]], outputs: dict[str, list[dict[str, Any]]],

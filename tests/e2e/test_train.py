@@ -1,6 +1,7 @@
 """python -m patentqa.train on the tiny model: real swift sft, run record, W&B, failure, resume."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def test_swift_failure_marks_the_run_failed(first_run, monkeypatch) -> None:
     (bad / "train.jsonl").write_text("\n".join(rows[:-1] + [json.dumps(row, ensure_ascii=False)]) + "\n")
     (bad / "dev.jsonl").write_text((build.out_dir / "dev.jsonl").read_text())
     (bad / "manifest.json").write_text("{}")
-    monkeypatch.setattr(train_module, "build_dataset", lambda _cfg: type(build)(bad, *[None] * 4, {}))
+    monkeypatch.setattr(train_module, "build_dataset", lambda _cfg: dataclasses.replace(build, out_dir=bad))
     run_dir = tmp / "runs" / "smoke" / "c"
     with pytest.raises(TrainFailed, match="exited with status"):
         train(smoke(tmp, "train.max_steps=200"), run_dir)

@@ -1,0 +1,233 @@
+"""In-process transformers engine: one base model, LoRA checkpoints swapped with peft.
+
+The base model is loaded once. ``generate(..., adapter=DIR)`` attaches the checkpoint's LoRA
+weights under a name the first time it is seen (``PeftModel.from_pretrained``, then
+``load_adapter`` for further ones) and activates it with ``set_adapter``; ``adapter=None``
+runs the base model inside ``disable_adapter()``. Sweeping many checkpoints therefore never
+reloads the base and never merges. At most ``infer.max_loaded_adapters`` adapters stay
+attached; the least recently used one is dropped (``delete_adapter``) to bound memory.
+
+Prompts are encoded by ``encode_prompts`` (the parity-tested path, left padding), sorted by
+length within a call so a batch holds prompts of similar length, and generated in batches of
+``infer.batch_size``; outputs come back in the caller's order. Only new tokens are decoded.
+
+``load_base(path, dtype, device)`` (model + processor) is the shared loader for other stages.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from patentqa.data.prompts import Prompt
+from patentqa.infer.engine import Sampling
+
+log = logging.getLogger(__name__)
+
+
+def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    """``cfg.key`` for a DictConfig, dict or plain object; ``default`` when missing or None."""
+    if cfg is None:
+        return default
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` → ``auto`` (all GPUs, via accelerate) with CUDA, else ``cpu``; anything else as given."""
+    import torch
+
+    if device == "auto":
+        return "auto" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str = "auto", device: str = "auto") -> Any:
+    """A torch dtype: ``auto`` → bfloat16 on a GPU, float32 on CPU; else ``torch.<dtype>``."""
+    import torch
+
+    if dtype == "auto":
+        return torch.float32 if resolve_device(device) == "cpu" else torch.bfloat16
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r} (expected auto, float32, bfloat16 or float16)")
+    return resolved
+
+
+def load_base(path: str | Path, dtype: str = "auto", device: str = "auto",
+              attn_implementation: str | None = None) -> tuple[Any, Any]:
+    """(model in eval mode, processor) of a Qwen2.5-VL checkpoint dir or hub id.
+
+    ``device``: ``auto`` (all GPUs, else CPU), ``cpu``, ``cuda:0``, ...; ``dtype``: ``auto``
+    (bf16 on GPU, fp32 on CPU) or a torch dtype name.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, device), "device_map": resolve_device(device)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs).eval()
+    processor = AutoProcessor.from_pretrained(str(path))
+    return model, processor
+
+
+def _adapter_key(adapter: str) -> tuple[str, int]:
+    """Identity of a checkpoint: its resolved dir and the weights' mtime (a rewritten dir reloads)."""
+    directory = Path(adapter).resolve()
+    if not (directory / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter} is not a LoRA checkpoint (no adapter_config.json)")
+    weights = [directory / name for name in ("adapter_model.safetensors", "adapter_model.bin")]
+    mtime = max((w.stat().st_mtime_ns for w in weights if w.is_file()), default=0)
+    return str(directory), mtime
+
+
+def prompt_length(processor: Any, prompt: Prompt, factor: int = 28) -> int:
+    """Tokens ``prompt`` encodes to (text + image tokens), from the image headers only (no decode)."""
+    from PIL import Image
+    from qwen_vl_utils import smart_resize
+
+    from patentqa.infer.inputs import prompt_text
+
+    length = len(processor.tokenizer(prompt_text(processor, prompt))["input_ids"])
+    for image in prompt.images:
+        with Image.open(image.path) as page:
+            width, height = page.size
+        h, w = smart_resize(height, width, factor=factor, min_pixels=image.min_pixels, max_pixels=image.max_pixels)
+        length += h * w // (factor * factor) - 1  # the template already holds one <|image_pad|>
+    return length
+
+
+@dataclass
+class TransformersEngine:
+    """Batched generation with one base model and peft-swapped LoRA adapters (see module doc)."""
+
+    model: Any
+    processor: Any
+    batch_size: int = 8
+    factor: int = 28
+    max_loaded_adapters: int = 4
+    name: str = "transformers"
+    base_loads: int = 1  # the model passed in was loaded once
+    adapter_loads: int = 0
+    adapter_deletes: int = 0
+    _adapters: OrderedDict[tuple[str, int], str] = field(default_factory=OrderedDict)  # key → peft name, LRU order
+    _next_id: int = 0
+
+    @classmethod
+    def from_config(cls, infer_cfg: Any, model_cfg: Any) -> TransformersEngine:
+        """Load ``model_cfg.path`` once (building the tiny model when ``model.build_tiny``)."""
+        path = Path(str(model_cfg.path))
+        if cfg_get(model_cfg, "build_tiny", False):
+            from patentqa.tiny import tiny_qwen2_5_vl
+
+            path = tiny_qwen2_5_vl(path.parent)
+        model, processor = load_base(path, dtype=str(cfg_get(infer_cfg, "dtype", "auto")),
+                                     device=str(cfg_get(infer_cfg, "device", "auto")),
+                                     attn_implementation=cfg_get(infer_cfg, "attn_implementation"))
+        return cls(model=model, processor=processor, batch_size=int(cfg_get(infer_cfg, "batch_size", 8)),
+                   factor=int(cfg_get(model_cfg, "image_factor", 28)),
+                   max_loaded_adapters=int(cfg_get(infer_cfg, "max_loaded_adapters", 4)))
+
+    # --- adapters -------------------------------------------------------------------------------
+
+    @property
+    def loaded_adapters(self) -> list[str]:
+        """Checkpoint dirs currently attached, least recently used first."""
+        return [key[0] for key in self._adapters]
+
+    def _activate(self, adapter: str) -> None:
+        """Attach ``adapter`` if new (evicting the least recently used beyond the limit), make it active."""
+        from peft import PeftModel
+
+        key = _adapter_key(adapter)
+        name = self._adapters.get(key)
+        if name is None:
+            name = f"adapter_{self._next_id}"
+            self._next_id += 1
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(key[0], adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, key[0], adapter_name=name).eval()
+            self._adapters[key] = name
+            self.adapter_loads += 1
+            log.info("attached LoRA adapter %s as %s", key[0], name)
+        self._adapters.move_to_end(key)
+        self.model.set_adapter(name)
+        while len(self._adapters) > max(1, self.max_loaded_adapters):
+            _, old = self._adapters.popitem(last=False)
+            self.model.delete_adapter(old)
+            self.adapter_deletes += 1
+
+    @contextlib.contextmanager
+    def _using(self, adapter: str | None) -> Iterator[None]:
+        if adapter is not None:
+            self._activate(adapter)
+            yield
+        elif hasattr(self.model, "disable_adapter"):  # a PeftModel: run the base weights
+            with self.model.disable_adapter():
+                yield
+        else:
+            yield
+
+    # --- generation -----------------------------------------------------------------------------
+
+    def _generation_config(self, sampling: Sampling) -> Any:
+        """Plain greedy (or sampling) settings with the checkpoint's stop tokens; no repetition penalty."""
+        from transformers import GenerationConfig
+
+        base = getattr(self.model, "generation_config", None)
+        eos = getattr(base, "eos_token_id", None)
+        if eos is None:
+            eos = self.processor.tokenizer.eos_token_id
+        pad = self.processor.tokenizer.pad_token_id
+        if pad is None:
+            pad = eos[0] if isinstance(eos, list) else eos
+        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "eos_token_id": eos, "pad_token_id": pad,
+                                  "num_beams": 1}
+        if sampling.temperature > 0:
+            kwargs.update(do_sample=True, temperature=sampling.temperature)
+        else:
+            kwargs.update(do_sample=False)
+        return GenerationConfig(**kwargs)
+
+    def _generate_batch(self, prompts: list[Prompt], config: Any) -> list[str]:
+        import torch
+
+        from patentqa.infer.inputs import encode_prompts
+
+        batch = encode_prompts(self.processor, prompts, factor=self.factor).to(self.model.device)
+        with torch.inference_mode():
+            output = self.model.generate(**batch, generation_config=config)
+        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None = None) -> list[str]:
+        """One answer per prompt, in order; ``adapter`` a LoRA checkpoint dir (None: the base model)."""
+        if not prompts:
+            return []
+        config = self._generation_config(sampling)
+        lengths = [prompt_length(self.processor, prompt, self.factor) for prompt in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+        answers: list[str] = [""] * len(prompts)
+        size = max(1, self.batch_size)
+        with self._using(adapter):
+            for start in range(0, len(order), size):
+                chunk = order[start:start + size]
+                for i, text in zip(chunk, self._generate_batch([prompts[i] for i in chunk], config)):
+                    answers[i] = text
+        return answers
+
+    def close(self) -> None:
+        """Drop the model; frees GPU memory once no other reference holds it."""
+        import gc
+
+        import torch
+
+        self.model = None
+        self._adapters.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

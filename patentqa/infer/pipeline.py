@@ -1,0 +1,182 @@
+"""The answer pipeline: the seed's flow, every stage batched over a chunk of questions.
+
+route (rules, or the seed's LLM classifier) → retrieve → answer → shorten (the seed's style
+pass, optional) → deterministic cleanup. Questions are processed in fixed chunks in input
+order; each finished chunk is appended to ``predictions.jsonl`` in one write, so a killed
+run resumes at the first unfinished chunk and the file equals an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from patentqa.data.corpus import Document, Question
+from patentqa.data.prompts import (PromptConfig, classifier_prompt, parse_classifier_answer, prompt_form,
+                                   style_prompt)
+from patentqa.data.questions import parse_question
+from patentqa.data.sft import question_prompt
+from patentqa.infer.engine import Engine, Sampling
+from patentqa.tracking import atomic_write
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Which stages run (``pipeline`` config block) and how much each may generate."""
+
+    router: str = "rules"        # rules | llm (the seed's Y/N classifier call)
+    style_pass: bool = True      # the seed's second call that shortens the raw answer
+    cleanup: bool = True         # deterministic cleanup of markdown, prefixes, trailing punctuation
+    chunk_size: int = 32         # questions per chunk: the unit of batching and of resume
+    max_new_tokens: int = 64
+    style_max_new_tokens: int = 32
+
+    @classmethod
+    def from_cfg(cls, pipeline: Any, infer: Any) -> PipelineSettings:
+        return cls(router=pipeline.router, style_pass=bool(pipeline.style_pass), cleanup=bool(pipeline.cleanup),
+                   chunk_size=int(pipeline.chunk_size), max_new_tokens=int(infer.max_new_tokens),
+                   style_max_new_tokens=int(pipeline.style_max_new_tokens))
+
+
+@dataclass
+class AnswerContext:
+    """What answering needs besides the engine: prompts, pages, retrieval, style examples."""
+
+    prompt_config: PromptConfig
+    documents: dict[str, Document]
+    pages: dict[tuple[str, int], Path]
+    retriever: Any
+    style_answers: dict[str, list[str]] = field(default_factory=dict)
+
+
+_PREFIX = re.compile(r"^(?:最终答案|正确答案|答案|回答|答)\s*[:：]\s*")
+_TRAILING = "。.!！,，;；:：、 \n\t"
+
+
+def cleanup(text: str) -> str:
+    """Deterministic answer cleanup: markdown, bold, "答案：" prefixes, quotes, trailing punctuation."""
+    text = re.sub(r"```.*?```", " ", text, flags=re.S).replace("**", "").replace("__", "")
+    lines = [re.sub(r"^\s*(?:#+|[-*•]|\d+[.、)])\s+", "", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    marked = [line for line in lines if _PREFIX.match(line)]  # an explicit "答案：" line wins
+    text = _PREFIX.sub("", marked[-1] if marked else " ".join(lines)).strip()
+    text = text.strip("\"'“”‘’「」【】[]").strip()
+    return text.rstrip(_TRAILING).strip()
+
+
+def _route(chunk: list[Question], engine: Engine, settings: PipelineSettings, adapter: str | None) -> list[dict]:
+    """Form per question, plus the classifier's raw output when the LLM router is on."""
+    routes = [{"form": prompt_form(q.question), "classifier": None} for q in chunk]
+    if settings.router != "llm":
+        return routes
+    page_questions = [i for i, q in enumerate(chunk) if parse_question(q.question).page is not None]
+    outputs = engine.generate([classifier_prompt(chunk[i].question) for i in page_questions],
+                              Sampling(max_new_tokens=8), adapter)
+    for i, output in zip(page_questions, outputs):
+        routes[i] = {"form": prompt_form(chunk[i].question, parse_classifier_answer(output)), "classifier": output}
+    return routes
+
+
+def answer_chunk(chunk: list[Question], ctx: AnswerContext, engine: Engine, settings: PipelineSettings,
+                 adapter: str | None = None, timings: Counter | None = None) -> list[dict[str, Any]]:
+    """Run every stage over one chunk; one prediction record per question, in order."""
+    timings = timings if timings is not None else Counter()
+    clock = time.perf_counter()
+    routes = _route(chunk, engine, settings, adapter)
+    timings["route"] += time.perf_counter() - clock
+    clock = time.perf_counter()
+    prompts = [question_prompt(ctx.prompt_config, q, ctx.documents[q.document], ctx.pages, ctx.retriever, r["form"])
+               for q, r in zip(chunk, routes)]
+    timings["retrieve"] += time.perf_counter() - clock
+    clock = time.perf_counter()
+    raw = engine.generate(prompts, Sampling(max_new_tokens=settings.max_new_tokens), adapter)
+    timings["answer"] += time.perf_counter() - clock
+    clock = time.perf_counter()
+    styled = raw
+    if settings.style_pass:
+        styled = engine.generate([style_prompt(r, ctx.style_answers.get(q.id, [])) for q, r in zip(chunk, raw)],
+                                 Sampling(max_new_tokens=settings.style_max_new_tokens), adapter)
+    timings["shorten"] += time.perf_counter() - clock
+    records = []
+    for question, route, prompt, raw_answer, styled_answer in zip(chunk, routes, prompts, raw, styled):
+        final = cleanup(styled_answer) if settings.cleanup else styled_answer
+        records.append({"id": question.id, "document": question.document, "question": question.question,
+                        "kind": parse_question(question.question).kind, "form": route["form"],
+                        "pages": [image.page for image in prompt.images], "classifier": route["classifier"],
+                        "raw_answer": raw_answer, "styled_answer": styled_answer if settings.style_pass else None,
+                        "prediction": final, "answer": question.answer})
+    return records
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """Finished records; a torn last line (killed mid-write) is cut off the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    records = []
+    for line in data[:end].splitlines():
+        records.append(json.loads(line))
+    if end != len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
+    return records
+
+
+def _line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def append_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append whole lines in one write and fsync: a chunk is either on disk or not."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(_line(r) for r in records).encode("utf-8")
+    with open(path, "ab") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def answer_questions(questions: list[Question], ctx: AnswerContext, engine: Engine, settings: PipelineSettings,
+                     predictions: Path, adapter: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Answer every question into ``predictions`` (resuming what is there); return a summary."""
+    done = read_predictions(predictions)
+    order = [q.id for q in questions]
+    if [r["id"] for r in done] != order[:len(done)]:
+        raise ValueError(f"{predictions} holds other questions or another order; use a fresh output dir")
+    timings: Counter = Counter()
+    started = time.perf_counter()
+    # chunk boundaries are fixed from the start of the list, so a resumed run batches exactly as a fresh one
+    first = (len(done) // settings.chunk_size) * settings.chunk_size
+    if first != len(done):  # killed inside a chunk's write: redo that whole chunk
+        atomic_write(predictions, "".join(_line(r) for r in done[:first]).encode("utf-8"))
+        done = done[:first]
+    with tqdm(total=len(questions), initial=len(done), unit="q", desc="answer", disable=not progress) as bar:
+        for start in range(first, len(questions), settings.chunk_size):
+            chunk = questions[start:start + settings.chunk_size]
+            append_records(predictions, answer_chunk(chunk, ctx, engine, settings, adapter, timings))
+            bar.update(len(chunk))
+    records = read_predictions(predictions)
+    seconds = time.perf_counter() - started
+    answered = len(questions) - len(done)
+    return {"questions": len(records), "resumed_after": len(done), "answered_now": answered,
+            "seconds": round(seconds, 2), "questions_per_s": round(answered / seconds, 3) if answered else None,
+            "stage_seconds": {k: round(v, 2) for k, v in timings.items()},
+            "kinds": dict(Counter(r["kind"] for r in records)), "forms": dict(Counter(r["form"] for r in records))}
+
+
+def write_submission(path: Path, questions: list[Question], records: list[dict[str, Any]]) -> None:
+    """The competition's form: one {"id", "answer"} per input question, in input order, none missing."""
+    by_id = {r["id"]: r["prediction"] for r in records}
+    missing = [q.id for q in questions if q.id not in by_id]
+    if missing:
+        raise ValueError(f"{len(missing)} question(s) have no prediction, e.g. {missing[:5]}")
+    lines = [json.dumps({"id": q.id, "answer": by_id[q.id]}, ensure_ascii=False) for q in questions]
+    atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
