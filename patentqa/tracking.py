@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -143,6 +144,24 @@ def result_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
             if (k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIXES)) and not is_secret_name(k)}
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint that swift saved in a run (``swift/vN-*/checkpoint-STEP``)."""
+
+    path: Path
+    step: int
+
+
+def checkpoints(swift_dir: str | os.PathLike) -> list[Checkpoint]:
+    """Complete checkpoints (with trainer_state.json) under swift's output dir, by step."""
+    found = []
+    for path in Path(swift_dir).glob("v*/checkpoint-*"):
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir() and (path / "trainer_state.json").is_file():
+            found.append(Checkpoint(path, int(match.group(1))))
+    return sorted(found, key=lambda c: (c.step, str(c.path)))
+
+
 def run_manifest(config: Mapping[str, Any], *, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What reproduces a run: git, versions, host, argv, result env, config (all scrubbed)."""
     return scrub({"state": "running", "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -250,6 +269,22 @@ class Tracker:
         """Log metrics; ``step`` is the training global step (``train/global_step``), not ``_step``."""
         if self.enabled and not self._finished:
             self.start()._run.log({**scrub(metrics), **({STEP_KEY: step} if step is not None else {})})
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """One W&B Table under its own key (e.g. the predictions of one checkpoint)."""
+        if self.enabled and not self._finished:
+            import wandb
+
+            self.start()._run.log({key: wandb.Table(columns=columns, data=scrub(rows))})
+
+    def log_artifact(self, path: str | os.PathLike, *, name: str, type: str) -> None:
+        """A file as a W&B artifact (e.g. a predictions.jsonl)."""
+        if self.enabled and not self._finished:
+            import wandb
+
+            artifact = wandb.Artifact(re.sub(r"[^\w.-]", "-", name), type=type)
+            artifact.add_file(str(path))
+            self.start()._run.log_artifact(artifact)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         """Set run summary values (final metrics, best checkpoint...)."""

@@ -9,8 +9,9 @@ Prompt forms (which one a question gets is routing's decision, see ``prompt_form
 - ``with_context``: page question; asked page + retrieved pages;
 - ``figure_only``: page question answerable from the figure alone; asked page, bigger budget;
 - ``document``: whole-patent question; retrieved pages.
-Variants (config group ``prompt``): ``seed_b`` (the seed's round-B templates verbatim) and
-``page_labels`` (each image labelled 第N页：, the asked page named in the text).
+Variants (config group ``prompt``): ``seed_b`` (the seed's round-B templates verbatim),
+``page_labels`` (each image labelled 第N页：, the asked page named in the text) and
+``minimal`` (pages + bare question: the "minimal prompt" ablation).
 """
 from __future__ import annotations
 
@@ -118,6 +119,9 @@ def build_prompt(config: PromptConfig, question: str, form: str, asked: PageImag
         part = ImagePart(page.path, page.page, budget, config.min_pixels)
         return [f"第{page.page}页：", part] if config.name == "page_labels" else [part]
 
+    if config.name == "minimal":  # ablation: the pages and the bare question, no instructions
+        pages = ([asked] if asked else []) + (context if form != "figure_only" else [])
+        return Prompt(parts=_merge([p for page in pages for p in image(page)] + [question]), form=form)
     labelled = config.name == "page_labels"
     where = f"第{asked.page}页" if labelled and asked else "这页"
     parts: list[Part] = [_INTRO]

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -55,24 +53,6 @@ def run_streaming(argv: list[str], env: dict[str, str], log_path: Path, tail: in
             last.append(line.rstrip("\n"))
         code = process.wait()
     return code, list(last)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A saved swift checkpoint."""
-
-    path: Path
-    step: int
-
-
-def checkpoints(swift_dir: Path) -> list[Checkpoint]:
-    """Complete checkpoints (with trainer_state.json) under swift's output dir, by step."""
-    found = []
-    for path in swift_dir.glob("v*/checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and path.is_dir() and (path / "trainer_state.json").is_file():
-            found.append(Checkpoint(path, int(match.group(1))))
-    return sorted(found, key=lambda c: (c.step, str(c.path)))
 
 
 def swift_summary(swift_dir: Path) -> dict[str, object]:

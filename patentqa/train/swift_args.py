@@ -24,7 +24,7 @@ RENAMED: dict[str, str] = {
     "dtype": "torch_dtype",
 }
 # train config keys that are ours, not swift flags
-_NOT_SWIFT = {"extra_args"}
+_NOT_SWIFT = {"extra_args", "enabled"}
 
 
 class SwiftArgError(ValueError):

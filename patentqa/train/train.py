@@ -16,10 +16,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from patentqa.data.build import build_dataset, dataset_dir
-from patentqa.tracking import Tracker, run_manifest, scrub, update_manifest, write_json_atomic
+from patentqa.tracking import Checkpoint, Tracker, checkpoints, run_manifest, scrub, update_manifest, write_json_atomic
 from patentqa.train import swift_args
-from patentqa.train.launch import Checkpoint, checkpoints, child_env, launch_env, run_streaming, swift_executable, \
-    swift_summary
+from patentqa.train.launch import child_env, launch_env, run_streaming, swift_executable, swift_summary
 
 
 class TrainFailed(RuntimeError):
@@ -40,6 +39,7 @@ class TrainResult:
     exit_code: int | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, Any] | None = None
 
 
 def find_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Checkpoint, dict[str, Any]] | None:
@@ -95,9 +95,13 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
         "resumed_from": str(resume[0].path) if resume else None}))
     started = time.perf_counter()
     with tracker:
-        with tracker.handoff() as wandb_env:  # swift's trainer logs into this same W&B run
-            result.exit_code, tail = run_streaming(command, child_env(launch, wandb_env),
-                                                   run_dir / "logs" / "swift_sft.log")
+        if cfg.train.enabled:
+            with tracker.handoff() as wandb_env:  # swift's trainer logs into this same W&B run
+                result.exit_code, tail = run_streaming(command, child_env(launch, wandb_env),
+                                                       run_dir / "logs" / "swift_sft.log")
+        else:
+            print("train.enabled=false: no swift sft run (the base model is what gets evaluated)")
+            result.exit_code, tail = 0, []
         result.checkpoints = checkpoints(run_dir / "swift")
         result.summary = {**swift_summary(run_dir / "swift"), "checkpoints": len(result.checkpoints),
                           "wall_seconds": round(time.perf_counter() - started, 1)}
@@ -110,6 +114,11 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
             raise TrainFailed(f"swift sft exited with status {result.exit_code}: {cause}\nlast lines:\n"
                               + "\n".join(tail[-15:]), result.exit_code)
         tracker.summary({f"train/{k}": v for k, v in result.summary.items() if isinstance(v, (int, float))})
+        if cfg.eval.after_train:
+            from patentqa.eval.sweep import sweep  # eval sits after train in the loop
+
+            result.sweep = sweep(cfg, run_dir, tracker)
+            update_manifest(manifest_path, best_checkpoint=result.sweep["best"])
     return result
 
 

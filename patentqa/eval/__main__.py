@@ -1,0 +1,43 @@
+"""Checkpoint sweep of a training run on the held-out dev split (best one then scored on test).
+
+    python -m patentqa.eval run_dir=runs/smoke/2026-11-21_06-08-02 [eval.select_by=char_f1 ...]
+
+The run's own resolved config (RUN/config.yaml) is used; further ``key=value`` arguments override it.
+Metrics are logged into the run's W&B run (same id, resumed).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from patentqa.eval.sweep import sweep
+from patentqa.tracking import Tracker
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    run_args = [a for a in argv if a.startswith("run_dir=")]
+    if len(run_args) != 1:
+        print("usage: python -m patentqa.eval run_dir=RUN [key=value ...]", file=sys.stderr)
+        return 2
+    run_dir = Path(run_args[0].split("=", 1)[1])
+    if not (run_dir / "config.yaml").is_file():
+        print(f"error: {run_dir} has no config.yaml (not a patentqa training run)", file=sys.stderr)
+        return 2
+    cfg = OmegaConf.merge(OmegaConf.load(run_dir / "config.yaml"),
+                          OmegaConf.from_dotlist([a for a in argv if not a.startswith("run_dir=")]))
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")) \
+        if (run_dir / "manifest.json").is_file() else {}
+    run_id = (manifest.get("wandb") or {}).get("id")
+    with Tracker(OmegaConf.to_container(cfg.logger, resolve=True), run_dir=run_dir, name=cfg.name,
+                 group=(manifest.get("wandb") or {}).get("group") or cfg.name, tags=list(cfg.tags),
+                 config=None, job_type="eval", run_id=run_id) as tracker:
+        sweep(cfg, run_dir, tracker)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

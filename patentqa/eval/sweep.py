@@ -1,0 +1,146 @@
+"""Checkpoint sweep: every checkpoint of a run answered and scored on dev, the best one once on test.
+
+One base model is loaded and LoRA adapters are swapped on it (no merging). Results are
+cached per (checkpoint content hash, evaluation config hash), so a second call evaluates
+only new checkpoints. Every number names its split: ``eval/{dev,test}/{checkpoint-N,base}/``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from patentqa.data.build import DatasetBuild, build_dataset
+from patentqa.data.corpus import Question
+from patentqa.eval.metrics import configure_bertscore, headline
+from patentqa.eval.score import score_file
+from patentqa.infer.engine import Engine, make_engine
+from patentqa.infer.pipeline import PipelineSettings, answer_questions
+from patentqa.infer.run import answer_context
+from patentqa.tracking import Checkpoint, Tracker, checkpoints, write_json_atomic
+
+BASE = "base"  # the untuned model, evaluated beside the checkpoints when eval.include_base
+
+
+def eval_key(cfg: DictConfig, build: DatasetBuild) -> str:
+    """Hash of everything besides the checkpoint that changes predictions or scores."""
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("prompt", "retrieval", "pipeline", "eval")}
+    parts["infer"] = {k: v for k, v in OmegaConf.to_container(cfg.infer, resolve=True).items()
+                      if k not in ("batch_size", "device", "concurrency", "max_loaded_adapters")}
+    parts["dataset"], parts["model"] = build.manifest["dataset_key"], str(cfg.model.path)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoint_hash(checkpoint: Checkpoint | None) -> str:
+    """Content hash of an adapter (``base`` for the untuned model)."""
+    if checkpoint is None:
+        return BASE
+    digest = hashlib.sha256()
+    for path in sorted(checkpoint.path.glob("adapter_*")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def evaluate(cfg: DictConfig, build: DatasetBuild, engine: Engine, questions: list[Question], split: str,
+             name: str, checkpoint: Checkpoint | None, out_root: Path, key: str) -> dict[str, Any]:
+    """Answer and score one checkpoint on one split, unless a result with the same key is there."""
+    out = out_root / split / name
+    cache_key = f"{checkpoint_hash(checkpoint)}-{key}"
+    metrics_path = out / "metrics.json"
+    if metrics_path.is_file():
+        cached = json.loads(metrics_path.read_text(encoding="utf-8"))
+        if cached.get("cache_key") == cache_key:
+            return cached | {"cached": True}
+    if (out / "key").is_file() and (out / "key").read_text() != cache_key:
+        shutil.rmtree(out)  # predictions of another checkpoint content or config: start over
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "key").write_text(cache_key)
+    summary = answer_questions(questions, answer_context(cfg, build, questions), engine,
+                               PipelineSettings.from_cfg(cfg.pipeline, cfg.infer), out / "predictions.jsonl",
+                               adapter=str(checkpoint.path) if checkpoint else None)
+    record = score_file(out / "predictions.jsonl", list(cfg.eval.metrics), cfg.eval.composite, cfg.eval.by,
+                        cfg.eval.bootstrap.resamples, cfg.eval.bootstrap.seed, cfg.eval.bootstrap.confidence,
+                        scores_path=out / "scores.jsonl", metrics_path=metrics_path)
+    record.update(split=split, checkpoint=name, step=checkpoint.step if checkpoint else 0,
+                  path=str(checkpoint.path) if checkpoint else None, cache_key=cache_key,
+                  headline=headline(record["aggregate"]), answering=summary)
+    write_json_atomic(metrics_path, record)
+    return record | {"cached": False}
+
+
+def _log(tracker: Tracker | None, record: dict[str, Any]) -> None:
+    """Metrics against the global step, one W&B table per checkpoint, predictions as an artifact."""
+    if tracker is None or not tracker.enabled or record.get("cached"):
+        return
+    split, name = record["split"], record["checkpoint"]
+    metrics = {f"{split}/{k}": v for k, v in record["headline"].items() if v is not None}
+    tracker.log(metrics, step=record["step"])
+    rows = [json.loads(line) for line in Path(record["scores_file"]).read_text(encoding="utf-8").splitlines()]
+    questions = {json.loads(line)["id"]: json.loads(line)["question"]
+                 for line in Path(record["predictions"]).read_text(encoding="utf-8").splitlines()}
+    tracker.log_table(f"{split}_predictions/{name}", ["id", "question", "kind", "gold", "prediction", "char_f1", "composite"],
+                      [[r.get("id"), questions.get(r.get("id")), r.get("kind"), r["answer"], r["prediction"],
+                        r["scores"].get("char_f1"), r["scores"].get("composite")] for r in rows])
+    tracker.log_artifact(record["predictions"], name=f"predictions-{split}-{name}", type="predictions")
+
+
+def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None) -> dict[str, Any]:
+    """Evaluate every checkpoint of ``run_dir`` on dev; score the best on test; write eval/sweep.json."""
+    if cfg.eval.bertscore.model_path:
+        configure_bertscore(cfg.eval.bertscore.model_path, cfg.eval.bertscore.num_layers,
+                            cfg.eval.bertscore.batch_size, cfg.eval.bertscore.device)
+    build = build_dataset(cfg)
+    found = checkpoints(run_dir / "swift")
+    if not found and not cfg.eval.include_base:
+        raise FileNotFoundError(f"no complete checkpoint under {run_dir / 'swift'} (and eval.include_base=false)")
+    dev, test = build.questions["dev"], build.questions["test"]
+    if not dev:
+        raise ValueError("the dev split is empty: raise data.split.dev or use more documents")
+    key, out_root = eval_key(cfg, build), run_dir / "eval"
+    select = cfg.eval.select_by
+    engine = make_engine(cfg.infer, cfg.model)
+    try:
+        targets: list[tuple[str, Checkpoint | None]] = [(c.path.name, c) for c in found]
+        if cfg.eval.include_base:
+            targets.insert(0, (BASE, None))
+        results = {}
+        for name, checkpoint in targets:
+            results[name] = evaluate(cfg, build, engine, dev, "dev", name, checkpoint, out_root, key)
+            _log(tracker, results[name])
+            print(f"dev  {name:>16}: {select} = {results[name]['headline'].get(select):.4f}"
+                  + (" (cached)" if results[name]["cached"] else ""))
+        candidates = [n for n, _ in targets if n != BASE] or [BASE]  # no checkpoints: the base model is all there is
+        best_name = max(candidates, key=lambda n: results[n]["headline"].get(select) or 0.0)
+        best = dict(targets)[best_name]
+        on_test = {}
+        for name, checkpoint in dict([(best_name, best)] + ([(BASE, None)] if cfg.eval.include_base else [])).items():
+            if test:
+                on_test[name] = evaluate(cfg, build, engine, test, "test", name, checkpoint, out_root, key)
+                _log(tracker, on_test[name])
+    finally:
+        engine.close()
+    report = {
+        "run_dir": str(run_dir), "name": cfg.name, "select_by": select, "eval_key": key,
+        "dev_split_size": len(dev), "test_split_size": len(test),
+        "checkpoints": [{"name": n, "step": c.step, "path": str(c.path), "dev": results[n]["headline"]}
+                        for n, c in targets if c is not None],
+        "base": {"dev": results[BASE]["headline"], "test": on_test[BASE]["headline"] if BASE in on_test else None}
+        if cfg.eval.include_base else None,
+        "best": {"name": best_name, "step": best.step if best else 0, "path": str(best.path) if best else None,
+                 "dev": results[best_name]["headline"],
+                 "test": on_test[best_name]["headline"] if best_name in on_test else None},
+    }
+    write_json_atomic(out_root / "sweep.json", report)
+    if tracker is not None:
+        tracker.summary({"best/checkpoint": best_name, "best/step": report["best"]["step"],
+                         **{f"best/dev/{k}": v for k, v in report["best"]["dev"].items()},
+                         **{f"best/test/{k}": v for k, v in (report["best"]["test"] or {}).items()}})
+    test_line = (f"{select} on test = {report['best']['test'].get(select):.4f}" if report["best"]["test"]
+                 else "test split is empty: no test score")
+    print(f"best on dev: {best_name} (step {report['best']['step']}); {test_line}")
+    return report

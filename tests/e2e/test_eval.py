@@ -1,0 +1,69 @@
+"""python -m patentqa.train +exp=smoke with the sweep: every checkpoint scored on dev, best on test, cached."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import cache_root
+from patentqa.config import compose
+from patentqa.train.train import train
+
+pytestmark = pytest.mark.e2e
+
+
+def smoke(tmp: Path, *overrides: str):
+    tiny = cache_root() / "tiny"
+    return compose(["+exp=smoke", f"paths.root={tmp}", f"paths.cache_dir={tmp}/cache",
+                    f"model.path={tiny}/qwen2_5_vl", f"model.embedder_path={tiny}/qwen2_vl_gme", *overrides])
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, tiny_vl, tiny_embedder):
+    tmp = tmp_path_factory.mktemp("sweep")
+    run_dir = tmp / "runs" / "smoke" / "a"
+    result = train(smoke(tmp, "eval.after_train=true"), run_dir)
+    return tmp, run_dir, result
+
+
+def test_every_checkpoint_is_scored_on_dev_and_the_best_on_test(swept) -> None:
+    _, run_dir, result = swept
+    report = json.loads((run_dir / "eval" / "sweep.json").read_text())
+    names = [c.path.name for c in result.checkpoints]
+    assert [c["name"] for c in report["checkpoints"]] == names and names
+    for name in names + ["base"]:
+        metrics = json.loads((run_dir / "eval" / "dev" / name / "metrics.json").read_text())
+        assert metrics["split"] == "dev" and metrics["aggregate"]["n"] == report["dev_split_size"]
+        assert "ci_low" in metrics["aggregate"]["metrics"]["char_f1"]
+        assert set(metrics["aggregate"]["groups"]) <= {"document", "figure_other", "figure_position"}
+    best = report["best"]
+    assert best["dev"]["composite"] == max(c["dev"]["composite"] for c in report["checkpoints"])
+    assert report["test_split_size"] > 0 and best["test"] is not None
+    assert (run_dir / "eval" / "test" / best["name"] / "metrics.json").is_file()
+    assert json.loads((run_dir / "manifest.json").read_text())["best_checkpoint"]["name"] == best["name"]
+
+
+def test_fine_tuning_beats_the_untuned_model(swept) -> None:
+    _, run_dir, _ = swept
+    report = json.loads((run_dir / "eval" / "sweep.json").read_text())
+    tuned, base = report["best"]["test"]["char_f1"], report["base"]["test"]["char_f1"]
+    print(f"\nchar F1 on synthetic test documents: base {base:.3f}, best checkpoint {tuned:.3f}")
+    assert tuned - base >= 0.3
+
+
+def test_second_sweep_evaluates_nothing_new(swept) -> None:
+    _, run_dir, _ = swept
+    done = subprocess.run([sys.executable, "-m", "patentqa.eval", f"run_dir={run_dir}"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    dev_lines = [line for line in done.stdout.splitlines() if line.startswith("dev ")]
+    assert dev_lines and all(line.endswith("(cached)") for line in dev_lines)
+
+
+def test_base_model_ablation_trains_nothing_and_scores_the_base(tmp_path: Path, tiny_vl, tiny_embedder) -> None:
+    result = train(smoke(tmp_path, "+exp/ablate=base_model", "data.synth.n_docs=8"), tmp_path / "runs" / "b")
+    assert result.checkpoints == [] and result.sweep["best"]["name"] == "base"
+    assert not (tmp_path / "runs" / "b" / "swift").exists()
