@@ -115,10 +115,13 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
                               + "\n".join(tail[-15:]), result.exit_code)
         tracker.summary({f"train/{k}": v for k, v in result.summary.items() if isinstance(v, (int, float))})
         if cfg.eval.after_train:
-            from patentqa.eval.sweep import sweep  # eval sits after train in the loop
+            from patentqa.eval.report import build_report  # eval sits after train in the loop
+            from patentqa.eval.sweep import sweep
 
             result.sweep = sweep(cfg, run_dir, tracker)
-            update_manifest(manifest_path, best_checkpoint=result.sweep["best"])
+            report = build_report([run_dir], run_dir, run_dir / "report", title=f"{cfg.name} ({run_dir.name})")
+            update_manifest(manifest_path, best_checkpoint=result.sweep["best"], report=str(report))
+            print(f"report: {report}")
     return result
 
 

@@ -21,12 +21,29 @@ def smoke(tmp: Path, *overrides: str):
                     f"model.path={tiny}/qwen2_5_vl", f"model.embedder_path={tiny}/qwen2_vl_gme", *overrides])
 
 
+FAKE_KEY = "sk-fake-9f8e7d6c5b4a39281706"
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, tiny_vl, tiny_embedder):
     tmp = tmp_path_factory.mktemp("sweep")
     run_dir = tmp / "runs" / "smoke" / "a"
-    result = train(smoke(tmp, "eval.after_train=true"), run_dir)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("WANDB_API_KEY", FAKE_KEY)  # must reach no file: manifests, logs, W&B files, report
+    try:
+        result = train(smoke(tmp, "eval.after_train=true"), run_dir)
+    finally:
+        patch.undo()
     return tmp, run_dir, result
+
+
+def test_report_is_written_and_no_file_holds_the_key(swept) -> None:
+    _, run_dir, _ = swept
+    for name in ("report.md", "report.html", "dev_curves.png"):
+        assert (run_dir / "report" / name).is_file()
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
 
 
 def test_every_checkpoint_is_scored_on_dev_and_the_best_on_test(swept) -> None:
