@@ -20,7 +20,8 @@ def smoke(tmp: Path, *overrides: str):
     tiny = cache_root() / "tiny"
     return compose(["+exp=smoke", f"paths.root={tmp}", f"paths.cache_dir={tmp}/cache", "data.synth.n_docs=8",
                     f"model.path={tiny}/qwen2_5_vl", f"model.embedder_path={tiny}/qwen2_vl_gme",
-                    "train.max_steps=6", "train.save_steps=3", "train.eval_steps=3", *overrides])
+                    "train.max_steps=6", "train.save_steps=3", "train.eval_steps=3", "eval.after_train=false",
+                    *overrides])
 
 
 def wandb_pieces(run_dir: Path) -> list[Path]:
