@@ -1,5 +1,6 @@
 # make run   — set up (once) and run the main job on the embedded default (synthetic patents + tiny model, CPU)
 # make test  — set up (once) and run the whole test suite (fast tier + e2e tier)
+# make bench — set up (once), run the seed-vs-ours benchmarks, rewrite benchmarks/RESULTS.md (~10-15 min)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +8,7 @@ STAMP  := $(VENV)/.patentqa-setup
 # torch and torchvision must come as a matched pair from the same index (see README, "Why this torch").
 TORCH_PAIR := "torch==2.14.1" "torchvision==0.29.1"
 
-.PHONY: setup run test test-fast clean-cache
+.PHONY: setup run test test-fast bench clean-cache
 
 setup: $(STAMP)
 
@@ -27,6 +28,9 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not e2e"
+
+bench: setup
+	$(PY) -m benchmarks
 
 clean-cache:
 	rm -rf .cache/pages .cache/datasets
