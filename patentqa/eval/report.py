@@ -288,7 +288,7 @@ def plot_composite_bars(entries: list[dict[str, Any]]) -> bytes:
         ax.text(i, stats["ci_high"] + 0.01 * top, f"{stats['mean']:.3f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(entries)), [e["plot_label"].replace(": ", "\n") + ("\n(test)" if e["split"] == "test"
                                                                                  else "\n(dev: no test split)")
-                                        for e in entries], fontsize=8)
+                                        for e in entries], fontsize=8, rotation=25, ha="right")
     ax.set_ylabel("composite (95% CI)")
     ax.set_title("composite of the best checkpoint (chosen on dev) on test\n"
                  "grey: base model; hatched: dev, the run has no test split", fontsize=9)
