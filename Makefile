@@ -1,6 +1,6 @@
 # make run   — set up (once) and run the main job on the embedded default (synthetic patents + tiny model, CPU)
 # make test  — set up (once) and run the whole test suite (fast tier + e2e tier)
-# make bench — set up (once), run the seed-vs-ours benchmarks, rewrite benchmarks/RESULTS.md (~10-15 min)
+# make bench — set up (once), run the seed-vs-ours benchmarks, rewrite benchmarks/RESULTS.md (~10-12 min)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

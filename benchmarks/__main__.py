@@ -1,6 +1,6 @@
 """Run every benchmark, rewrite benchmarks/RESULTS.md, print the ratio table last.
 
-    python -m benchmarks                      # all, 3 repeats (~10-15 min on a 2-core machine)
+    python -m benchmarks                      # all, 3 repeats (~10-12 min on a busy 2-core machine)
     python -m benchmarks --quick              # small inputs, 1 repeat: checks that everything runs
     python -m benchmarks --only render,sweep  # some of them
     make bench
@@ -63,8 +63,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="CPU threads per process for torch/OpenMP (OMP_NUM_THREADS, torch.set_num_threads), "
                              "the same for both sides; default 1: on a shared 2-core machine two OpenMP threads "
                              "stall each other whenever another process runs; 0 = library defaults")
-    parser.add_argument("--scaling-repeats", type=int, default=1,
-                        help="scaling: repeats per corpus size (default 1: the three sizes already take minutes)")
+    parser.add_argument("--scaling-repeats", type=int, default=None,
+                        help="scaling: repeats per corpus size (default: --repeats)")
     args = parser.parse_args(argv)
     unknown = set(args.only.split(",")) - set(NAMES)
     if unknown:
@@ -82,7 +82,7 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[], Result]]:
         "pipeline": lambda: pipeline.run(args.repeats, args.quick, args.batch_size),
         "sweep": lambda: sweep.run(args.repeats, args.quick),
         "rebuild": lambda: rebuild.run(args.repeats, args.quick),
-        "scaling": lambda: scaling.run(1 if args.quick else args.scaling_repeats, args.quick),
+        "scaling": lambda: scaling.run(args.scaling_repeats or args.repeats, args.quick),
         "estimate": lambda: estimate.run(),
     }
 

@@ -50,6 +50,7 @@ class Ratio:
     kind: str = "speedup"
     seed: str = ""   # the seed's figure, for the table (median with unit)
     ours: str = ""
+    note: str = ""   # verdict text of an info ratio
 
     def median(self) -> float:
         return statistics.median(self.values)
@@ -62,7 +63,7 @@ class Ratio:
     def verdict(self) -> str:
         met = self.met()
         if met is None:
-            return "(reference)"
+            return self.note or "(reference)"
         if self.kind == "speedup":
             if met:
                 return f"met (goal >= {self.goal:g}x)"

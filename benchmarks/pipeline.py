@@ -10,7 +10,6 @@ the same three calls (router=llm) and with our default rules router (two calls).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from benchmarks.common import BENCH, Clock, Figure, Ratio, Result, median, scratch, smoke_overrides
 

@@ -12,7 +12,6 @@ files of sampled pages go through qwen-vl-utils ``fetch_image`` at the same budg
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -169,7 +168,8 @@ def _result(rates: dict, per_page_bytes: dict, split: dict, checks: dict, profil
     seed_sampled = split["pages"]
     result = Result("render", "Page rendering (PDF -> page images)")
     result.setup = [
-        f"input: {len(docs)} synthetic patents, {total_pages} pages, A4 scans at 300 DPI grayscale JPEG ({root.relative_to(BENCH.parents[1])})",
+        f"input: {len(docs)} synthetic patents, {total_pages} pages, A4 scans at 300 DPI grayscale JPEG "
+        f"({root.relative_to(BENCH.parents[1])})",
         f"seed: PyMuPDF `page.get_pixmap(dpi=600)` -> `pix.save(N.jpg)`, one process; "
         + (f"{seed_pages} pages per repeat, a different strided sample each repeat ({seed_sampled} pages timed in all)"
            if 0 < seed_pages < total_pages else "every page each repeat"),
@@ -203,7 +203,7 @@ def _result(rates: dict, per_page_bytes: dict, split: dict, checks: dict, profil
             f"same input to the model: {rgb['same_grid']}/{rgb['pages']} sampled pages give the identical "
             f"(h, w) = {tuple(rgb['grid'])} grid from both files through `fetch_image(max_pixels={BUDGET})`; mean "
             f"absolute pixel difference {rgb['mad']:.2f} of 255 (worst page {rgb['mad_max']:.2f}) for rgb, "
-            f"{gray.get('mad', float('nan')):.2f} for gray (resampling and JPEG noise, not content)")
+            f"{gray.get('mad', float('nan')):.2f} for gray (small: resampling filters and JPEG noise differ)")
         result.findings.append(
             f"inference-time image load (`fetch_image`, median per image): seed's 600-DPI file "
             f"{rgb['load_seed_s'] * 1000:.0f} ms vs ours {rgb['load_ours_s'] * 1000:.0f} ms "
