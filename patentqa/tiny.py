@@ -1,8 +1,10 @@
 """Tiny random Qwen2.5-VL / Qwen2-VL checkpoints for tests, built offline in seconds.
 
 Nothing is downloaded: a byte-level BPE tokenizer is trained on a small embedded Chinese
-patent corpus, padded up to id 151642, and Qwen's special tokens are added at their real
-ids (151643-151664). ms-swift hard-codes those ids (``<|image_pad|>`` = 151655); a tiny
+patent corpus plus the synthetic patents' word lists (so their answers are a few tokens,
+not runs of bytes), padded up to id 151642, and Qwen's special tokens are added at their
+real ids (151643-151664). The filler ids no text encodes to get zero embedding and output
+rows, so an untrained model spreads its guesses over real tokens, not 150k fillers. ms-swift hard-codes those ids (``<|image_pad|>`` = 151655); a tiny
 model with other ids trains, but never expands image tokens.
 
     tiny_qwen2_5_vl(cache_dir)        -> cache_dir/qwen2_5_vl      (answerer)
@@ -15,7 +17,7 @@ recipe rebuilds. Builds go to a temp dir next to the target and are moved into p
 
 CLI: ``python -m patentqa.tiny out_dir=DIR`` builds both and prints the paths.
 
-This module imports nothing from ``patentqa`` so every stage may use it.
+This module imports only the leaf word list ``patentqa.data.synth_vocab`` so every stage may use it.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 SEED = 0
 
 # Qwen2.5 / Qwen2.5-VL added tokens, in id order from 151643 (tokenizer_config.json of the
@@ -63,7 +65,8 @@ EXTRA_TOKENS: tuple[str, ...] = (
 TOKENIZER_LEN = FIRST_SPECIAL_ID + len(SPECIAL_TOKENS) + len(EXTRA_TOKENS)  # 151665, as Qwen
 VOCAB_SIZE = 151680  # embedding rows: >= TOKENIZER_LEN, a multiple of 64
 
-BPE_VOCAB_SIZE = 1200  # learned merges/tokens before the filler entries
+OUTPUT_ROW_STD = 0.5  # lm_head init; the default 0.02 caps logits near 0.2 and LoRA cannot learn
+BPE_VOCAB_SIZE = 4000  # learned merges/tokens before the filler entries
 
 CORPUS = """\
 本发明公开了一种折叠式电动自行车车架，包括主车架、前叉组件、后平叉和折叠机构。
@@ -115,6 +118,7 @@ _TEXT_COMMON: dict[str, Any] = {
     "max_position_embeddings": 32768,
     "max_window_layers": 2,
     "rms_norm_eps": 1e-6,
+    "initializer_range": 0.1,
     "bos_token_id": 151643,
     "eos_token_id": 151645,
     "pad_token_id": 151643,
@@ -178,14 +182,32 @@ def recipe_digest(recipe: dict[str, Any]) -> str:
             "version": RECIPE_VERSION,
             "seed": SEED,
             "recipe": recipe,
-            "corpus": CORPUS,
+            "corpus": tokenizer_corpus(),
             "chat_template": CHAT_TEMPLATE,
-            "tokens": [SPECIAL_TOKENS, EXTRA_TOKENS, BPE_VOCAB_SIZE],
+            "tokens": [SPECIAL_TOKENS, EXTRA_TOKENS, BPE_VOCAB_SIZE, OUTPUT_ROW_STD],
         },
         sort_keys=True,
         ensure_ascii=False,
     )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def tokenizer_corpus() -> list[str]:
+    """CORPUS lines plus every string in the synthetic patents' word lists."""
+    from patentqa.data import synth_vocab
+
+    def strings(value: Any) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, (tuple, list)):
+            return [s for v in value for s in strings(v)]
+        return []
+
+    lines = CORPUS.splitlines()
+    for name in sorted(vars(synth_vocab)):
+        if name.isupper():
+            lines += strings(getattr(synth_vocab, name))
+    return lines
 
 
 def _is_current(target: Path, digest: str) -> bool:
@@ -225,7 +247,7 @@ def _cached(target: Path, recipe: dict[str, Any], build: Callable[[Path, dict[st
 
 
 def _build_tokenizer() -> Any:
-    """Byte-level BPE trained on CORPUS, padded to id 151642, Qwen's added tokens after."""
+    """Byte-level BPE trained on ``tokenizer_corpus()``, padded to id 151642, Qwen's added tokens after."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from tokenizers import AddedToken
     from transformers import Qwen2TokenizerFast
@@ -250,7 +272,7 @@ def _build_tokenizer() -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
-    bpe.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    bpe.train_from_iterator(tokenizer_corpus(), trainer=trainer)
     model = json.loads(bpe.to_str())["model"]
     vocab: dict[str, int] = dict(model["vocab"])
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
@@ -299,13 +321,26 @@ def _save_common(out: Path, model: Any, processor: Any) -> None:
     ).save_pretrained(out)
 
 
-def _seeded_model(model_cls: Any, config: Any) -> Any:
+def _seeded_model(model_cls: Any, config: Any, first_filler: int) -> Any:
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         model = model_cls(config)
+        with torch.no_grad():
+            # Output rows at a trained model's scale (|row| ~ 4, logits up to ~30), so
+            # LoRA on the layers below can make confident predictions through a frozen head.
+            model.get_output_embeddings().weight.normal_(0.0, OUTPUT_ROW_STD)
+            # Filler ids never occur in text: zero rows, logit 0, never a greedy pick once
+            # a real token scores above 0.
+            for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+                matrix[first_filler:FIRST_SPECIAL_ID] = 0.0
     return model.eval()
+
+
+def _first_filler(tokenizer: Any) -> int:
+    """The first filler id: the trained BPE occupies the ids below it."""
+    return min(i for tok, i in tokenizer.get_vocab().items() if tok.startswith("<filler_"))
 
 
 def _image_processor(cls: Any) -> Any:
@@ -329,7 +364,7 @@ def _build_qwen2_5_vl(out: Path, recipe: dict[str, Any]) -> None:
         **_TOKEN_IDS,
     )
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
-    model = _seeded_model(Qwen2_5_VLForConditionalGeneration, config)
+    model = _seeded_model(Qwen2_5_VLForConditionalGeneration, config, _first_filler(tokenizer))
     processor = Qwen2_5_VLProcessor(
         image_processor=_image_processor(Qwen2VLImageProcessor),
         tokenizer=tokenizer,
@@ -355,7 +390,7 @@ def _build_qwen2_vl(out: Path, recipe: dict[str, Any]) -> None:
         **_TOKEN_IDS,
     )
     config.architectures = ["Qwen2VLForConditionalGeneration"]
-    model = _seeded_model(Qwen2VLForConditionalGeneration, config)
+    model = _seeded_model(Qwen2VLForConditionalGeneration, config, _first_filler(tokenizer))
     processor = Qwen2VLProcessor(
         image_processor=_image_processor(Qwen2VLImageProcessor),
         tokenizer=tokenizer,

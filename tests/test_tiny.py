@@ -176,3 +176,21 @@ def test_stale_marker_rebuilds_atomically(tiny_vl: Path, tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen2_5_vl"]  # no temp dirs left
     # deterministic: same weights as the cached build
     assert (built / "model.safetensors").read_bytes() == (tiny_vl / "model.safetensors").read_bytes()
+
+
+def test_synthetic_answers_are_few_tokens_and_fillers_never_win(tiny_vl: Path) -> None:
+    """The synthetic vocabulary is in the BPE (answers are whole words, not byte runs), and the
+    untrained model's greedy pick is a real token: filler rows are zero, real rows are not."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    from patentqa.tiny import _first_filler
+
+    tok = AutoTokenizer.from_pretrained(tiny_vl)
+    for answer in ("连接两侧立柱并承载滑座", "保证了加工精度", "部件7位于部件6的右侧"):
+        assert len(tok.encode(answer)) <= 6, tok.tokenize(answer)
+    first_filler = _first_filler(tok)
+    head = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_vl).get_output_embeddings().weight
+    assert torch.count_nonzero(head[first_filler:FIRST_SPECIAL_ID]) == 0
+    assert bool((head[:first_filler].norm(dim=1) > 1).all())
+    assert bool((head[FIRST_SPECIAL_ID:].norm(dim=1) > 1).all())

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +65,25 @@ def dataset_dir(cfg: DictConfig) -> Path:
 def ensure_corpus(cfg: DictConfig) -> Path:
     """The dataset dir; a synthetic set is generated there first if it is missing."""
     data_dir = Path(cfg.data.dir)
-    if cfg.data.synth is not None and not (data_dir / cfg.data.train_split).is_dir():
-        from patentqa.data.synth import SynthSpec, generate
+    if cfg.data.synth is None:
+        return data_dir
+    from patentqa.data.synth import SynthSpec, generate
 
+    spec = SynthSpec(**OmegaConf.to_container(cfg.data.synth, resolve=True))
+    if not (data_dir / cfg.data.train_split).is_dir():
         log.info("generating synthetic patents into %s", data_dir)
-        generate(data_dir, SynthSpec(**OmegaConf.to_container(cfg.data.synth, resolve=True)))
+        generate(data_dir, spec)
+        return data_dir
+    try:
+        made = json.loads((data_dir / "synth.json").read_text(encoding="utf-8"))["spec"]
+    except (OSError, ValueError, KeyError):
+        return data_dir  # not a set we generated: use it as it is
+    wanted = {k: v for k, v in asdict(spec).items() if k != "workers"}
+    differ = sorted(k for k in wanted if made.get(k) != wanted[k])
+    if differ:
+        raise ValueError(
+            f"{data_dir} was generated with {', '.join(f'{k}={made.get(k)}' for k in differ)}, but the config asks "
+            f"for {', '.join(f'{k}={wanted[k]}' for k in differ)}; set data.dir to a new folder (or remove this one)")
     return data_dir
 
 

@@ -78,8 +78,8 @@ def position_candidates(rng: random.Random, fig: dict, names: dict[int, str]) ->
     out = []
     for a, b in permutations(sorted(boxes), 2):
         if rel := relation(boxes[a], boxes[b]):
-            q = rng.choice(V.POSITION_QUESTIONS).format(a=a, b=b, na=names[a], nb=names[b])
-            answer = rng.choice(V.POSITION_ANSWERS).format(a=a, b=b, rel=rel)
+            fill = {"a": a, "b": b, "na": names[a], "nb": names[b], "rel": rel}
+            q, answer = (text.format(**fill) for text in rng.choice(V.POSITION_PHRASINGS))
             out.append(candidate("figure_position", figure_opening(rng, fig) + q, answer, [fig["page"]],
                                  "relative_position", [a, b], ("pair", fig["page"], min(a, b), max(a, b))))
     for a in sorted(boxes):
@@ -89,14 +89,15 @@ def position_candidates(rng: random.Random, fig: dict, names: dict[int, str]) ->
             if not side or relation(boxes[a], boxes[side[0][1]]) != rel:
                 continue
             if len(side) == 1:
-                templates = V.NEIGHBOUR_QUESTIONS
+                phrasings = V.NEIGHBOUR_PHRASINGS
             elif side[1][0] >= 1.5 * side[0][0]:
-                templates = V.NEAREST_NEIGHBOUR_QUESTIONS
+                phrasings = V.NEAREST_NEIGHBOUR_PHRASINGS
             else:
                 continue
             b = side[0][1]
-            q = figure_opening(rng, fig) + rng.choice(templates).format(a=a, rel=rel)
-            out.append(candidate("figure_position", q, part_reference(rng, b, names[b]), [fig["page"]],
+            question, answer = rng.choice(phrasings)
+            q = figure_opening(rng, fig) + question.format(a=a, rel=rel)
+            out.append(candidate("figure_position", q, answer.format(b=b, nb=names[b]), [fig["page"]],
                                  "neighbour", [a, b], ("pair", fig["page"], min(a, b), max(a, b))))
     return out
 

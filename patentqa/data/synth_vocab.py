@@ -128,26 +128,27 @@ DOCUMENT_OPENINGS: tuple[str, ...] = (
     "根据专利文本，", "根据专利文本，", "根据专利文本，", "根据文本信息，", "根据专利描述，",
     "根据专利，", "根据提供的文本信息，",
 )
-# relative position of part {a} to part {b}: questions, then answers; {rel} is 左侧/右侧/上方/下方
-POSITION_QUESTIONS: tuple[str, ...] = (
-    "编号为{a}的部件相对于编号为{b}的部件的位置关系是？",
-    "编号为{a}的部件相对于编号为{b}的部件的位置关系是什么？",
-    "编号{a}的部件相对于编号{b}的部件的位置是什么？",
-    "部件{a}相对于部件{b}的位置关系是？", "部件{a}相对于部件{b}的位置是什么？",
-    "部件{a}位于部件{b}的什么位置？", "编号为{a}的部件相对于编号为{b}的部件的位置是？",
-    "{na}({a})相对于{nb}({b})的位置关系是？",
+# relative position of part {a} to part {b}, {rel} 左侧/右侧/上方/下方: each question phrasing
+# with the answer phrasing annotators used for it (round B: an answer names the parts the way
+# its question does, or drops them: "部件22位于部件23的左侧", "17位于18的右侧", "位于上方").
+# One answer form per question form, so the form is learnable from the question; the side
+# and the numbers still have to come from the figure and the question.
+POSITION_PHRASINGS: tuple[tuple[str, str], ...] = (
+    ("编号为{a}的部件相对于编号为{b}的部件的位置关系是？", "{a}位于{b}的{rel}"),
+    ("编号为{a}的部件相对于编号为{b}的部件的位置关系是什么？", "编号{a}的部件位于编号{b}的部件{rel}"),
+    ("编号{a}的部件相对于编号{b}的部件的位置是什么？", "位于编号{b}的{rel}"),
+    ("部件{a}相对于部件{b}的位置关系是？", "部件{a}位于部件{b}的{rel}"),
+    ("部件{a}相对于部件{b}的位置是什么？", "在部件{b}的{rel}"),
+    ("部件{a}位于部件{b}的什么位置？", "位于{rel}"),
+    ("编号为{a}的部件相对于编号为{b}的部件的位置是？", "位于{b}的{rel}"),
+    ("{na}({a})相对于{nb}({b})的位置关系是？", "{na}位于{nb}的{rel}"),
 )
-POSITION_ANSWERS: tuple[str, ...] = (
-    "{a}位于{b}的{rel}", "部件{a}位于部件{b}的{rel}", "在{b}的{rel}", "位于{rel}",
-    "位于部件{b}的{rel}", "在{rel}", "{rel}", "编号{a}的部件位于编号{b}的部件{rel}",
-    "部件{a}在部件{b}的{rel}", "位于{b}的{rel}",
+# which part lies on side {rel} of part {a} ({b} is the answer), answered in the question's style
+NEIGHBOUR_PHRASINGS: tuple[tuple[str, str], ...] = (
+    ("编号为{a}的部件位于哪个部件的{rel}？", "编号为{b}的部件"), ("部件{a}位于哪个部件的{rel}？", "部件{b}"),
 )
-# which part lies on side {rel} of part {a}: {b} is the answer
-NEIGHBOUR_QUESTIONS: tuple[str, ...] = (
-    "编号为{a}的部件位于哪个部件的{rel}？", "部件{a}位于哪个部件的{rel}？",
-)
-NEAREST_NEIGHBOUR_QUESTIONS: tuple[str, ...] = (
-    "部件{a}位于最近的哪个部件的{rel}？", "编号为{a}的部件位于最近的哪个部件的{rel}？",
+NEAREST_NEIGHBOUR_PHRASINGS: tuple[tuple[str, str], ...] = (
+    ("部件{a}位于最近的哪个部件的{rel}？", "部件{b}"), ("编号为{a}的部件位于最近的哪个部件的{rel}？", "{nb}({b})"),
 )
 PART_REFERENCES: tuple[str, ...] = ("部件{n}", "编号为{n}的部件", "{name}({n})", "{name}")
 
