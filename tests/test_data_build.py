@@ -84,3 +84,14 @@ def test_strict_mode_stops_on_bad_input(tmp_path: Path, tiny_vl, tiny_embedder) 
     cfg = smoke_cfg(tmp_path, "data=ccks2025", f"data.dir={tmp_path}/salted", "strict=true", n_docs=None)
     with pytest.raises(DataError):
         build_dataset(cfg)
+
+
+def test_a_synthetic_dir_made_with_another_spec_is_refused(built) -> None:
+    """The set's folder name does not carry every generator setting: a changed one must not
+    silently reuse the old set."""
+    from patentqa.data.build import ensure_corpus
+
+    tmp, _ = built
+    assert ensure_corpus(smoke_cfg(tmp)).is_dir()  # same spec: reused
+    with pytest.raises(ValueError, match=r"position_share=0\.8.*position_share=0\.5.*data\.dir"):
+        ensure_corpus(smoke_cfg(tmp, "data.synth.position_share=0.5"))
