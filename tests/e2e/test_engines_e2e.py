@@ -101,8 +101,8 @@ def test_batched_equals_one_at_a_time(engine: object, prompts: list[Prompt], ada
         engine.batch_size = 4
         assert batched == single, (name, batched, single)
         assert len(batched) == len(prompts) and all(isinstance(text, str) for text in batched)
-        if name is None:  # the untuned model answers every image prompt alike, the text-only one (first) not
-            assert batched[0] != batched[1] and len(set(batched[1:])) == 1, batched  # the caller's order
+        if name is None:  # the text-only prompt (first) gets its own answer, in the caller's order
+            assert batched[0] not in batched[1:], batched
 
 
 def test_adapter_swap_never_reloads_the_base(engine: object, prompts: list[Prompt],

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cache_root
+from patentqa.config import compose
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +21,8 @@ def overrides(root: Path, out: Path, *extra: str) -> list[str]:
     tiny = cache_root() / "tiny"
     return ["+exp=smoke", f"paths.root={root}", f"paths.cache_dir={root}/cache", "data.synth.n_docs=10",
             f"model.path={tiny}/qwen2_5_vl", f"model.embedder_path={tiny}/qwen2_vl_gme", f"out_dir={out}",
-            "split=test", "pipeline.chunk_size=2", "infer.batch_size=2", "infer.max_new_tokens=12", *extra]
+            "split=test", "pipeline.chunk_size=2", "pipeline.style_pass=true",  # every stage, as the seed ran
+            "infer.batch_size=2", "infer.max_new_tokens=12", *extra]
 
 
 def infer_cmd(root: Path, out: Path, *extra: str) -> list[str]:
@@ -42,7 +44,7 @@ def lines(path: Path) -> list[dict]:
 
 def test_every_question_answered_and_submission_complete(uninterrupted) -> None:
     root, out = uninterrupted
-    questions = lines(root / "data" / "synthetic-n10-s0" / "test" / "test.jsonl")
+    questions = lines(Path(compose(overrides(root, root / "unused")).data.dir) / "test" / "test.jsonl")
     predictions = lines(out / "predictions.jsonl")
     assert [p["id"] for p in predictions] == [q["id"] for q in questions]
     for record in predictions:
