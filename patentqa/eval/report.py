@@ -255,6 +255,9 @@ def plot_dev_curves(runs: list[Run], metrics: list[str]) -> bytes:
             ax.set_xticks(steps)
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        top = max(ax.get_ylim()[1], 0.05)  # scores are >= 0; a flat-zero metric gets a readable 0..0.05 axis
+        ax.set_ylim(-0.02 * top, top)
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     select = runs[0].sweep.get("select_by", COMPOSITE)
