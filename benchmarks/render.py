@@ -84,7 +84,7 @@ def profile_ours(docs: list, spec, n: int = 6) -> dict[str, float]:
     """One process, ``n`` pages: seconds to rasterise (scan decode + scale) and to JPEG-encode a page."""
     import pymupdf
 
-    from patentqa.data.pages import render_page, target_size
+    from patentqa.data.pages import encode_page, render_page, target_size
 
     raster, encode = [], []
     for document in docs[:n]:
@@ -94,7 +94,7 @@ def profile_ours(docs: list, spec, n: int = 6) -> dict[str, float]:
             tick = time.perf_counter()
             pixmap = render_page(page, size, spec)
             tock = time.perf_counter()
-            pixmap.tobytes(output="jpeg", jpg_quality=spec.jpeg_quality)
+            encode_page(pixmap, spec)
             raster.append(tock - tick)
             encode.append(time.perf_counter() - tock)
     return {"raster_s": median(raster), "encode_s": median(encode)}
@@ -173,7 +173,7 @@ def _result(rates: dict, per_page_bytes: dict, split: dict, checks: dict, profil
         f"seed: PyMuPDF `page.get_pixmap(dpi=600)` -> `pix.save(N.jpg)`, one process; "
         + (f"{seed_pages} pages per repeat, a different strided sample each repeat ({seed_sampled} pages timed in all)"
            if 0 < seed_pages < total_pages else "every page each repeat"),
-        f"ours: `render_documents` into a cold cache dir, RenderSpec(max_pixels={BUDGET}, rgb, JPEG q90), "
+        f"ours: `render_documents` into a cold cache dir, RenderSpec(max_pixels={BUDGET}, rgb, JPEG q90 via Pillow), "
         f"workers=default ({os.cpu_count()} processes); every page each repeat; PDF hashing included",
         "also shown: ours with colorspace=gray (data.pages.colorspace=gray), the same pages in one channel",
     ]

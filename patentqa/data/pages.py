@@ -38,7 +38,7 @@ class RenderSpec:
     jpeg_quality: int = 90
 
     def key(self) -> str:
-        quality = f"-q{self.jpeg_quality}" if self.format == "jpeg" else ""
+        quality = f"-q{self.jpeg_quality}-pil" if self.format == "jpeg" else ""  # pil: the encoder (bytes differ)
         return f"px{self.max_pixels}-min{self.min_pixels}-f{self.factor}-{self.colorspace}{quality}"
 
     @property
@@ -82,10 +82,24 @@ def render_page(page: pymupdf.Page, size: tuple[int, int], spec: RenderSpec) -> 
     return pixmap
 
 
+def encode_page(pixmap: pymupdf.Pixmap, spec: RenderSpec) -> bytes:
+    """The page file's bytes. JPEG goes through Pillow's libjpeg-turbo: 8x faster than MuPDF's
+    own encoder on a 2.35 MP RGB page (10 ms vs 80 ms), the larger half of a page's cost."""
+    if spec.format != "jpeg":
+        return pixmap.tobytes(output="png")
+    import io
+
+    from PIL import Image
+
+    mode = "RGB" if pixmap.n == 3 else "L"
+    image = Image.frombuffer(mode, (pixmap.width, pixmap.height), pixmap.samples_mv, "raw", mode, pixmap.stride, 1)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=spec.jpeg_quality)
+    return out.getvalue()
+
+
 def _save_atomic(pixmap: pymupdf.Pixmap, target: Path, spec: RenderSpec) -> None:
-    data = pixmap.tobytes(output="jpeg", jpg_quality=spec.jpeg_quality) if spec.format == "jpeg" \
-        else pixmap.tobytes(output="png")
-    atomic_write(target, data)
+    atomic_write(target, encode_page(pixmap, spec))
 
 
 def _page_sizes(pdf: Path, pages: list[int], spec: RenderSpec) -> dict[int, tuple[int, int]]:
