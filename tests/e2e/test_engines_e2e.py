@@ -6,7 +6,6 @@ A and B that change the model. ~90 s on 2 CPU cores: sft ~30 s, deploy start-up 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -20,28 +19,19 @@ from typing import Iterator
 import pytest
 from omegaconf import OmegaConf
 
-from patentqa.data.prompts import Prompt, classifier_prompt, to_swift_row
+from patentqa.data.prompts import Prompt, classifier_prompt
 from patentqa.infer.engine import Sampling, make_engine
 from patentqa.train import merge
 from patentqa.train.merge import synthetic_prompts
+from swift_tiny_run import swift_env, tiny_lora_sft
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 
-ANSWERS = ["左侧", "右侧", "上方", "下方"]
 MAX_STEPS = 4
 SAMPLING = Sampling(max_new_tokens=8, temperature=0.0)
 DEPLOY_START_S = 150  # bounded wait for `swift deploy` to listen
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(MAX_PIXELS=str(280 * 280), WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", MODELSCOPE_OFFLINE="1")
-    for key in ("NPROC_PER_NODE", "NNODES"):  # single process: no torchrun
-        env.pop(key, None)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -54,28 +44,8 @@ def prompts(tmp_path_factory: pytest.TempPathFactory) -> list[Prompt]:
 @pytest.fixture(scope="module")
 def adapters(tiny_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Checkpoints 2 and 4 of one real `swift sft` LoRA run (high lr: the adapters matter)."""
-    pytest.importorskip("swift")
-    swift = merge.swift_command()
     work = tmp_path_factory.mktemp("engine_sft")
-    rows = [to_swift_row(prompt, ANSWERS[i % 4]) for i, prompt in enumerate(synthetic_prompts(8, work))]
-    train, val = work / "train.jsonl", work / "val.jsonl"
-    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:6]), encoding="utf-8")
-    val.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[6:]), encoding="utf-8")
-    out = work / "swift_out"
-    argv = swift + [
-        "sft", "--model", str(tiny_vl), "--model_type", "qwen2_5_vl", "--template", "qwen2_5_vl",
-        "--check_model", "false", "--tuner_type", "lora", "--lora_rank", "8", "--lora_alpha", "32",
-        "--target_modules", "all-linear", "--max_steps", str(MAX_STEPS),
-        "--per_device_train_batch_size", "1", "--per_device_eval_batch_size", "1",
-        "--learning_rate", "2e-2", "--save_steps", "2", "--eval_steps", str(MAX_STEPS), "--logging_steps", "1",
-        "--save_only_model", "true", "--dataloader_num_workers", "0", "--strict", "true", "--seed", "0",
-        "--output_dir", str(out), "--dataset", str(train), "--val_dataset", str(val), "--report_to", "none",
-    ]
-    proc = subprocess.run(argv, cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
-    (work / "sft.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr, encoding="utf-8")
-    if proc.returncode != 0:
-        pytest.fail(f"swift sft exited {proc.returncode}; log {work / 'sft.log'}\n{(proc.stdout + proc.stderr)[-4000:]}")
-    (run_dir,) = sorted(out.glob("v*-*"))
+    run_dir = tiny_lora_sft(tiny_vl, work, MAX_STEPS, "--save_steps", "2")
     a, b = run_dir / "checkpoint-2", run_dir / f"checkpoint-{MAX_STEPS}"
     for checkpoint in (a, b):
         assert (checkpoint / "adapter_config.json").is_file(), checkpoint
@@ -152,7 +122,7 @@ def deployed(tiny_vl: Path, adapters: tuple[Path, Path], tmp_path_factory: pytes
     # no --max_batch_size > 1: ms-swift 4.6's transformers backend then passes one adapter name for a
     # batch of several requests and peft raises "Length of `adapter_names` should be the same ..."
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(argv, cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=work, env=swift_env(), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # its own process group: killed as a whole below
     try:
         deadline = time.monotonic() + DEPLOY_START_S

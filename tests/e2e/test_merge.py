@@ -12,63 +12,27 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from patentqa.data.prompts import prompt_to_json, to_swift_row
+from patentqa.data.prompts import prompt_to_json
 from patentqa.train import merge
 from patentqa.train.merge import MergeError, MergeReport, merge_checkpoint, synthetic_prompts
+from swift_tiny_run import run_logged, tiny_lora_sft
 
-MAX_PIXELS = 280 * 280  # 100 image tokens per page: fast on CPU
-ANSWERS = ["左侧", "右侧", "上方", "下方"]
 MAX_STEPS = 4
 CORRUPTED_TENSOR = "model.layers.1.mlp.down_proj.weight"  # LoRA-merged (all-linear), as swift saves it
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(MAX_PIXELS=str(MAX_PIXELS), WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", MODELSCOPE_OFFLINE="1")
-    for key in ("NPROC_PER_NODE", "NNODES"):  # single process: no torchrun
-        env.pop(key, None)
-    return env
-
-
-def _run(argv: list[str], cwd: Path, log: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr, encoding="utf-8")
-    return proc
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA checkpoint of the tiny model from the real `swift sft` (lr 2e-2: the adapter matters)."""
-    pytest.importorskip("swift")
-    swift = merge.swift_command()
     work = tmp_path_factory.mktemp("merge_sft")
-    rows = [to_swift_row(prompt, ANSWERS[i % 4]) for i, prompt in enumerate(synthetic_prompts(8, work))]
-    train, val = work / "train.jsonl", work / "val.jsonl"
-    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:6]), encoding="utf-8")
-    val.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[6:]), encoding="utf-8")
-    out = work / "swift_out"
-    argv = swift + [
-        "sft", "--model", str(tiny_vl), "--model_type", "qwen2_5_vl", "--template", "qwen2_5_vl",
-        "--check_model", "false", "--tuner_type", "lora", "--lora_rank", "8", "--lora_alpha", "32",
-        "--target_modules", "all-linear", "--max_steps", str(MAX_STEPS), "--gradient_accumulation_steps", "2",
-        "--per_device_train_batch_size", "1", "--per_device_eval_batch_size", "1",
-        "--learning_rate", "2e-2",  # high: 4 steps must visibly change the model
-        "--save_steps", str(MAX_STEPS), "--eval_steps", str(MAX_STEPS), "--logging_steps", "1",
-        "--save_only_model", "true", "--dataloader_num_workers", "0", "--strict", "true", "--seed", "0",
-        "--output_dir", str(out), "--dataset", str(train), "--val_dataset", str(val), "--report_to", "none",
-    ]
-    proc = _run(argv, work, work / "sft.log")
-    if proc.returncode != 0:
-        pytest.fail(f"swift sft exited {proc.returncode}; log {work / 'sft.log'}\n{(proc.stdout + proc.stderr)[-4000:]}")
-    (run_dir,) = sorted(out.glob("v*-*"))
+    run_dir = tiny_lora_sft(tiny_vl, work, MAX_STEPS, "--gradient_accumulation_steps", "2",
+                            "--save_steps", str(MAX_STEPS))
     ckpt = run_dir / f"checkpoint-{MAX_STEPS}"
     assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "adapter_config.json").is_file()
     return ckpt
@@ -191,7 +155,7 @@ def test_cli_merges_again(checkpoint: Path, merged: MergeReport, tmp_path: Path)
 
     argv = [sys.executable, "-m", "patentqa.train.merge", f"checkpoint={checkpoint}", f"prompts={dev}", "k=2",
             "max_new_tokens=4", "min_new_tokens=2"]
-    proc = _run(argv, tmp_path, tmp_path / "cli.log")
+    proc = run_logged(argv, tmp_path, tmp_path / "cli.log")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "[merge] equivalent: 2 prompts" in proc.stdout, proc.stdout[-2000:]
     assert "Successfully merged LoRA" in proc.stdout  # swift's own output, streamed through

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from swift_tiny_run import ANSWERS, run_or_fail
 
 pytestmark = pytest.mark.e2e
-
-MAX_PIXELS = 280 * 280  # 100 image tokens per page: fast on CPU
-ANSWERS = ["左侧", "右侧", "上方", "下方"]
 
 
 def _swift_cli() -> list[str]:
@@ -29,28 +25,6 @@ def _swift_cli() -> list[str]:
     if found is None:
         pytest.skip("the `swift` command (ms-swift) is not installed")
     return [found]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        MAX_PIXELS=str(MAX_PIXELS),
-        WANDB_MODE="disabled",
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        MODELSCOPE_OFFLINE="1",  # never reach for a hub; --check_model false does the rest
-    )
-    for key in ("NPROC_PER_NODE", "NNODES"):  # single process: no torchrun
-        env.pop(key, None)
-    return env
-
-
-def _run(argv: list[str], cwd: Path, log: Path) -> None:
-    proc = subprocess.run(argv, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
-    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr, encoding="utf-8")
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr)[-4000:]
-        pytest.fail(f"{argv[:2]} exited {proc.returncode}; log {log}\n{tail}")
 
 
 def _page(i: int, path: Path) -> Path:
@@ -104,7 +78,7 @@ def test_swift_sft_export_generate(tiny_vl: Path, tmp_path: Path) -> None:
     max_steps = 4
 
     # 1. real `swift sft`, LoRA, CPU
-    _run(
+    run_or_fail(
         swift
         + [
             "sft",
@@ -148,7 +122,7 @@ def test_swift_sft_export_generate(tiny_vl: Path, tmp_path: Path) -> None:
     assert "151655" in (tmp_path / "sft.log").read_text(encoding="utf-8")
 
     # 2. real `swift export --merge_lora`
-    _run(
+    run_or_fail(
         swift + ["export", "--adapters", str(checkpoint), "--merge_lora", "true"],
         cwd=tmp_path,
         log=tmp_path / "export.log",
