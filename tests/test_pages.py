@@ -57,3 +57,17 @@ def test_a_page_that_fails_is_reported_and_the_rest_render(tmp_path: Path, docum
     result = render_documents(documents, tmp_path / "cache", SPEC, workers=2, progress=False)
     assert result.rendered == 3 and len(result.problems) == 1
     assert "d1.pdf" in result.problems[0].file and all(doc == "d0.pdf" for doc, _ in result.paths)
+
+
+def test_colour_management_off_keeps_the_pixels_and_has_its_own_key(tmp_path: Path, documents) -> None:
+    import numpy as np
+
+    managed = RenderSpec(max_pixels=SPEC.max_pixels, color_management=True)
+    assert page_path(tmp_path, documents[0], 1, SPEC) != page_path(tmp_path, documents[0], 1, managed)
+    images = []
+    for spec in (SPEC, managed):
+        result = render_documents(documents[:1], tmp_path / spec.key(), spec, workers=1, progress=False)
+        with Image.open(result.paths[("d0.pdf", 2)]) as image:
+            images.append(np.asarray(image.convert("RGB"), dtype=np.int16))
+    assert images[0].shape == images[1].shape
+    assert np.abs(images[0] - images[1]).mean() < 1.0  # the scans' gray ICC profile maps like DeviceGray

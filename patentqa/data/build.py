@@ -46,7 +46,8 @@ def render_spec(cfg: DictConfig) -> RenderSpec:
     pages = cfg.data.pages
     return RenderSpec(max_pixels=max(cfg.prompt.max_pixels.values()), min_pixels=cfg.prompt.min_pixels,
                       factor=cfg.model.image_factor, colorspace=pages.colorspace, format=pages.format,
-                      jpeg_quality=pages.jpeg_quality)
+                      jpeg_quality=pages.jpeg_quality,
+                      color_management=pages.color_management)
 
 
 def dataset_key(cfg: DictConfig) -> str:
