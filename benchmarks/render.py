@@ -20,6 +20,7 @@ import numpy as np
 from benchmarks.common import BENCH, Clock, Figure, Ratio, Result, dir_bytes, fmt_bytes, median, scratch
 
 BUDGET = 2_352_000  # seed_b figure_only: the largest per-image budget any prompt uses
+CONTEXT_BUDGET = 1_568_000  # seed_b with_context (the issue's 1.57 MP reference): under half the scan's width
 MIN_PIXELS = 3136
 GOAL = 40.0
 
@@ -91,6 +92,7 @@ def profile_ours(docs: list, spec, n: int = 6) -> dict[str, float]:
         with pymupdf.open(document.path) as pdf:
             page = pdf.load_page(document.page_count - 1)  # a figure page
             size = target_size(page.rect.width, page.rect.height, spec)
+            pymupdf.TOOLS.store_shrink(100)  # no decoded scan left over from an earlier render
             tick = time.perf_counter()
             pixmap = render_page(page, size, spec)
             tock = time.perf_counter()
@@ -133,11 +135,13 @@ def run(repeats: int, quick: bool = False, seed_pages: int = 16) -> Result:
     docs = documents(root, n_docs)
     total_pages = sum(d.page_count for d in docs)
     specs = {"rgb": RenderSpec(max_pixels=BUDGET, min_pixels=MIN_PIXELS),
-             "gray": RenderSpec(max_pixels=BUDGET, min_pixels=MIN_PIXELS, colorspace="gray")}
-    rates: dict[str, list[float]] = {"seed": [], "rgb": [], "gray": []}
-    per_page_bytes: dict[str, list[float]] = {"seed": [], "rgb": [], "gray": []}
+             "gray": RenderSpec(max_pixels=BUDGET, min_pixels=MIN_PIXELS, colorspace="gray"),
+             "rgb_context": RenderSpec(max_pixels=CONTEXT_BUDGET, min_pixels=MIN_PIXELS)}
+    rates: dict[str, list[float]] = {"seed": [], **{name: [] for name in specs}}
+    per_page_bytes: dict[str, list[float]] = {"seed": [], **{name: [] for name in specs}}
     split = {"pixmap_s": 0.0, "save_s": 0.0, "pages": 0}
     checks: dict[str, dict[str, float]] = {}
+    import qwen_vl_utils.vision_process  # noqa: F401  one-time import (pulls in torch), untimed like the seed's pymupdf
     for repeat in range(repeats):
         with scratch("render-seed") as seed_dir:
             jobs = seed_sample(docs, repeat, seed_pages)
@@ -155,7 +159,7 @@ def run(repeats: int, quick: bool = False, seed_pages: int = 16) -> Result:
                     assert result.rendered == total_pages and not result.problems, result.problems
                     rates[name].append(result.rendered / clock.seconds)
                     per_page_bytes[name].append(dir_bytes(cache) / result.rendered)
-                    if repeat == 0:
+                    if repeat == 0 and name != "rgb_context":
                         checks[name] = fidelity(seed_dir, result.paths, jobs, k=4 if quick else 8)
     profile = {name: profile_ours(docs, spec) for name, spec in specs.items()}
     return _result(rates, per_page_bytes, split, checks, profile, docs, total_pages, seed_pages, root)
@@ -173,11 +177,16 @@ def _result(rates: dict, per_page_bytes: dict, split: dict, checks: dict, profil
         f"seed: PyMuPDF `page.get_pixmap(dpi=600)` -> `pix.save(N.jpg)`, one process; "
         + (f"{seed_pages} pages per repeat, a different strided sample each repeat ({seed_sampled} pages timed in all)"
            if 0 < seed_pages < total_pages else "every page each repeat"),
-        f"ours: `render_documents` into a cold cache dir, RenderSpec(max_pixels={BUDGET}, rgb, JPEG q90 via Pillow), "
-        f"workers=default ({os.cpu_count()} processes); every page each repeat; PDF hashing included",
-        "also shown: ours with colorspace=gray (data.pages.colorspace=gray), the same pages in one channel",
+        f"ours: `render_documents` into a cold cache dir, RenderSpec(max_pixels={BUDGET}, rgb, no ICC colour "
+        "management, JPEG q90 via Pillow), "
+        f"workers=default ({os.cpu_count()} processes); every page each repeat; PDF hashing included "
+        "(module imports are done before timing, on both sides)",
+        "also shown: ours with colorspace=gray (data.pages.colorspace=gray), the same pages in one channel; and "
+        f"ours at the with-context budget (max_pixels={CONTEXT_BUDGET}, the 1.57 MP of the issue's reference "
+        "figure), which a render pass would use if no prompt asked for more",
     ]
-    names = {"seed": "seed (600 DPI JPEG)", "rgb": "ours (budget, rgb)", "gray": "ours (budget, gray)"}
+    names = {"seed": "seed (600 DPI JPEG)", "rgb": "ours (budget, rgb)", "gray": "ours (budget, gray)",
+             "rgb_context": "ours (1.57 MP, rgb)"}
     for key, label in names.items():
         result.figures.append(Figure(f"{label}: pages/s", "pages/s", rates[key]))
     for key, label in names.items():
@@ -193,6 +202,9 @@ def _result(rates: dict, per_page_bytes: dict, split: dict, checks: dict, profil
                                f"{seed_rate:.2f} pages/s", f"{our_rate:.1f} pages/s"))
     result.ratios.append(Ratio("pages/s, ours (gray) vs seed", [o / s for o, s in zip(rates["gray"], rates["seed"])],
                                GOAL, "speedup", f"{seed_rate:.2f} pages/s", f"{median(rates['gray']):.1f} pages/s"))
+    result.ratios.append(Ratio("pages/s, ours (rgb) at 1.57 MP vs seed",
+                               [o / s for o, s in zip(rates["rgb_context"], rates["seed"])], GOAL, "speedup",
+                               f"{seed_rate:.2f} pages/s", f"{median(rates['rgb_context']):.1f} pages/s"))
     result.ratios.append(Ratio("bytes on disk, ours (rgb) / seed",
                                [o / s for o, s in zip(per_page_bytes["rgb"], per_page_bytes["seed"])], None, "fraction",
                                fmt_bytes(median(per_page_bytes["seed"]) * total_pages),
@@ -214,11 +226,13 @@ def _result(rates: dict, per_page_bytes: dict, split: dict, checks: dict, profil
         f"seed per page (mean over its {seed_sampled} timed pages): {pixmap_s:.2f} s rasterising 4959x7017 RGB + "
         f"{save_s:.2f} s JPEG-encoding those 35 Mpx = {pixmap_s + save_s:.2f} s; ours {1 / our_rate:.3f} s of wall time "
         f"per page with {os.cpu_count()} processes")
-    rgb_p, gray_p = profile["rgb"], profile["gray"]
+    rgb_p, gray_p, ctx_p = profile["rgb"], profile["gray"], profile["rgb_context"]
     result.findings.append(
         f"ours per page, one process (median of {min(6, len(docs))} figure pages): rasterise "
         f"{rgb_p['raster_s']:.3f} s (decoding the whole 2480x3508 scan JPEG, then scaling it down) + JPEG-encode "
-        f"{rgb_p['encode_s']:.3f} s for rgb; {gray_p['raster_s']:.3f} s + {gray_p['encode_s']:.3f} s for gray")
+        f"{rgb_p['encode_s']:.3f} s for rgb; {gray_p['raster_s']:.3f} s + {gray_p['encode_s']:.3f} s for gray; "
+        f"{ctx_p['raster_s']:.3f} s + {ctx_p['encode_s']:.3f} s at 1.57 MP, where the target is under half the "
+        "scan's width and MuPDF decodes the JPEG at 1/2 scale")
     ratio = median(speed)
     if ratio < GOAL:
         cpu = rgb_p["raster_s"] + rgb_p["encode_s"]
@@ -229,7 +243,10 @@ def _result(rates: dict, per_page_bytes: dict, split: dict, checks: dict, profil
             f"JPEG is encoded), so one core gives at most ~{per_core:.0f}x over the seed's {pixmap_s + save_s:.2f} s, and "
             f"{os.cpu_count()} cores at most ~{per_core * (os.cpu_count() or 1):.0f}x; process start-up, PDF hashing and "
             "other sessions' load on this shared machine take the rest. The 40x goal assumed ~0.024 s per page, which "
-            "this input does not allow on this machine. Gray pages (one channel; the model sees R=G=B either way) "
+            "this input allows only below half the scan's width: at the 1.57 MP with-context budget ours reaches "
+            f"{median([o / s for o, s in zip(rates['rgb_context'], rates['seed'])]):.0f}x, but the renderer draws each "
+            "page once at the largest budget any prompt uses (2.35 MP, figure-only prompts, for small part numbers), "
+            "so that is the figure judged. Gray pages (one channel; the model sees R=G=B either way) "
             f"reach {median([o / s for o, s in zip(rates['gray'], rates['seed'])]):.0f}x. The pool has one worker per "
             f"CPU, so on a 16-core node the rgb figure can grow up to ~8x (to ~{ratio * 8:.0f}x) while the seed's "
             "single process stays where it is")
