@@ -88,7 +88,7 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[], Result]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.report import ratio_table_text, write_results
+    from benchmarks.report import load_previous, ratio_table_text, write_results
 
     args = parse(argv)
     if args.threads > 0:  # before torch is imported: children (swift export, render workers) inherit it
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks" + ("".join(f" {shlex.quote(a)}" for a in sys.argv[1:]) if argv is None
                                         else "".join(f" {shlex.quote(a)}" for a in argv))
     results_path = args.results or (BENCH / "RESULTS-quick.md" if args.quick else RESULTS)
+    previous = load_previous(results_path)  # the last run's ratios, to show how well this one reproduces them
     results: list[Result] = []
     failures: list[str] = []
     started = time.perf_counter()
@@ -124,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         print(f"[bench] {name}: done in {result.seconds:.0f} s (load {before:.1f} -> {result.load[1]:.1f})", flush=True)
         write_results(results_path, results, machine(), command, args.repeats, args.quick,
-                      time.perf_counter() - started, failures)  # after each: a killed run keeps what it measured
+                      time.perf_counter() - started, failures, previous)  # after each: a killed run keeps it
     write_results(results_path, results, machine(), command, args.repeats, args.quick,
-                  time.perf_counter() - started, failures)
+                  time.perf_counter() - started, failures, previous)
     print(f"\n[bench] wrote {results_path} ({(time.perf_counter() - started) / 60:.1f} min)\n")
     print(ratio_table_text(results))
     return 1 if failures else 0

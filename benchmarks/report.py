@@ -1,6 +1,7 @@
 """RESULTS.md and the ratio table printed at the end of a run."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,9 +53,47 @@ def ratio_table_md(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def ratios_json(results: list[Result], date: str) -> dict:
+    """The ratios of a run, machine-readable: {"date", "ratios": {"<key>: <label>": [values per repeat]}}."""
+    return {"date": date, "ratios": {f"{r.key}: {ratio.label}": ratio.values for r in results for ratio in r.ratios}}
+
+
+def load_previous(path: Path) -> dict | None:
+    """The ratios of the run that last wrote ``path`` (its .json twin), if any."""
+    try:
+        return json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def reproducibility_md(results: list[Result], previous: dict) -> list[str]:
+    """This run's ratios against the previous run's: does each median fall inside the other's range?"""
+    from benchmarks.common import Ratio
+
+    rows = []
+    for result in results:
+        for ratio in result.ratios:
+            old = previous["ratios"].get(f"{result.key}: {ratio.label}")
+            if not old:
+                continue
+            before = Ratio(ratio.label, old, kind=ratio.kind)
+            lo, hi = min(old), max(old)
+            inside = lo <= ratio.median() <= hi
+            shift = ratio.median() / before.median() if before.median() else float("nan")
+            rows.append(f"| {NUMBERED.get(result.key, '')} {ratio.label} | {before.show()} | {ratio.show()} | "
+                        f"{shift:.2f} | {'yes' if inside else 'no'} |")
+    if not rows:
+        return []
+    return [f"## Reproducibility: this run vs the previous one ({previous.get('date', '?')})", "",
+            "Each ratio's median in this run against the min-max range the previous run reported (same runner, "
+            "same inputs). `shift` is this median / the previous median.", "",
+            "| comparison | previous run | this run | shift | this median inside the previous range |",
+            "|---|---|---|---|---|", *rows, ""]
+
+
 def write_results(path: Path, results: list[Result], info: dict[str, str], command: str, repeats: int,
-                  quick: bool, total_s: float, failures: list[str]) -> None:
-    """Rewrite ``path`` with everything measured in this run."""
+                  quick: bool, total_s: float, failures: list[str], previous: dict | None = None) -> None:
+    """Rewrite ``path`` (and its .json twin) with everything measured in this run."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out = [
         "# Benchmarks: the seed's way vs ours",
@@ -99,4 +138,7 @@ def write_results(path: Path, results: list[Result], info: dict[str, str], comma
             out.append("")
         for finding in result.findings:
             out += ([finding, ""] if finding.startswith("|") else [f"- {finding}", ""])
+    if previous:
+        out += reproducibility_md(results, previous)
     path.write_text("\n".join(out).rstrip() + "\n", encoding="utf-8")
+    path.with_suffix(".json").write_text(json.dumps(ratios_json(results, now), indent=1) + "\n", encoding="utf-8")
