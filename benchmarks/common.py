@@ -67,7 +67,9 @@ class Ratio:
         if self.kind == "speedup":
             if met:
                 return f"met (goal >= {self.goal:g}x)"
-            return f"MISSED: {self.goal / self.median():.1f}x short of {self.goal:g}x"
+            short = self.goal / self.median()
+            return f"MISSED: {short:.2f}x short of {self.goal:g}x" if short < 1.1 else \
+                f"MISSED: {short:.1f}x short of {self.goal:g}x"
         if met:
             return f"met (goal <= {fmt_pct(self.goal)})"
         return f"MISSED: {self.median() / self.goal:.1f}x over {fmt_pct(self.goal)}"

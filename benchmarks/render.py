@@ -81,8 +81,9 @@ def seed_sample(docs: list, repeat: int, per_repeat: int) -> list[tuple[Path, li
     return list(jobs.items())
 
 
-def profile_ours(docs: list, spec, n: int = 6) -> dict[str, float]:
-    """One process, ``n`` pages: seconds to rasterise (scan decode + scale) and to JPEG-encode a page."""
+def profile_ours(docs: list, spec, n: int = 3) -> dict[str, float]:
+    """One process, every page of ``n`` documents: mean seconds to rasterise (scan decode + scale)
+    and to JPEG-encode a page, with MuPDF's store emptied before each page."""
     import pymupdf
 
     from patentqa.data.pages import encode_page, render_page, target_size
@@ -90,16 +91,17 @@ def profile_ours(docs: list, spec, n: int = 6) -> dict[str, float]:
     raster, encode = [], []
     for document in docs[:n]:
         with pymupdf.open(document.path) as pdf:
-            page = pdf.load_page(document.page_count - 1)  # a figure page
-            size = target_size(page.rect.width, page.rect.height, spec)
-            pymupdf.TOOLS.store_shrink(100)  # no decoded scan left over from an earlier render
-            tick = time.perf_counter()
-            pixmap = render_page(page, size, spec)
-            tock = time.perf_counter()
-            encode_page(pixmap, spec)
-            raster.append(tock - tick)
-            encode.append(time.perf_counter() - tock)
-    return {"raster_s": median(raster), "encode_s": median(encode)}
+            for index in range(document.page_count):
+                page = pdf.load_page(index)
+                size = target_size(page.rect.width, page.rect.height, spec)
+                pymupdf.TOOLS.store_shrink(100)  # no decoded scan left over from an earlier render
+                tick = time.perf_counter()
+                pixmap = render_page(page, size, spec)
+                tock = time.perf_counter()
+                encode_page(pixmap, spec)
+                raster.append(tock - tick)
+                encode.append(time.perf_counter() - tock)
+    return {"raster_s": sum(raster) / len(raster), "encode_s": sum(encode) / len(encode), "pages": len(raster)}
 
 
 def fidelity(seed_dir: Path, ours: dict, jobs: list[tuple[Path, list[int]]], k: int) -> dict[str, float]:
@@ -228,25 +230,29 @@ def _result(rates: dict, per_page_bytes: dict, split: dict, checks: dict, profil
         f"per page with {os.cpu_count()} processes")
     rgb_p, gray_p, ctx_p = profile["rgb"], profile["gray"], profile["rgb_context"]
     result.findings.append(
-        f"ours per page, one process (median of {min(6, len(docs))} figure pages): rasterise "
+        f"ours per page, one process (mean over every page of {min(3, len(docs))} documents, {rgb_p['pages']} "
+        "pages): rasterise "
         f"{rgb_p['raster_s']:.3f} s (decoding the whole 2480x3508 scan JPEG, then scaling it down) + JPEG-encode "
         f"{rgb_p['encode_s']:.3f} s for rgb; {gray_p['raster_s']:.3f} s + {gray_p['encode_s']:.3f} s for gray; "
         f"{ctx_p['raster_s']:.3f} s + {ctx_p['encode_s']:.3f} s at 1.57 MP, where the target is under half the "
         "scan's width and MuPDF decodes the JPEG at 1/2 scale")
     ratio = median(speed)
-    if ratio < GOAL:
+    if ratio < GOAL * 1.1:  # missed, or met by less than 10%: say where the ceiling is
         cpu = rgb_p["raster_s"] + rgb_p["encode_s"]
         per_core = (pixmap_s + save_s) / cpu
+        verdict = (f"goal {GOAL:g}x missed ({ratio:.1f}x, {GOAL / ratio:.2f}x short)" if ratio < GOAL else
+                   f"goal {GOAL:g}x met by {100 * (ratio / GOAL - 1):.0f}% only ({ratio:.1f}x): a rerun can land on "
+                   "either side (see Reproducibility)")
         result.findings.append(
-            f"goal {GOAL:g}x missed ({ratio:.1f}x, {GOAL / ratio:.1f}x short). With realistic 300-DPI scans one of our "
-            f"pages costs ~{cpu:.2f} s of CPU (the whole scan JPEG is decoded before it is scaled down, then an RGB "
-            f"JPEG is encoded), so one core gives at most ~{per_core:.0f}x over the seed's {pixmap_s + save_s:.2f} s, and "
-            f"{os.cpu_count()} cores at most ~{per_core * (os.cpu_count() or 1):.0f}x; process start-up, PDF hashing and "
-            "other sessions' load on this shared machine take the rest. The 40x goal assumed ~0.024 s per page, which "
-            "this input allows only below half the scan's width: at the 1.57 MP with-context budget ours reaches "
-            f"{median([o / s for o, s in zip(rates['rgb_context'], rates['seed'])]):.0f}x, but the renderer draws each "
-            "page once at the largest budget any prompt uses (2.35 MP, figure-only prompts, for small part numbers), "
-            "so that is the figure judged. Gray pages (one channel; the model sees R=G=B either way) "
+            f"{verdict}. With realistic 300-DPI scans one of our pages costs ~{cpu:.3f} s of CPU (the whole scan "
+            f"JPEG is decoded before it is scaled down, then an RGB JPEG is encoded), so one core gives at most "
+            f"~{per_core:.0f}x over the seed's {pixmap_s + save_s:.2f} s, and {os.cpu_count()} cores at most "
+            f"~{per_core * (os.cpu_count() or 1):.0f}x; process start-up, PDF hashing, the last document's tail and "
+            "other sessions' load on this shared machine take the rest. The 40x goal assumed ~0.024 s per page, "
+            "which this input allows only below half the scan's width: at the 1.57 MP with-context budget ours "
+            f"reaches {median([o / s for o, s in zip(rates['rgb_context'], rates['seed'])]):.0f}x, but the renderer "
+            "draws each page once at the largest budget any prompt uses (2.35 MP, figure-only prompts, for small "
+            "part numbers), so that is the figure judged. Gray pages (one channel; the model sees R=G=B either way) "
             f"reach {median([o / s for o, s in zip(rates['gray'], rates['seed'])]):.0f}x. The pool has one worker per "
             f"CPU, so on a 16-core node the rgb figure can grow up to ~8x (to ~{ratio * 8:.0f}x) while the seed's "
             "single process stays where it is")
