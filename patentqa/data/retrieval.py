@@ -89,22 +89,15 @@ class NoRetriever:
         return _first_pages(question, document, self.k, self.pages)
 
 
-class OracleRetriever:
+class OracleRetriever(NoRetriever):
     """Gold evidence pages minus the asked page (at most k, sorted); ``none`` without evidence."""
 
     name = "oracle"
 
-    def __init__(self, k: int, pages: Mapping[PageKey, Path] | None = None) -> None:
-        self.k, self.pages = int(k), pages
-        self.similarity: TextEmbedder = lexical_embed
-
-    def prepare(self, questions: list[Question], documents: Mapping[str, Document]) -> None:
-        pass
-
     def context_pages(self, question: Question, document: Document) -> list[int]:
         evidence = question.extra.get("evidence_pages")
         if not evidence:
-            return _first_pages(question, document, self.k, self.pages)
+            return super().context_pages(question, document)
         asked = parse_question(question.question).page
         allowed = set(_available(document, self.pages))
         return sorted({int(p) for p in evidence if int(p) != asked and int(p) in allowed})[:self.k]
