@@ -348,56 +348,30 @@ def _image_processor(cls: Any) -> Any:
     return cls(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384})
 
 
-def _build_qwen2_5_vl(out: Path, recipe: dict[str, Any]) -> None:
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+def _build(out: Path, recipe: dict[str, Any], config_cls: Any, model_cls: Any, processor_cls: Any) -> None:
+    """One tiny model of a Qwen-VL family: config from ``recipe``, seeded weights, processor."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     tokenizer = _build_tokenizer()
-    config = Qwen2_5_VLConfig(
-        text_config=dict(recipe["text_config"]),
-        vision_config=dict(recipe["vision_config"]),
-        **_TOKEN_IDS,
-    )
-    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
-    model = _seeded_model(Qwen2_5_VLForConditionalGeneration, config, _first_filler(tokenizer))
-    processor = Qwen2_5_VLProcessor(
-        image_processor=_image_processor(Qwen2VLImageProcessor),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=CHAT_TEMPLATE,
-    )
+    config = config_cls(text_config=dict(recipe["text_config"]), vision_config=dict(recipe["vision_config"]),
+                        **_TOKEN_IDS)
+    config.architectures = [model_cls.__name__]
+    model = _seeded_model(model_cls, config, _first_filler(tokenizer))
+    processor = processor_cls(image_processor=_image_processor(Qwen2VLImageProcessor), tokenizer=tokenizer,
+                              video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
     _save_common(out, model, processor)
+
+
+def _build_qwen2_5_vl(out: Path, recipe: dict[str, Any]) -> None:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    _build(out, recipe, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor)
 
 
 def _build_qwen2_vl(out: Path, recipe: dict[str, Any]) -> None:
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
-    tokenizer = _build_tokenizer()
-    config = Qwen2VLConfig(
-        text_config=dict(recipe["text_config"]),
-        vision_config=dict(recipe["vision_config"]),
-        **_TOKEN_IDS,
-    )
-    config.architectures = ["Qwen2VLForConditionalGeneration"]
-    model = _seeded_model(Qwen2VLForConditionalGeneration, config, _first_filler(tokenizer))
-    processor = Qwen2VLProcessor(
-        image_processor=_image_processor(Qwen2VLImageProcessor),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=CHAT_TEMPLATE,
-    )
-    _save_common(out, model, processor)
+    _build(out, recipe, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor)
 
 
 def main(argv: list[str]) -> None:
