@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,11 +18,12 @@ pytestmark = pytest.mark.e2e
 
 def _swift_cli() -> list[str]:
     pytest.importorskip("swift")
-    exe = Path(sys.executable).with_name("swift")
-    found = str(exe) if exe.exists() else shutil.which("swift")
-    if found is None:
-        pytest.skip("the `swift` command (ms-swift) is not installed")
-    return [found]
+    from patentqa.train.merge import MergeError, swift_command
+
+    try:
+        return swift_command()
+    except MergeError as error:
+        pytest.skip(str(error))
 
 
 def _page(i: int, path: Path) -> Path:
