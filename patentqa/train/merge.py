@@ -41,6 +41,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from patentqa.data.prompts import PageImage, Prompt, PromptConfig, build_prompt, prompt_from_json
+from patentqa.infer.engines.transformers_engine import resolve_device
 from patentqa.tracking import write_json_atomic
 
 REPORT_NAME = "merge_report.json"
@@ -306,12 +307,6 @@ def _dtype_name(merged_dir: Path, dtype: str) -> str:
     return str(config.get("dtype") or config.get("torch_dtype") or "float32")
 
 
-def _device_map(device_map: str) -> str:
-    import torch
-
-    return "cpu" if device_map == "auto" and not torch.cuda.is_available() else device_map
-
-
 def _cut(ids: list[int], stop: set[int]) -> list[int]:
     for i, token in enumerate(ids):
         if token in stop:
@@ -427,7 +422,7 @@ def check_equivalence(base_path: str | Path, adapter_dir: Path, merged_dir: Path
     default_atol, default_rtol = DEFAULT_TOLERANCE.get(dtype_name, DEFAULT_TOLERANCE["bfloat16"])
     atol = default_atol if atol is None else float(atol)
     rtol = default_rtol if rtol is None else float(rtol)
-    load = {"dtype": getattr(torch, dtype_name), "device_map": _device_map(device_map)}
+    load = {"dtype": getattr(torch, dtype_name), "device_map": resolve_device(device_map)}
     processor, batches, input_diffs = _encode(base_path, merged_dir, prompts, batch_size)
     greedy, stop, warnings = _generation_settings(base_path, merged_dir, processor, max_new_tokens, min_new_tokens)
     timings = {"encode_s": time.perf_counter() - start}
