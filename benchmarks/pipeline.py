@@ -77,7 +77,7 @@ def run(repeats: int, quick: bool = False, batch_size: int = 16) -> Result:
     questions = pick_questions(build, n)
     ctx = answer_context(cfg, build, questions)
     engine = make_engine(cfg.infer, cfg.model)
-    from patentqa.data.prompts import classifier_prompt
+    from patentqa.data.prompts import classifier_prompt, style_prompt
     engine.generate([classifier_prompt(questions[0].question)], Sampling(max_new_tokens=2))  # warm-up
     runs = variants(batch_size)
     rates: dict[str, list[float]] = {name: [] for name in runs}
@@ -85,8 +85,8 @@ def run(repeats: int, quick: bool = False, batch_size: int = 16) -> Result:
     predictions: dict[str, dict[str, str]] = {}
     forms: dict[str, dict] = {}
     ceiling: dict[int, list[float]] = {}
-    from patentqa.data.prompts import style_prompt
     probe = style_prompt("部件4位于部件1的下方", ["位于左侧", "部件3", "上方"])
+    batch_throughput(engine, probe, batch_size)  # warm-up: the first batch of 16 allocates its buffers
     try:
         for _ in range(repeats):
             for size, seconds in batch_throughput(engine, probe, batch_size).items():

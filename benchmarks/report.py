@@ -5,7 +5,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.common import Figure, Result, fmt_bytes
+from benchmarks.common import Figure, Ratio, Result, fmt_bytes
 
 NUMBERED = {"render": 1, "pipeline": 2, "sweep": 3, "rebuild": 4, "scaling": 5, "estimate": 6}
 
@@ -68,8 +68,6 @@ def load_previous(path: Path) -> dict | None:
 
 def reproducibility_md(results: list[Result], previous: dict) -> list[str]:
     """This run's ratios against the previous run's: does each median fall inside the other's range?"""
-    from benchmarks.common import Ratio
-
     rows = []
     for result in results:
         for ratio in result.ratios:

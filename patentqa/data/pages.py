@@ -5,9 +5,9 @@ Here each page is rendered straight to the size Qwen's ``smart_resize`` gives fo
 pixel budget (multiples of the image factor, at most ``max_pixels``), so the processor
 does not resize it again and training and inference read the same file.
 
-Colour management (ICC) is off by default: converting an ICC-tagged scan through lcms2 took
-more than half of a page's time (0.071 s vs 0.032 s per A4 300-DPI page, identical pixels for
-the sGray scans measured), and the model does not need calibrated colour.
+Colour management (ICC) is off by default: converting an ICC-tagged scan through lcms2 cost
+~8% of a page (0.074 s vs 0.068 s per A4 300-DPI page; identical pixels for the sGray scans
+measured), and the model does not need calibrated colour.
 
 Cache key: PDF content hash, 1-based page, pixel budget, colour space, ICC and format. Files are
 written atomically (temp file + rename), rendering runs in a process pool, one task per
