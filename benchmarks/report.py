@@ -129,10 +129,7 @@ def write_results(path: Path, results: list[Result], info: dict[str, str], comma
             out += [figure_row(f) for f in result.figures] + [""]
         if result.ratios:
             out += ["| comparison | seed | ours | ratio, median [min-max] | goal | verdict |", "|---|---|---|---|---|---|"]
-            for ratio in result.ratios:
-                goal = "-" if ratio.goal is None else (f">= {ratio.goal:g}x" if ratio.kind == "speedup"
-                                                       else f"<= {100 * ratio.goal:g}%")
-                out.append(f"| {ratio.label} | {ratio.seed} | {ratio.ours} | {ratio.show()} | {goal} | {ratio.verdict()} |")
+            out += ["| " + " | ".join(row[1:]) + " |" for row in ratio_rows([result])]
             out.append("")
         for finding in result.findings:
             out += ([finding, ""] if finding.startswith("|") else [f"- {finding}", ""])
