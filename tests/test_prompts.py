@@ -19,10 +19,10 @@ def _seed_form(row: dict) -> str:
     return "document" if not has_page else ("figure_only" if len(row["images"]) == 1 else "with_context")
 
 
-def test_seed_b_reproduces_all_781_seed_queries(shared_reference) -> None:
+def test_seed_b_reproduces_all_781_seed_queries(reference) -> None:
     questions = {json.loads(line)["question_idx"]: json.loads(line)["question"]
-                 for line in open(shared_reference / "seed_round_b_questions.jsonl", encoding="utf-8")}
-    rows = [json.loads(line) for line in open(shared_reference / "seed_round_b_sft.jsonl", encoding="utf-8")]
+                 for line in open(reference / "seed_round_b_questions.jsonl", encoding="utf-8")}
+    rows = [json.loads(line) for line in open(reference / "seed_round_b_sft.jsonl", encoding="utf-8")]
     forms: Counter[str] = Counter()
     for row in rows:
         row["question"] = questions[row["question_idx"]]

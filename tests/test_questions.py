@@ -31,8 +31,8 @@ def test_parse_question(question: str, page, figure, parts, kind) -> None:
     assert (parsed.page, parsed.figure, parsed.parts, parsed.kind) == (page, figure, parts, kind)
 
 
-def test_routing_over_real_questions(shared_reference) -> None:
-    rows = [json.loads(line) for line in open(shared_reference / "seed_round_b_questions.jsonl", encoding="utf-8")]
+def test_routing_over_real_questions(reference) -> None:
+    rows = [json.loads(line) for line in open(reference / "seed_round_b_questions.jsonl", encoding="utf-8")]
     parsed = [parse_question(row["question"]) for row in rows]
     kinds = Counter(p.kind for p in parsed)
     with_page = sum(p.page is not None for p in parsed)
