@@ -67,7 +67,8 @@ def batch_throughput(engine, prompt, batch_size: int, tokens: int = STYLE_TOKENS
 
 def run(repeats: int, quick: bool = False, batch_size: int = 16) -> Result:
     """Answer the questions ``repeats`` times with each flow; questions/s and stage times."""
-    from patentqa.infer.engine import Sampling, make_engine
+    from patentqa.infer.engine import Sampling
+    from patentqa.infer.engines import make_engine
     from patentqa.infer.pipeline import answer_questions
     from patentqa.infer.run import answer_context
 

@@ -1,17 +1,64 @@
-"""Where the Hydra config tree lives, and composing it outside a Hydra app (tests, notebooks)."""
+"""Where the Hydra config tree lives, and composing it outside a Hydra app (tests, notebooks, tools).
+
+Importing this module registers the ``abspath`` resolver that ``conf/paths`` uses, so every
+resolved config (and every run's ``config.yaml``) holds absolute paths: a run can be evaluated
+from any directory.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+OmegaConf.register_new_resolver("abspath", lambda path: str(Path(str(path)).expanduser().resolve()), replace=True)
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """Compose the config as ``python -m patentqa.<stage> OVERRIDES`` would (without hydra.* keys)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its search path is this tree
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def config_groups() -> list[str]:
+    """Names of the top-level config groups (``infer``, ``launcher``, ...)."""
+    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "exp"))
+
+
+def group_config(group: str, name: str) -> DictConfig:
+    """Option ``name`` of config group ``group`` as Hydra composes it (its defaults list applied),
+    interpolations left unresolved so they resolve against the config it is placed in."""
+    composed = compose([f"{group}={name}"])
+    return OmegaConf.create(OmegaConf.to_container(composed[group], resolve=False))
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """A stored run config with command-line overrides: ``GROUP=OPTION`` swaps in that group's
+    option (``infer=vllm``), ``key.sub=value`` sets a value; applied left to right."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    groups = config_groups()
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if not _:
+            raise ValueError(f"override {override!r} is not key=value")
+        if key in groups:
+            cfg[key] = group_config(key, value)
+        else:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([override]))
+    return cfg
+
+
+def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    """``cfg.key`` for a DictConfig, dict or plain object; ``default`` when missing or None."""
+    if cfg is None:
+        return default
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value

@@ -15,14 +15,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
 from patentqa.data.prompts import (IMAGE_TAG, PageImage, Prompt, PromptConfig, build_prompt, classifier_prompt,
                                    to_openai_content)
-from patentqa.infer.engine import Sampling, make_engine
+from patentqa.infer.engine import Sampling
+from patentqa.infer.engines import make_engine
 from patentqa.infer.engines.openai_engine import OpenAIEngine, ServerError, chat_request
-from patentqa.infer.engines.vllm_engine import VLLM_MISSING, build_requests, llm_kwargs, lora_rank, round_lora_rank
+from patentqa.infer.engines.vllm_engine import (VLLM_MISSING, build_requests, cpu_env, llm_kwargs, lora_rank,
+                                                round_lora_rank, tensor_parallel_size)
 from patentqa.infer.inputs import prompt_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +90,7 @@ def _decode_data_url(url: str) -> Any:
     from PIL import Image
 
     header, data = url.split(",", 1)
-    assert header == "data:image/jpeg;base64"
+    assert header == "data:image/png;base64"  # lossless: the server sees the offline engines' pixels
     return Image.open(io.BytesIO(base64.b64decode(data)))
 
 
@@ -115,6 +118,9 @@ def test_images_are_sent_at_their_budget(processor: Any, prompts: list[Prompt]) 
             assert w % 28 == 0 and h % 28 == 0 and w * h <= image.max_pixels
         urls = [part["image_url"]["url"] for part in to_openai_content(prompt) if part["type"] == "image_url"]
         assert [_decode_data_url(url).size for url in urls] == expected
+        sent = [np.asarray(_decode_data_url(url).convert("RGB")) for url in urls]
+        assert all((a == np.asarray(b.convert("RGB"))).all()
+                   for a, b in zip(sent, request["multi_modal_data"]["image"]))
     # the budgets really shrink the pages (the with_context budget is smaller than the page)
     assert build_requests(prompts[:1], processor)[0]["multi_modal_data"]["image"][0].size != (877, 620)
 
@@ -129,7 +135,8 @@ def test_llm_kwargs_for_the_vllm_config() -> None:
                            "enable_prefix_caching", "limit_mm_per_prompt", "mm_processor_kwargs", "enable_lora",
                            "max_lora_rank", "max_loras"}  # gpu_memory_utilization null: vLLM's default
     assert kwargs["model"] == "Qwen/Qwen2.5-VL-32B-Instruct" and kwargs["dtype"] == "bfloat16"
-    assert kwargs["tensor_parallel_size"] == 4 and kwargs["max_num_seqs"] == 64 and kwargs["max_model_len"] == 32768
+    assert kwargs["tensor_parallel_size"] == tensor_parallel_size("auto")  # every visible GPU, 1 on a CPU
+    assert kwargs["max_num_seqs"] == 64 and kwargs["max_model_len"] == 32768
     assert kwargs["enable_prefix_caching"] is True and kwargs["enable_lora"] is True
     assert kwargs["limit_mm_per_prompt"] == {"image": 4}
     assert kwargs["mm_processor_kwargs"] == {"do_resize": False}
@@ -137,6 +144,19 @@ def test_llm_kwargs_for_the_vllm_config() -> None:
     assert llm_kwargs(infer_cfg, model_cfg, max_lora_rank=12)["max_lora_rank"] == 16
     infer_cfg.gpu_memory_utilization = 0.85
     assert llm_kwargs(infer_cfg, model_cfg, 8)["gpu_memory_utilization"] == 0.85
+    infer_cfg.tensor_parallel_size = 4
+    assert llm_kwargs(infer_cfg, model_cfg, 8)["tensor_parallel_size"] == 4
+    assert llm_kwargs(infer_cfg, model_cfg, 8, model="/models/local")["model"] == "/models/local"
+
+
+def test_cpu_env_binds_one_core_set_per_tensor_parallel_worker() -> None:
+    assert cpu_env(1, 2, environ={}) == {"VLLM_CPU_KVCACHE_SPACE": "2"}
+    assert cpu_env(2, 4, environ={}, cpus=[0, 1]) == {"VLLM_CPU_KVCACHE_SPACE": "4", "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    assert cpu_env(2, 2, environ={}, cpus=list(range(8)))["VLLM_CPU_OMP_THREADS_BIND"] == "0,1,2,3|4,5,6,7"
+    given = {"VLLM_CPU_KVCACHE_SPACE": "8", "VLLM_CPU_OMP_THREADS_BIND": "0-3|4-7"}
+    assert cpu_env(2, 2, environ=given) == {}  # what the caller set wins
+    with pytest.raises(ValueError, match="needs at least 4 CPUs"):
+        cpu_env(4, 2, environ={}, cpus=[0, 1])
 
 
 def _adapter(tmp_path: Path, name: str, config: dict[str, Any]) -> Path:
@@ -165,7 +185,7 @@ def test_vllm_engine_without_vllm_says_what_to_install(monkeypatch: pytest.Monke
     with pytest.raises(ImportError) as error:
         make_engine(infer_cfg, model_cfg)
     assert str(error.value) == VLLM_MISSING
-    assert VLLM_MISSING == "the vllm engine needs the vllm extra: pip install -e .[vllm] (GPU machines only)"
+    assert "make setup" in VLLM_MISSING and "pip install -e .[vllm]" in VLLM_MISSING
 
 
 # --- the OpenAI client against a stub server on 127.0.0.1 --------------------------------------

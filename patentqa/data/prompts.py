@@ -252,7 +252,10 @@ def to_vllm_request(prompt: Prompt, processor: Any, factor: int = 28) -> dict[st
 
 
 def to_openai_content(prompt: Prompt, factor: int = 28) -> list[dict[str, Any]]:
-    """OpenAI chat content parts; images as base64 JPEG data URLs at their budget."""
+    """OpenAI chat content parts; images as base64 PNG data URLs at their budget.
+
+    PNG is lossless: the server decodes exactly the pixels the offline engines pass (a JPEG
+    re-encode would change them and, with them, greedy answers)."""
     images = iter(load_images(prompt, factor))
     content: list[dict[str, Any]] = []
     for part in prompt.parts:
@@ -260,7 +263,7 @@ def to_openai_content(prompt: Prompt, factor: int = 28) -> list[dict[str, Any]]:
             content.append({"type": "text", "text": part})
         else:
             buffer = io.BytesIO()
-            next(images).convert("RGB").save(buffer, format="JPEG", quality=95)
-            url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+            next(images).convert("RGB").save(buffer, format="PNG", compress_level=1)
+            url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
             content.append({"type": "image_url", "image_url": {"url": url}})
     return content

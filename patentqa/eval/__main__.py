@@ -2,7 +2,9 @@
 
     python -m patentqa.eval run_dir=runs/smoke/2026-11-21_06-08-02 [eval.select_by=char_f1 ...]
 
-The run's own resolved config (RUN/config.yaml) is used; further ``key=value`` arguments override it.
+The run's own resolved config (RUN/config.yaml, absolute paths: any working directory will do) is
+used; further arguments override it: ``infer=vllm`` swaps in a config group's option,
+``infer.tensor_parallel_size=2`` sets a value.
 Metrics are logged into the run's W&B run (same id, resumed).
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from patentqa.config import apply_overrides
 from patentqa.eval.sweep import sweep
 from patentqa.tracking import Tracker
 
@@ -27,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (run_dir / "config.yaml").is_file():
         print(f"error: {run_dir} has no config.yaml (not a patentqa training run)", file=sys.stderr)
         return 2
-    cfg = OmegaConf.merge(OmegaConf.load(run_dir / "config.yaml"),
-                          OmegaConf.from_dotlist([a for a in argv if not a.startswith("run_dir=")]))
+    try:
+        cfg = apply_overrides(OmegaConf.load(run_dir / "config.yaml"), [a for a in argv if not a.startswith("run_dir=")])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")) \
         if (run_dir / "manifest.json").is_file() else {}
     run_id = (manifest.get("wandb") or {}).get("id")

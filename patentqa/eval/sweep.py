@@ -18,7 +18,8 @@ from patentqa.data.build import DatasetBuild, build_dataset
 from patentqa.data.corpus import Question
 from patentqa.eval.metrics import configure_bertscore, headline
 from patentqa.eval.score import score_file
-from patentqa.infer.engine import Engine, make_engine
+from patentqa.infer.engine import Engine
+from patentqa.infer.engines import make_engine
 from patentqa.infer.pipeline import PipelineSettings, answer_questions
 from patentqa.infer.run import answer_context
 from patentqa.tracking import Checkpoint, Tracker, checkpoints, write_json_atomic
@@ -30,7 +31,8 @@ def eval_key(cfg: DictConfig, build: DatasetBuild) -> str:
     """Hash of everything besides the checkpoint that changes predictions or scores."""
     parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("prompt", "retrieval", "pipeline", "eval")}
     parts["infer"] = {k: v for k, v in OmegaConf.to_container(cfg.infer, resolve=True).items()
-                      if k not in ("batch_size", "device", "concurrency", "max_loaded_adapters")}
+                      if k not in ("batch_size", "device", "concurrency", "max_loaded_adapters", "tensor_parallel_size",
+                                   "cpu_kvcache_gib", "gpu_memory_utilization")}
     parts["dataset"], parts["model"] = build.manifest["dataset_key"], str(cfg.model.path)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

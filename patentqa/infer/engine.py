@@ -1,14 +1,18 @@
 """The engine interface: a batch of structured prompts (+ sampling, + optional LoRA adapter) → texts.
 
-Implementations (config group ``infer``): ``transformers`` (in-process, peft adapter swap),
-``vllm`` (offline ``vllm.LLM``, lazily imported) and ``openai`` (any OpenAI-compatible server).
-Every engine renders prompts through the one prompt builder's renderers.
+Implementations live in ``patentqa.infer.engines`` (config group ``infer``): ``transformers``
+(in-process, peft adapter swap), ``vllm`` (offline ``vllm.LLM``, lazily imported) and ``openai``
+(any OpenAI-compatible server); ``patentqa.infer.engines.make_engine`` picks one. They import
+this module; it imports none of them. Every engine renders prompts through the one prompt
+builder's renderers.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt
 
 
@@ -18,6 +22,24 @@ class Sampling:
 
     max_new_tokens: int = 64
     temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One greedy answer, token by token: ids and each position's top-k (token id, log-probability).
+
+    Engines that can (transformers, vllm) return these from ``generate_traced`` for the parity check.
+    """
+
+    text: str
+    tokens: list[int]
+    top: list[list[tuple[int, float]]]  # per generated position, best first
+
+    def margin(self, position: int) -> float | None:
+        """Log-probability gap between the best and the second-best token at ``position``."""
+        if position >= len(self.top) or len(self.top[position]) < 2:
+            return None
+        return self.top[position][0][1] - self.top[position][1][1]
 
 
 class Engine(Protocol):
@@ -34,19 +56,11 @@ class Engine(Protocol):
         ...
 
 
-def make_engine(infer_cfg: Any, model_cfg: Any) -> Engine:
-    """The engine named by ``infer_cfg.name``."""
-    name = infer_cfg.name
-    if name == "transformers":
-        from patentqa.infer.engines.transformers_engine import TransformersEngine
+def model_dir(model_cfg: Any) -> str:
+    """``model.path``, building the tiny test model there first when ``model.build_tiny``."""
+    path = str(model_cfg.path)
+    if cfg_get(model_cfg, "build_tiny", False):
+        from patentqa.tiny import tiny_qwen2_5_vl
 
-        return TransformersEngine.from_config(infer_cfg, model_cfg)
-    if name == "vllm":
-        from patentqa.infer.engines.vllm_engine import VllmEngine
-
-        return VllmEngine.from_config(infer_cfg, model_cfg)
-    if name == "openai":
-        from patentqa.infer.engines.openai_engine import OpenAIEngine
-
-        return OpenAIEngine.from_config(infer_cfg, model_cfg)
-    raise ValueError(f"unknown infer.name {name!r} (expected transformers, vllm or openai)")
+        path = str(tiny_qwen2_5_vl(Path(path).parent))
+    return path

@@ -14,7 +14,7 @@ from patentqa.data.build import DatasetBuild, build_dataset
 from patentqa.data.corpus import Question
 from patentqa.data.prompts import PromptConfig
 from patentqa.data.retrieval import style_examples
-from patentqa.infer.engine import make_engine
+from patentqa.infer.engines import make_engine
 from patentqa.infer.pipeline import AnswerContext, PipelineSettings, answer_questions, read_predictions, \
     write_submission
 from patentqa.tracking import write_json_atomic

@@ -1,1 +1,29 @@
-"""Engine implementations; import them through patentqa.infer.engine.make_engine."""
+"""Engine implementations of ``patentqa.infer.engine.Engine``; ``make_engine`` picks one by name.
+
+Each backend is imported only when it is asked for (vLLM is heavy and optional).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from patentqa.infer.engine import Engine
+
+ENGINES = ("transformers", "vllm", "openai")
+
+
+def make_engine(infer_cfg: Any, model_cfg: Any) -> Engine:
+    """The engine named by ``infer_cfg.name``."""
+    name = infer_cfg.name
+    if name == "transformers":
+        from patentqa.infer.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine.from_config(infer_cfg, model_cfg)
+    if name == "vllm":
+        from patentqa.infer.engines.vllm_engine import VllmEngine
+
+        return VllmEngine.from_config(infer_cfg, model_cfg)
+    if name == "openai":
+        from patentqa.infer.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine.from_config(infer_cfg, model_cfg)
+    raise ValueError(f"unknown infer.name {name!r} (expected one of {', '.join(ENGINES)})")

