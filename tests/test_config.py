@@ -52,3 +52,40 @@ def test_slurm_launcher_composes(launcher: str) -> None:
     assert "SlurmLauncher" in cfg.hydra.launcher._target_
     if launcher == "slurm_8gpu":
         assert cfg.hydra.launcher.gpus_per_node == 8 and cfg.hydra.launcher.tasks_per_node == 1
+
+
+def test_paths_resolve_absolute_so_a_run_config_works_from_any_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PATENTQA_ROOT", raising=False)
+    monkeypatch.delenv("PATENTQA_CACHE", raising=False)
+    cfg = compose(["+exp=smoke"])
+    OmegaConf.resolve(cfg)
+    for key in ("root", "data_dir", "cache_dir", "runs_dir"):
+        assert cfg.paths[key].startswith("/"), (key, cfg.paths[key])
+    assert cfg.paths.root == str(tmp_path.resolve()) and cfg.model.path.startswith(str(tmp_path.resolve()))
+
+
+def test_group_overrides_on_a_stored_run_config() -> None:
+    from patentqa.config import apply_overrides, group_config
+
+    stored = compose(["+exp=smoke"])
+    OmegaConf.resolve(stored)
+    assert group_config("launcher", "cpu_multinode").nproc_per_node == 1  # its defaults list applied
+    assert group_config("launcher", "cpu_multinode").wait_for_rank0_s == 3600
+    cfg = apply_overrides(stored, ["infer=vllm", "infer.tensor_parallel_size=2", "eval.select_by=char_f1"])
+    assert cfg.infer.name == "vllm" and cfg.infer.tensor_parallel_size == 2 and cfg.eval.select_by == "char_f1"
+    assert cfg.infer.max_new_tokens == 768  # the vllm option as composed, not the smoke run's transformers block
+    assert cfg.model.path == stored.model.path  # everything else as stored
+    with pytest.raises(ValueError, match="not key=value"):
+        apply_overrides(stored, ["infer"])
+
+
+def test_multinode_run_dir_follows_patentqa_run_id(monkeypatch) -> None:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    monkeypatch.setenv("PATENTQA_RUN_ID", "job-42")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=["+exp=smoke", "launcher=cpu_multinode"], return_hydra_config=True)
+    assert cfg.hydra.run.dir.endswith("/runs/smoke/job-42-main")  # every node names the same run dir
+    assert cfg.launcher.nnodes == 2 and cfg.launcher.deepspeed is None

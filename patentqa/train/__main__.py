@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,9 +27,15 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     group = f"sweep-{Path(hydra_cfg.sweep.dir).name}" if sweep else None
+    named_dir = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
+    if int(cfg.launcher.get("nnodes") or 1) > 1 and not (sweep or named_dir or os.environ.get("PATENTQA_RUN_ID")):
+        print(f"error: launcher={cfg.launcher.name} has {cfg.launcher.nnodes} nodes, which must all write into one "
+              "run dir: set the same PATENTQA_RUN_ID on every node (e.g. PATENTQA_RUN_ID=$SLURM_JOB_ID)",
+              file=sys.stderr)
+        sys.exit(2)
     try:
         result = train(cfg, run_dir, group=group)
-    except (SwiftArgError, DataError, TrainFailed) as error:
+    except (SwiftArgError, DataError, TrainFailed, TimeoutError) as error:
         print(f"\n{cfg.name}: {'training failed' if isinstance(error, TrainFailed) else 'error'} ({run_dir}):\n{error}",
               file=sys.stderr)
         if sweep:

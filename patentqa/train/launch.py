@@ -55,6 +55,16 @@ def run_streaming(argv: list[str], env: dict[str, str], log_path: Path, tail: in
     return code, list(last)
 
 
+# transformers' warning when torchrun started several ranks but its Trainer runs each one alone
+# (on a CPU without patentqa/train/cpu_distributed.py): no gradient all-reduce, N independent trainings
+RANKS_APART = "parallel_mode != ParallelMode.DISTRIBUTED"
+
+
+def ranks_trained_apart(log_path: Path) -> bool:
+    """True when swift's log shows the ranks were not one data-parallel job."""
+    return log_path.is_file() and RANKS_APART in log_path.read_text(encoding="utf-8", errors="replace")
+
+
 def swift_summary(swift_dir: Path) -> dict[str, object]:
     """Last/best checkpoint and final losses from swift's logging.jsonl files."""
     summary: dict[str, object] = {}

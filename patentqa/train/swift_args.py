@@ -121,6 +121,10 @@ def render(cfg: DictConfig, train_file: Path, val_file: Path, output_dir: Path, 
             args[key] = value
     if cfg.launcher.get("deepspeed"):
         args["deepspeed"] = cfg.launcher.deepspeed
+    if cfg.launcher.get("cpu_ranks"):  # several CPU processes must agree they are one job (cpu_distributed.py)
+        args["external_plugins"] = [str(Path(__file__).with_name("cpu_distributed.py"))]
+        if cfg.launcher.get("deepspeed"):
+            args["fp16"] = False  # DeepSpeed refuses fp16 on a CPU; swift turns it on for float32 models
     for key, value in (train.get("extra_args") or {}).items():
         if key in args:
             raise SwiftArgError(f"train.extra_args.{key} repeats a value set elsewhere ({args[key]!r}); "

@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from patentqa.data.build import build_dataset, dataset_dir
+from patentqa.data.corpus import DataError
 from patentqa.tracking import Checkpoint, Tracker, checkpoints, run_manifest, scrub, update_manifest, write_json_atomic
 from patentqa.train import swift_args
-from patentqa.train.launch import child_env, launch_env, run_streaming, swift_executable, swift_summary
+from patentqa.train.launch import (RANKS_APART, child_env, launch_env, ranks_trained_apart, run_streaming,
+                                   swift_executable, swift_summary)
 
 
 class TrainFailed(RuntimeError):
@@ -61,18 +64,61 @@ def find_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Checkpoint, dict[
     return checkpoint, manifest
 
 
+def node_rank(cfg: DictConfig) -> int:
+    """This node's rank in a multi-node job (0 when the launcher has none)."""
+    return int(cfg.launcher.get("node_rank") or 0)
+
+
+def world_size(cfg: DictConfig) -> int:
+    """Training processes of the whole job: nodes × processes per node."""
+    return int(cfg.launcher.get("nnodes") or 1) * int(cfg.launcher.get("nproc_per_node") or 1)
+
+
+def wait_for_rank0(cfg: DictConfig, run_dir: Path, poll_s: float = 2.0) -> Path:
+    """On node rank > 0: wait for node 0's run manifest in the shared run dir, then return the dataset
+    dir it trained from, after checking this node reads the same bytes (the dataset manifest's hash)."""
+    manifest_path = run_dir / "manifest.json"
+    timeout = float(cfg.launcher.get("wait_for_rank0_s") or 3600)
+    deadline = time.monotonic() + timeout
+    print(f"node {node_rank(cfg)}: waiting up to {timeout:.0f} s for node 0's data build and {manifest_path}", flush=True)
+    while True:
+        try:
+            dataset = json.loads(manifest_path.read_text(encoding="utf-8"))["dataset"]
+            break
+        except (OSError, ValueError, KeyError):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {node_rank(cfg)}: node 0 wrote no {manifest_path} within {timeout:.0f} s; "
+                                   "all nodes need the same run dir on a shared filesystem (same PATENTQA_RUN_ID "
+                                   "and paths.runs_dir) and node 0 must be running") from None
+            time.sleep(poll_s)
+    data_dir = Path(dataset["dir"])
+    if _sha256(data_dir / "manifest.json") != dataset["manifest_sha256"]:
+        raise DataError(f"node {node_rank(cfg)}: {data_dir}/manifest.json differs from the one node 0 trained on "
+                        "(is the cache on a shared filesystem?)")
+    return data_dir
+
+
 def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResult:
-    """Train one experiment into ``run_dir``; raise ``TrainFailed`` if swift fails."""
+    """Train one experiment into ``run_dir``; raise ``TrainFailed`` if swift fails.
+
+    On node rank > 0 of a multi-node job only ``swift sft`` runs (after node 0's data build):
+    node 0 writes the config, manifest and W&B run, and evaluates.
+    """
+    rank = node_rank(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = scrub(OmegaConf.to_container(cfg, resolve=True))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)), encoding="utf-8")
-    data_dir = dataset_dir(cfg) if cfg.dry_run else build_dataset(cfg).out_dir
+    if rank == 0:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)), encoding="utf-8")
+    if cfg.dry_run:
+        data_dir = dataset_dir(cfg)
+    else:
+        data_dir = build_dataset(cfg).out_dir if rank == 0 else wait_for_rank0(cfg, run_dir)
     resume = find_resume_point(cfg, run_dir) if cfg.resume else None
     if cfg.resume:
         print(f"resume: continuing from {resume[0].path} (step {resume[0].step})" if resume else
               f"resume: no earlier checkpoint of experiment '{cfg.name}' under {cfg.paths.runs_dir}; starting fresh")
-    tracker = Tracker(OmegaConf.to_container(cfg.logger, resolve=True), run_dir=run_dir, name=cfg.name,
-                      group=group or cfg.name, tags=list(cfg.tags), config=config,
+    tracker = Tracker(OmegaConf.to_container(cfg.logger, resolve=True) if rank == 0 else None, run_dir=run_dir,
+                      name=cfg.name, group=group or cfg.name, tags=list(cfg.tags), config=config,
                       run_id=((resume[1].get("wandb") or {}).get("id") if resume else None))
     args = swift_args.render(cfg, data_dir / "train.jsonl", data_dir / "dev.jsonl", run_dir / "swift",
                              report_to="wandb" if tracker.enabled else "none")
@@ -80,16 +126,28 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
         args["resume_from_checkpoint"] = str(resume[0].path)
     swift_args.validate(args)
     launch = launch_env(cfg)
-    swift_args.write_config_file(run_dir / "swift_args.yaml", args, launch)
+    if rank == 0:
+        swift_args.write_config_file(run_dir / "swift_args.yaml", args, launch)
     command = [swift_executable(), "sft", *swift_args.to_argv(args)]
     result = TrainResult(run_dir, command, launch)
     if cfg.dry_run:
         print("dry run: swift sft arguments validated against the installed ms-swift\n"
               + " ".join(f"{k}={shlex.quote(v)}" for k, v in launch.items()) + " \\\n  " + shlex.join(command))
+        print(dry_run_plan(cfg, data_dir / "train.jsonl"))
+        return result
+    log_path = run_dir / "logs" / ("swift_sft.log" if rank == 0 else f"swift_sft.node{rank}.log")
+    if rank > 0:
+        result.exit_code, tail = run_streaming(command, child_env(launch, {}), log_path)
+        if result.exit_code != 0:
+            raise TrainFailed(f"node {rank}: swift sft exited with status {result.exit_code}\nlast lines:\n"
+                              + "\n".join(tail[-15:]), result.exit_code)
         return result
     manifest_path = run_dir / "manifest.json"
     write_json_atomic(manifest_path, run_manifest(config, extra={
         "name": cfg.name, "run_dir": str(run_dir), "command": command, "launch_env": launch,
+        "distributed": {"nnodes": int(cfg.launcher.get("nnodes") or 1),
+                        "nproc_per_node": int(cfg.launcher.get("nproc_per_node") or 1),
+                        "world_size": world_size(cfg), "deepspeed": cfg.launcher.get("deepspeed")},
         "dataset": {"dir": str(data_dir), "manifest_sha256": _sha256(data_dir / "manifest.json")},
         "seeds": {"seed": cfg.seed, "data_seed": cfg.seed}, "wandb": tracker.info(),
         "resumed_from": str(resume[0].path) if resume else None}))
@@ -97,14 +155,19 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
     with tracker:
         if cfg.train.enabled:
             with tracker.handoff() as wandb_env:  # swift's trainer logs into this same W&B run
-                result.exit_code, tail = run_streaming(command, child_env(launch, wandb_env),
-                                                       run_dir / "logs" / "swift_sft.log")
+                result.exit_code, tail = run_streaming(command, child_env(launch, wandb_env), log_path)
         else:
             print("train.enabled=false: no swift sft run (the base model is what gets evaluated)")
             result.exit_code, tail = 0, []
         result.checkpoints = checkpoints(run_dir / "swift")
         result.summary = {**swift_summary(run_dir / "swift"), "checkpoints": len(result.checkpoints),
+                          "swift_world_size": logged_world_size(log_path),
                           "wall_seconds": round(time.perf_counter() - started, 1)}
+        if world_size(cfg) > 1 and ranks_trained_apart(log_path):
+            result.summary["ranks_trained_apart"] = True
+            print(f"WARNING: swift ran {world_size(cfg)} ranks but transformers trained each alone (no gradient "
+                  f"all-reduce): '{RANKS_APART}' in {log_path}; on a CPU set launcher.cpu_ranks=true",
+                  file=sys.stderr)
         failed = result.exit_code != 0
         cause = next((line for line in reversed(tail) if re.search(r"\w(Error|Exception)\b", line)), None)
         update_manifest(manifest_path, state="failed" if failed else "succeeded", exit_code=result.exit_code,
@@ -123,6 +186,24 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
             update_manifest(manifest_path, best_checkpoint=result.sweep["best"], report=str(report))
             print(f"report: {report}")
     return result
+
+
+def dry_run_plan(cfg: DictConfig, rows_file: Path) -> str:
+    """The meta-device plan (params, trainable, ZeRO-3 memory, tokens), or why there is none."""
+    from patentqa.train.plan import make_plan
+
+    try:
+        return make_plan(cfg, rows_file).format()
+    except (ValueError, KeyError, OSError, ImportError) as error:
+        return f"plan: not available ({error})"
+
+
+def logged_world_size(log_path: Path) -> int | None:
+    """The world size swift reports (``rank: 0, ..., world_size: N``) in a run's log; None if absent."""
+    if not log_path.is_file():
+        return None
+    found = re.search(r"\bworld_size: (\d+)", log_path.read_text(encoding="utf-8", errors="replace"))
+    return int(found.group(1)) if found else None
 
 
 def _sha256(path: Path) -> str | None:

@@ -1,0 +1,37 @@
+"""An ms-swift plugin (``swift sft --external_plugins THIS_FILE``) that makes several CPU ranks one job.
+
+On a machine without an accelerator, accelerate's ``PartialState._prepare_backend`` finds no
+backend for torchrun's ranks unless ``cpu=True``, and then reports one process:
+
+- plain DDP: transformers warns "parallel_mode != ParallelMode.DISTRIBUTED" and every rank
+  trains alone on its shard (no gradient all-reduce: N independent runs, not one job);
+- ZeRO-3: DeepSpeed's own comm sees the real world size, accelerate sees 1, and DeepSpeed
+  stops before step 1 ("train_batch_size is not equal to micro_batch_per_gpu *
+  gradient_acc_step * world_size"). ``ACCELERATE_USE_CPU=true`` flips the disagreement and
+  leaves ZeRO-3's partitioned weights ungathered ("Padding_idx must be within num_embeddings").
+
+This patch answers gloo + MULTI_CPU there, so accelerate, transformers and DeepSpeed agree on
+the world size. It changes nothing where CUDA (or another accelerator) is present or with one
+process. ``launcher.cpu_ranks: true`` (cpu_ddp, cpu_multinode, cpu_zero3) passes it to swift.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType
+
+_prepare_backend = PartialState._prepare_backend
+
+
+def _cpu_ranks_backend(self: Any, cpu: bool = False, sagemaker_dp: bool = False,
+                       backend: str | None = None) -> tuple[str | None, Any]:
+    found, distributed_type = _prepare_backend(self, cpu, sagemaker_dp, backend)
+    if found is None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        return "gloo", DistributedType.MULTI_CPU
+    return found, distributed_type
+
+
+PartialState._prepare_backend = _cpu_ranks_backend
