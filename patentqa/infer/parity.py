@@ -38,8 +38,8 @@ class ParityCase:
     target: str
     index: int
     form: str
-    identical: bool
-    first_diff: Optional[int]  # first generated position whose token differs
+    identical: bool  # same token ids and the same decoded text
+    first_diff: Optional[int]  # first generated position whose token differs (None: same tokens)
     transformers_text: str
     vllm_text: str
     transformers_tokens: list[int]
@@ -59,7 +59,8 @@ def first_difference(a: list[int], b: list[int]) -> Optional[int]:
 def compare(target: str, index: int, form: str, ours: Trace, theirs: Trace) -> ParityCase:
     """The parity case of one prompt: ``ours`` from transformers, ``theirs`` from vLLM."""
     diff = first_difference(ours.tokens, theirs.tokens)
-    return ParityCase(target=target, index=index, form=form, identical=diff is None, first_diff=diff,
+    return ParityCase(target=target, index=index, form=form, identical=diff is None and ours.text == theirs.text,
+                      first_diff=diff,
                       transformers_text=ours.text, vllm_text=theirs.text, transformers_tokens=ours.tokens,
                       vllm_tokens=theirs.tokens,
                       transformers_margin=None if diff is None else ours.margin(diff),

@@ -93,6 +93,12 @@ def prompt_length(processor: Any, prompt: Prompt, factor: int = 28) -> int:
     return length
 
 
+def _complete(text: str) -> str:
+    """Text without the replacement characters of a multi-byte character cut at ``max_new_tokens``,
+    as vLLM's detokenizer leaves them out (the tokens are the same; only their rendering differed)."""
+    return text.rstrip("\ufffd")
+
+
 @dataclass
 class TransformersEngine:
     """Batched generation with one base model and peft-swapped LoRA adapters (see module doc)."""
@@ -192,7 +198,8 @@ class TransformersEngine:
             output = self.model.generate(**batch, generation_config=config, output_logits=bool(top),
                                          return_dict_in_generate=bool(top))
         if not top:
-            return self.processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            return [_complete(text) for text in
+                    self.processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
         eos = config.eos_token_id
         stop = set(eos if isinstance(eos, list) else [eos])
         logprobs = torch.stack(output.logits, dim=1).float().log_softmax(dim=-1)  # (batch, steps, vocab)
@@ -201,8 +208,8 @@ class TransformersEngine:
         for row, ids in enumerate(output.sequences[:, batch["input_ids"].shape[1]:].tolist()):
             end = next((i + 1 for i, token in enumerate(ids) if token in stop), len(ids))
             steps = [list(zip(best.indices[row, i].tolist(), best.values[row, i].tolist())) for i in range(end)]
-            traces.append(Trace(text=self.processor.decode(ids[:end], skip_special_tokens=True), tokens=ids[:end],
-                                top=steps))
+            traces.append(Trace(text=_complete(self.processor.decode(ids[:end], skip_special_tokens=True)),
+                                tokens=ids[:end], top=steps))
         return traces
 
     def _batched(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None, top: int = 0) -> list[Any]:
