@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 from benchmarks.common import BENCH, Result, load1, machine
 
-NAMES = ("render", "pipeline", "sweep", "rebuild", "scaling", "estimate")
+NAMES = ("render", "pipeline", "pipeline_vllm", "sweep", "rebuild", "scaling", "estimate")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -75,11 +75,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def runners(args: argparse.Namespace) -> dict[str, Callable[[], Result]]:
-    from benchmarks import estimate, pipeline, rebuild, render, scaling, sweep
+    from benchmarks import estimate, pipeline, pipeline_vllm, rebuild, render, scaling, sweep
 
     return {
         "render": lambda: render.run(args.repeats, args.quick, args.seed_pages),
         "pipeline": lambda: pipeline.run(args.repeats, args.quick, args.batch_size),
+        "pipeline_vllm": lambda: pipeline_vllm.run(args.repeats, args.quick),
         "sweep": lambda: sweep.run(args.repeats, args.quick),
         "rebuild": lambda: rebuild.run(args.repeats, args.quick),
         "scaling": lambda: scaling.run(args.scaling_repeats or args.repeats, args.quick),
