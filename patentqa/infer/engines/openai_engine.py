@@ -1,7 +1,7 @@
 """Client engine for any OpenAI-compatible chat server (``vllm serve``, ``swift deploy``).
 
 Each prompt becomes one ``POST {base_url}/chat/completions`` with a single user message whose
-content is ``to_openai_content(prompt)`` (text parts and images as base64 JPEG data URLs,
+content is ``to_openai_content(prompt)`` (text parts and images as base64 PNG data URLs,
 already at their training budget). Requests run in a thread pool of ``infer.concurrency``;
 timeouts, connection errors, 5xx, 408 and 429 are retried ``infer.max_retries`` times with
 exponential backoff (``retry_backoff_s * 2**attempt``, capped, with jitter); other 4xx fail at
