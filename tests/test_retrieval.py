@@ -271,4 +271,6 @@ def test_make_retriever_names(corpus) -> None:
     assert isinstance(make_retriever({"name": "none", "k": 2}, pages, "unused"), NoRetriever)
     assert isinstance(make_retriever({"name": "oracle", "k": 2}, pages, "unused"), OracleRetriever)
     with pytest.raises(ValueError, match="unknown retrieval"):
+        make_retriever({"name": "tfidf", "k": 2}, pages, "unused")
+    with pytest.raises(ValueError, match="need the OCR layer"):
         make_retriever({"name": "bm25", "k": 2}, pages, "unused")

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from patentqa.data.corpus import DataError, Document, Question, SplitData, file_sha256, problems_as_dicts, read_split
 from patentqa.data.pages import RenderResult, RenderSpec, render_documents
 from patentqa.data.prompts import PromptConfig
-from patentqa.data.retrieval import make_retriever, recall_report, style_examples
+from patentqa.data.retrieval import RETRIEVERS, make_retriever, recall_report, style_examples
 from patentqa.data.sft import PromptedQuestion, eval_record, prompted, sft_rows, write_jsonl_atomic
 from patentqa.data.split import SPLITS, DocumentSplit, LeakageError, split_documents, split_questions
 from patentqa.tracking import write_json_atomic
@@ -39,6 +39,7 @@ class DatasetBuild:
     manifest: dict[str, Any]
     documents: dict[str, Document] = field(default_factory=dict)  # labelled and unlabelled
     retriever: Any = None                                         # prepared on every question
+    layout: Any = None                                            # OCR layer and figure crops, when needed
 
 
 def render_spec(cfg: DictConfig) -> RenderSpec:
@@ -54,6 +55,7 @@ def dataset_key(cfg: DictConfig) -> str:
     """Short hash of the config that decides the dataset's content."""
     parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "prompt", "retrieval")}
     parts["data"].get("pages", {}).pop("workers", None)  # how many processes render never changes a page
+    (parts["data"].get("ocr") or {}).pop("workers", None)
     parts["seed"], parts["image_factor"] = cfg.seed, cfg.model.image_factor
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -98,6 +100,57 @@ def ensure_tiny_models(cfg: DictConfig) -> None:
             tiny_qwen2_vl_embedder(Path(cfg.model.embedder_path).parent)
 
 
+def ocr_needed(cfg: DictConfig) -> bool:
+    """``data.ocr.enabled``: true / false, or auto = a prompt variant, retriever or baseline reads it."""
+    ocr = cfg.data.get("ocr") or {}
+    enabled = ocr.get("enabled", "auto")
+    if enabled != "auto":
+        return bool(enabled)
+    return (PromptConfig.from_cfg(cfg.prompt).uses_layout or cfg.retrieval.name in ("bm25", "hybrid")
+            or "label_geometry" in list(cfg.eval.get("baselines") or []))
+
+
+def build_layout(cfg: DictConfig, documents: dict[str, Document], spec: RenderSpec) -> Any:
+    """The OCR layer of every page (cached per page) wrapped for prompts and retrievers."""
+    from patentqa.data.layout import Layout
+    from patentqa.data.ocr import OcrSpec, ocr_documents
+
+    ocr = cfg.data.get("ocr") or {}
+    result = ocr_documents(sorted(documents.values(), key=lambda d: d.name), Path(cfg.paths.cache_dir) / "ocr",
+                           OcrSpec(dpi=int(ocr.get("dpi", OcrSpec.dpi))), workers=ocr.get("workers"))
+    return Layout(result, documents, Path(cfg.paths.cache_dir).resolve() / "crops", spec)
+
+
+def recall_table(cfg: DictConfig, pages: dict, questions: list[Question], documents: dict[str, Document],
+                 retriever: Any, layout: Any, ks: tuple[int, ...] = (1, 2, 3)) -> dict[str, Any]:
+    """Recall@k (k = 1, 2, 3) by question kind for each retriever of ``data.recall_table``; text
+    retrievers without an OCR layer are listed as skipped."""
+    from patentqa.config import group_config
+
+    table: dict[str, Any] = {}
+    for name in list(cfg.data.get("recall_table") or []):
+        if name not in RETRIEVERS:
+            raise ValueError(f"data.recall_table: unknown retriever {name!r} (expected {', '.join(RETRIEVERS)})")
+        if name in ("bm25", "hybrid") and layout is None:
+            table[name] = {"skipped": "no OCR layer in this build (data.ocr.enabled)"}
+            continue
+        if name == cfg.retrieval.name:
+            candidate = retriever
+        else:
+            merged = OmegaConf.merge(cfg, {"retrieval": group_config("retrieval", "gme" if name == "hybrid" else name)})
+            merged.retrieval.name = name
+            candidate = make_retriever(OmegaConf.to_container(merged.retrieval, resolve=True), pages,
+                                       Path(cfg.paths.cache_dir) / "embeddings", layout)
+        keep, table[name] = candidate.k, {}
+        try:
+            for k in ks:
+                candidate.k = k
+                table[name][f"k={k}"] = recall_report(candidate, questions, documents)
+        finally:
+            candidate.k = keep
+    return table
+
+
 def build_dataset(cfg: DictConfig) -> DatasetBuild:
     """Run the data stage for ``cfg`` and return what it built (cached parts are reused)."""
     started = time.perf_counter()
@@ -114,32 +167,37 @@ def build_dataset(cfg: DictConfig) -> DatasetBuild:
     if cfg.strict and pages.problems:
         raise DataError("\n".join(str(p) for p in pages.problems))
     ensure_tiny_models(cfg)
-    retriever = make_retriever(cfg.retrieval, pages.paths, Path(cfg.paths.cache_dir) / "embeddings")
+    layout = build_layout(cfg, documents, spec) if ocr_needed(cfg) else None
+    if layout is not None and cfg.strict and layout.ocr.problems:
+        raise DataError("\n".join(str(p) for p in layout.ocr.problems))
+    retriever = make_retriever(cfg.retrieval, pages.paths, Path(cfg.paths.cache_dir) / "embeddings", layout)
     retriever.prepare(labelled.questions + (unlabelled.questions if unlabelled else []), documents)
     config = PromptConfig.from_cfg(cfg.prompt)
-    items = {name: prompted(config, qs, documents, pages.paths, retriever) for name, qs in questions.items()}
+    items = {name: prompted(config, qs, documents, pages.paths, retriever, layout) for name, qs in questions.items()}
     train_pool = [item.question for item in items["train"]]
     style = style_examples([i.question for n in ("dev", "test") for i in items[n]], train_pool,
                            cfg.retrieval.style_examples, retriever.similarity)
     with_context = cfg.data.sft.all_page_questions_with_context
-    outputs = {f"{name}.jsonl": sft_rows(config, items[name], documents, pages.paths, retriever, with_context)
+    outputs = {f"{name}.jsonl": sft_rows(config, items[name], documents, pages.paths, retriever, with_context, layout)
                for name in ("train", "dev")}
     outputs.update({f"{name}_eval.jsonl": [eval_record(i, style.get(i.question.id, [])) for i in items[name]]
                     for name in ("dev", "test")})
     out_dir = dataset_dir(cfg)
     hashes = {name: write_jsonl_atomic(out_dir / name, rows) for name, rows in outputs.items()}
-    manifest = _manifest(cfg, data_dir, labelled, unlabelled, split, items, pages, spec)
+    manifest = _manifest(cfg, data_dir, labelled, unlabelled, split, items, pages, spec, layout)
     manifest["outputs"] = {name: {"sha256": digest, "rows": len(outputs[name])} for name, digest in hashes.items()}
     manifest["leakage"] = leakage_checks(items, outputs, style)
     if any("evidence_pages" in q.extra for q in labelled.questions):
         manifest["retrieval"] = {"name": cfg.retrieval.name, "k": cfg.retrieval.k,
-                                 "recall_at_k": recall_report(retriever, labelled.questions, documents)}
+                                 "recall_at_k": recall_report(retriever, labelled.questions, documents),
+                                 "recall_table": recall_table(cfg, pages.paths, labelled.questions, documents,
+                                                              retriever, layout)}
     manifest["seconds"] = round(time.perf_counter() - started, 3)
     write_json_atomic(out_dir / "manifest.json", manifest)
     log.info("dataset %s: %s rows, %d pages rendered, %d cached, %d problems, %.1fs", out_dir.name,
              {k: len(v) for k, v in outputs.items()}, pages.rendered, pages.cached,
              manifest["problems"]["count"], manifest["seconds"])
-    return DatasetBuild(out_dir, questions, unlabelled, split, pages, manifest, documents, retriever)
+    return DatasetBuild(out_dir, questions, unlabelled, split, pages, manifest, documents, retriever, layout)
 
 
 def leakage_checks(items: dict[str, list[PromptedQuestion]], outputs: dict[str, list[dict[str, Any]]],
@@ -171,8 +229,9 @@ def _kinds(items: list[PromptedQuestion]) -> dict[str, int]:
 
 def _manifest(cfg: DictConfig, data_dir: Path, labelled: SplitData, unlabelled: SplitData | None,
               split: DocumentSplit, items: dict[str, list[PromptedQuestion]],
-              pages: RenderResult, spec: RenderSpec) -> dict[str, Any]:
-    problems = labelled.problems + (unlabelled.problems if unlabelled else []) + pages.problems
+              pages: RenderResult, spec: RenderSpec, layout: Any = None) -> dict[str, Any]:
+    ocr_problems = layout.ocr.problems if layout is not None else []
+    problems = labelled.problems + (unlabelled.problems if unlabelled else []) + pages.problems + ocr_problems
     pdf_hashes = sorted(f"{d.name}:{d.sha256}" for d in labelled.documents.values())
     files = (cfg.data.train_split, cfg.data.test_split)
     return {
@@ -189,5 +248,6 @@ def _manifest(cfg: DictConfig, data_dir: Path, labelled: SplitData, unlabelled: 
         "kinds": {name: _kinds(qs) for name, qs in items.items()},
         "forms": {name: dict(Counter(i.prompt.form for i in qs)) for name, qs in items.items()},
         "pages": {"spec": spec.key(), "rendered": pages.rendered, "cached": pages.cached, "total": len(pages.paths)},
+        "ocr": {k: v for k, v in layout.summary().items() if k != "problems"} if layout is not None else None,
         "problems": {"count": len(problems), "items": problems_as_dicts(problems)},
     }

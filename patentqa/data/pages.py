@@ -77,13 +77,16 @@ def page_path(cache_dir: Path, document: Document, page: int, spec: RenderSpec) 
     return cache_dir / document.sha256[:2] / document.sha256 / spec.key() / f"p{page:04d}{spec.suffix}"
 
 
-def render_page(page: pymupdf.Page, size: tuple[int, int], spec: RenderSpec) -> pymupdf.Pixmap:
-    """Rasterise one page to exactly ``size`` pixels (sets MuPDF's process-wide ICC switch)."""
+def render_page(page: pymupdf.Page, size: tuple[int, int], spec: RenderSpec,
+                clip: pymupdf.Rect | None = None) -> pymupdf.Pixmap:
+    """Rasterise one page (or its ``clip`` rectangle) to exactly ``size`` pixels (sets MuPDF's
+    process-wide ICC switch)."""
     pymupdf.TOOLS.set_icc(spec.color_management)
     width, height = size
-    matrix = pymupdf.Matrix(width / page.rect.width, height / page.rect.height)
+    area = clip or page.rect
+    matrix = pymupdf.Matrix(width / area.width, height / area.height)
     colorspace = pymupdf.csGRAY if spec.colorspace == "gray" else pymupdf.csRGB
-    pixmap = page.get_pixmap(matrix=matrix, colorspace=colorspace, alpha=False)
+    pixmap = page.get_pixmap(matrix=matrix, colorspace=colorspace, alpha=False, clip=clip)
     if (pixmap.width, pixmap.height) != size:  # rounding of the clip rectangle
         pixmap = pymupdf.Pixmap(pixmap, width, height, None)
     return pixmap

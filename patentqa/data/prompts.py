@@ -10,8 +10,12 @@ Prompt forms (which one a question gets is routing's decision, see ``prompt_form
 - ``figure_only``: page question answerable from the figure alone; asked page, bigger budget;
 - ``document``: whole-patent question; retrieved pages.
 Variants (config group ``prompt``): ``seed_b`` (the seed's round-B templates verbatim),
-``page_labels`` (each image labelled 第N页：, the asked page named in the text) and
-``minimal`` (pages + bare question: the "minimal prompt" ablation).
+``page_labels`` (each image labelled 第N页：, the asked page named in the text),
+``minimal`` (pages + bare question: the "minimal prompt" ablation), and two that use the OCR
+layer (``patentqa.data.layout``) with seed_b's words: ``figure_crop`` (the asked figure cropped
+from its page, at the form's pixel budget, in place of the whole page) and ``ocr_text`` (each
+shown page's OCR text, within ``ocr_max_chars``, ``beside`` its image or ``instead`` of the
+images of the context pages).
 """
 from __future__ import annotations
 
@@ -34,10 +38,11 @@ _THINK_POSITION = ("请仔细思考，你需要特别注意，图中部件的上
 
 @dataclass(frozen=True)
 class PageImage:
-    """A rendered page: its 1-based number and image file."""
+    """A rendered page (or the crop of its figure): its 1-based number, image file and OCR text."""
 
     page: int
     path: str
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,24 @@ class PromptConfig:
     name: str
     max_pixels: dict[str, int]
     min_pixels: int = 3136
+    figure_crop: bool = False      # the asked page's figure, cropped, in place of the page
+    ocr_text: str | None = None    # "beside" | "instead": the shown pages' OCR text in the prompt
+    ocr_max_chars: int = 1200      # OCR characters per prompt (Qwen: ~0.7-1 token per Chinese character)
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> PromptConfig:
+        get = cfg.get if hasattr(cfg, "get") else (lambda key, default=None: getattr(cfg, key, default))
+        mode = get("ocr_text", None)
+        if mode not in (None, "beside", "instead"):
+            raise ValueError(f"prompt.ocr_text must be beside, instead or null, not {mode!r}")
         return cls(name=str(cfg.name), max_pixels={str(k): int(v) for k, v in dict(cfg.max_pixels).items()},
-                   min_pixels=int(cfg.min_pixels))
+                   min_pixels=int(cfg.min_pixels), figure_crop=bool(get("figure_crop", False)), ocr_text=mode,
+                   ocr_max_chars=int(get("ocr_max_chars", 1200)))
+
+    @property
+    def uses_layout(self) -> bool:
+        """Whether prompts need the OCR layer (figure crops or page text)."""
+        return self.figure_crop or self.ocr_text is not None
 
     def budget(self, form: str) -> int:
         return self.max_pixels["figure_only" if form == "figure_only" else "with_context"]
@@ -124,17 +142,34 @@ def build_prompt(config: PromptConfig, question: str, form: str, asked: PageImag
         return Prompt(parts=_merge([p for page in pages for p in image(page)] + [question]), form=form)
     labelled = config.name == "page_labels"
     where = f"第{asked.page}页" if labelled and asked else "这页"
+    shown = ([] if asked is None else [asked]) + (context if form != "figure_only" else [])
+    pictured = [page for page in context if config.ocr_text != "instead"]  # "instead": context as text only
     parts: list[Part] = [_INTRO]
     if form == "document":
-        parts += ["专利内容为：\n", *[p for page in context for p in image(page)], "\n\n"]
+        if pictured:
+            parts += ["专利内容为：\n", *[p for page in pictured for p in image(page)], "\n\n"]
     else:
         parts += [f"该问题针对于{where}专利内容里面的图进行提问：\n", *image(asked), "\n\n"]  # type: ignore[arg-type]
-        if form == "with_context" and context:  # no retrieved pages (retrieval=none): asked page only
-            parts += ["其他的相关专利内容为：\n", *[p for page in context for p in image(page)], "\n\n"]
+        if form == "with_context" and pictured:  # no retrieved pages (retrieval=none): asked page only
+            parts += ["其他的相关专利内容为：\n", *[p for page in pictured for p in image(page)], "\n\n"]
+    if config.ocr_text:
+        parts.append(ocr_block(shown, config.ocr_max_chars))
     parts.append(_ASK.format(question=question))
     hint = form == "figure_only" and "位置" in question
     parts.append(_THINK_POSITION if hint else _THINK)
     return Prompt(parts=_merge(parts), form=form)
+
+
+def ocr_block(pages: list[PageImage], max_chars: int) -> str:
+    """The OCR text of ``pages`` (in the order shown), cut to ``max_chars`` characters of text."""
+    out, left = [], max_chars
+    for page in pages:
+        if not page.text or left <= 0:
+            continue
+        text = page.text[:left]
+        left -= len(text)
+        out.append(f"第{page.page}页的文字（OCR）：\n{text}\n")
+    return ("页面文字识别结果：\n" + "".join(out) + "\n") if out else ""
 
 
 def _merge(parts: list[Part]) -> tuple[Part, ...]:

@@ -6,7 +6,12 @@ One interface, chosen by ``cfg.retrieval.name`` (``conf/retrieval/*.yaml``):
 - ``oracle``: the gold ``evidence_pages`` (synthetic data) minus the asked page, at most k;
   questions without evidence fall back to ``none`` — an upper bound for ablations;
 - ``gme``: cosine similarity of the question's GME embedding to every page of the same
-  document; top k+1, the asked page dropped, k kept (the seed's behaviour).
+  document; top k+1, the asked page dropped, k kept (the seed's behaviour);
+- ``bm25``: BM25 (``bm25s``) of the question's jieba words against each page's OCR text, one
+  index per document (needs the OCR layer);
+- ``hybrid``: BM25 and GME fused by reciprocal rank: a page scores
+  ``1 / (RRF_K + rank_bm25) + 1 / (RRF_K + rank_gme)`` (ranks from 1, RRF_K = 60, Cormack et
+  al. 2009), so neither score's scale matters, only each ranking.
 
 Context pages are always sorted by page number and never include the asked page.
 ``style_examples`` gives the answers of the most similar *training* questions (GME question
@@ -31,6 +36,7 @@ log = logging.getLogger(__name__)
 
 PageKey = tuple[str, int]
 TextEmbedder = Callable[[list[str]], np.ndarray]  # texts -> (n, dim) L2-normalised rows
+RRF_K = 60  # reciprocal-rank fusion constant (hybrid)
 LEXICAL_DIM = 4096
 LEXICAL_NGRAMS = (1, 2, 3)
 
@@ -139,20 +145,103 @@ class GmeRetriever:
 
     def context_pages(self, question: Question, document: Document) -> list[int]:
         numbers, scores = self.scores(question, document)
-        order = np.lexsort((numbers, -scores))  # best first; ties to the lower page
-        asked = parse_question(question.question).page
-        top = [int(numbers[i]) for i in order[:self.k + 1]]
-        return sorted([p for p in top if p != asked][:self.k])
+        return _top(numbers, scores, parse_question(question.question).page, self.k)
+
+
+def words(text: str) -> list[str]:
+    """jieba words of a text (NFKC, whitespace and punctuation dropped): BM25's terms."""
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return [w for w in jieba.lcut(unicodedata.normalize("NFKC", text)) if w.strip() and any(c.isalnum() for c in w)]
+
+
+def _top(numbers: np.ndarray, scores: np.ndarray, asked: int | None, k: int) -> list[int]:
+    """Best k pages but the asked one (ties to the lower page), sorted by page number."""
+    order = np.lexsort((numbers, -scores))
+    top = [int(numbers[i]) for i in order[:k + 1]]
+    return sorted([p for p in top if p != asked][:k])
+
+
+class Bm25Retriever:
+    """Top-k pages of the same document by BM25 over their OCR text (see module doc)."""
+
+    name = "bm25"
+
+    def __init__(self, k: int, pages: Mapping[PageKey, Path], layout: Any) -> None:
+        if layout is None:
+            raise ValueError("retrieval=bm25 and hybrid need the OCR layer: set data.ocr.enabled to auto or true")
+        self.k, self.pages, self.layout = int(k), pages, layout
+        self.similarity: TextEmbedder = lexical_embed
+        self._indexes: dict[str, tuple[np.ndarray, Any]] = {}
+
+    def prepare(self, questions: list[Question], documents: Mapping[str, Document]) -> None:
+        import bm25s
+
+        for name in dict.fromkeys(q.document for q in questions if q.document in documents):
+            if name in self._indexes:
+                continue
+            numbers = [p for p in _available(documents[name], self.pages) if self.layout.text(name, p) is not None]
+            index = bm25s.BM25()
+            if numbers:
+                index.index([words(self.layout.text(name, p)) or ["_"] for p in numbers], show_progress=False)
+            self._indexes[name] = (np.array(numbers, dtype=int), index if numbers else None)
+
+    def scores(self, question: Question, document: Document) -> tuple[np.ndarray, np.ndarray]:
+        if document.name not in self._indexes:
+            self.prepare([question], {document.name: document})
+        numbers, index = self._indexes[document.name]
+        if index is None:
+            return numbers, np.zeros(0, dtype=np.float32)
+        terms = words(question.question) or ["_"]
+        return numbers, np.asarray(index.get_scores(terms), dtype=np.float32)
+
+    def context_pages(self, question: Question, document: Document) -> list[int]:
+        numbers, scores = self.scores(question, document)
+        return _top(numbers, scores, parse_question(question.question).page, self.k) if len(numbers) else \
+            _first_pages(question, document, self.k, self.pages)
+
+
+class HybridRetriever:
+    """BM25 and GME fused by reciprocal rank (see module doc)."""
+
+    name = "hybrid"
+
+    def __init__(self, k: int, bm25: Bm25Retriever, gme: GmeRetriever) -> None:
+        self.k, self.bm25, self.gme = int(k), bm25, gme
+        self.similarity: TextEmbedder = gme.similarity
+
+    def prepare(self, questions: list[Question], documents: Mapping[str, Document]) -> None:
+        self.bm25.prepare(questions, documents)
+        self.gme.prepare(questions, documents)
+
+    def context_pages(self, question: Question, document: Document) -> list[int]:
+        fused: dict[int, float] = {}
+        for numbers, scores in (self.bm25.scores(question, document), self.gme.scores(question, document)):
+            for rank, i in enumerate(np.lexsort((numbers, -scores)), start=1):
+                fused[int(numbers[i])] = fused.get(int(numbers[i]), 0.0) + 1.0 / (RRF_K + rank)
+        if not fused:
+            return _first_pages(question, document, self.k, self.gme.pages)
+        numbers = np.array(sorted(fused))
+        return _top(numbers, np.array([fused[n] for n in numbers]), parse_question(question.question).page, self.k)
+
+
+RETRIEVERS = ("none", "oracle", "gme", "bm25", "hybrid")
 
 
 def make_retriever(retrieval_cfg: Mapping[str, Any], pages: Mapping[PageKey, Path],
-                   cache_dir: str | Path) -> Retriever:
-    """The retriever named by ``retrieval_cfg.name`` (``none``, ``oracle`` or ``gme``)."""
+                   cache_dir: str | Path, layout: Any = None) -> Retriever:
+    """The retriever named by ``retrieval_cfg.name`` (one of ``RETRIEVERS``); bm25 and hybrid need ``layout``."""
     name, k = retrieval_cfg["name"], int(retrieval_cfg["k"])
     if name == "none":
         return NoRetriever(k, pages)
     if name == "oracle":
         return OracleRetriever(k, pages)
+    if name == "bm25":
+        return Bm25Retriever(k, pages, layout)
+    if name == "hybrid":
+        return HybridRetriever(k, Bm25Retriever(k, pages, layout), make_retriever({**retrieval_cfg, "name": "gme"},
+                                                                                  pages, cache_dir))
     if name == "gme":
         embedder = GmeEmbedder(
             retrieval_cfg["model_path"], cache_dir,
@@ -162,7 +251,7 @@ def make_retriever(retrieval_cfg: Mapping[str, Any], pages: Mapping[PageKey, Pat
             batch_size=int(retrieval_cfg.get("batch_size", 8)), device=retrieval_cfg.get("device"),
             dtype=retrieval_cfg.get("dtype"), positions=retrieval_cfg.get("positions", "sequential"))
         return GmeRetriever(k, pages, embedder)
-    raise ValueError(f"unknown retrieval.name {name!r} (expected none, oracle or gme)")
+    raise ValueError(f"unknown retrieval.name {name!r} (expected one of {', '.join(RETRIEVERS)})")
 
 
 def style_examples(queries: list[Question], train: list[Question], k: int,

@@ -36,31 +36,48 @@ class PromptedQuestion:
 
 
 def question_prompt(config: PromptConfig, question: Question, document: Document,
-                    pages: dict[tuple[str, int], Path], retriever: ContextRetriever, form: str | None = None) -> Prompt:
-    """Route, retrieve and build the prompt of one question (form from routing unless given)."""
+                    pages: dict[tuple[str, int], Path], retriever: ContextRetriever, form: str | None = None,
+                    layout: Any = None) -> Prompt:
+    """Route, retrieve and build the prompt of one question (form from routing unless given).
+
+    ``layout`` (``patentqa.data.layout.Layout``) gives the OCR text and figure crops that the
+    ``figure_crop`` and ``ocr_text`` variants need.
+    """
+    if config.uses_layout and layout is None:
+        raise ValueError(f"prompt {config.name} needs the OCR layer: set data.ocr.enabled to auto or true")
     form = form or prompt_form(question.question)
     asked_no = parse_question(question.question).page
-    asked = PageImage(asked_no, str(pages[(document.name, asked_no)])) if asked_no else None
+
+    def page_image(page: int) -> PageImage:
+        text = layout.text(document.name, page) if config.ocr_text else None
+        return PageImage(page, str(pages[(document.name, page)]), text)
+
+    asked = page_image(asked_no) if asked_no else None
+    if asked is not None and config.figure_crop:
+        figure = layout.figure_for(question, document)
+        if figure is not None:
+            crop = layout.crop(document, asked_no, figure["box"], config.budget(form), config.min_pixels)
+            asked = PageImage(asked_no, str(crop), asked.text)
     context = [] if form == "figure_only" else retriever.context_pages(question, document)
-    images = [PageImage(page, str(pages[(document.name, page)])) for page in context]
-    return build_prompt(config, question.question, form, asked, images)
+    return build_prompt(config, question.question, form, asked, [page_image(page) for page in context])
 
 
 def prompted(config: PromptConfig, questions: list[Question], documents: dict[str, Document],
-             pages: dict[tuple[str, int], Path], retriever: ContextRetriever) -> list[PromptedQuestion]:
+             pages: dict[tuple[str, int], Path], retriever: ContextRetriever, layout: Any = None) -> list[PromptedQuestion]:
     """Questions with their inference prompts; questions whose pages failed to render are left out."""
     result = []
     for question in questions:
         document = documents[question.document]
         if all((document.name, p) in pages for p in range(1, document.page_count + 1)):
             result.append(PromptedQuestion(question, parse_question(question.question).kind,
-                                           question_prompt(config, question, document, pages, retriever)))
+                                           question_prompt(config, question, document, pages, retriever,
+                                                           layout=layout)))
     return result
 
 
 def sft_rows(config: PromptConfig, items: list[PromptedQuestion], documents: dict[str, Document],
              pages: dict[tuple[str, int], Path], retriever: ContextRetriever,
-             all_page_questions_with_context: bool) -> list[dict[str, Any]]:
+             all_page_questions_with_context: bool, layout: Any = None) -> list[dict[str, Any]]:
     """The inference prompt of every question as a row; optionally (seed) every page question
     also with the asked page + retrieved pages when routing shows it the figure alone."""
     rows = []
@@ -68,7 +85,7 @@ def sft_rows(config: PromptConfig, items: list[PromptedQuestion], documents: dic
         rows.append(_row(item.question, item.kind, item.prompt))
         if all_page_questions_with_context and item.prompt.form == "figure_only":
             extra = question_prompt(config, item.question, documents[item.question.document], pages, retriever,
-                                    form="with_context")
+                                    form="with_context", layout=layout)
             rows.append(_row(item.question, item.kind, extra))
     return rows
 

@@ -32,7 +32,8 @@ from patentqa.data import synth_vocab as V
 from patentqa.data.synth_questions import (KINDS, document_candidates, figure_other_candidates, pick_questions,
                                            plain, position_candidates)
 from patentqa.tracking import atomic_write
-from patentqa.data.synth_render import FIGURE_REGIONS, assign_figures, front_lines, layout_figure, render_pdf, wrap
+from patentqa.data.synth_render import (FIGURE_REGIONS, assign_figures, front_lines, layout_figure, line_boxes,
+                                       render_pdf, wrap)
 
 LINES_PER_PAGE = 35
 
@@ -256,7 +257,7 @@ def build_document(job: tuple[SynthSpec, int, str, Path]) -> tuple[list[dict], i
     truth = {"document": f"{stem}.pdf", "split": split, "n_pages": len(pages),
              "coordinates": "PDF points on a 595x842 page, origin top-left, y downwards",
              **{k: pat[k] for k in ("title", "short", "purpose", "issue", "benefit", "field", "components")},
-             "pages": [{"page": p["page"], "role": p["role"], "text": "\n".join(p["lines"]),
+             "pages": [{"page": p["page"], "role": p["role"], "text": "\n".join(p["lines"]), "line_boxes": line_boxes(p),
                         "parts": names_on(p, pat["parts"]),
                         "figures": [f["figure"] for f in figures if f["page"] == p["page"]]} for p in pages],
              "parts": [asdict(p) for p in pat["parts"]], "figures": figures, "questions": asked}

@@ -162,6 +162,16 @@ def front_lines(pat: dict[str, Any], abstract: str) -> list[tuple[float, float, 
     return out + [(MARGIN, 150 + i * LINE_H, BODY_FS, t) for i, t in enumerate(biblio + wrap(abstract))]
 
 
+def line_boxes(info: dict[str, Any]) -> list[list[float]]:
+    """[x0, y0, x1, y1] of each text line of a page as drawn (the truth's reading geometry)."""
+    if info["role"] == "abstract":
+        placed = [(x, y, size, text) for x, y, size, text in info["draw"]]
+    else:
+        placed = [(MARGIN, BODY_TOP + i * LINE_H, BODY_FS, line) for i, line in enumerate(info["lines"])]
+    return [[round(x, 2), round(y - 0.85 * size, 2), round(x + text_width(text, size), 2), round(y + 0.15 * size, 2)]
+            for x, y, size, text in placed]
+
+
 def scan(page: pymupdf.Page, dpi: int, quality: int) -> bytes:
     """The page as a grayscale JPEG at ``dpi``, as a scanner would give it."""
     pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY, alpha=False)

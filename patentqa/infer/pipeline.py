@@ -54,6 +54,7 @@ class AnswerContext:
     pages: dict[tuple[str, int], Path]
     retriever: Any
     style_answers: dict[str, list[str]] = field(default_factory=dict)
+    layout: Any = None  # patentqa.data.layout.Layout when the prompt variant needs OCR text or crops
 
 
 _PREFIX = re.compile(r"^(?:最终答案|正确答案|答案|回答|答)\s*[:：]\s*")
@@ -92,8 +93,8 @@ def answer_chunk(chunk: list[Question], ctx: AnswerContext, engine: Engine, sett
     routes = _route(chunk, engine, settings, adapter)
     timings["route"] += time.perf_counter() - clock
     clock = time.perf_counter()
-    prompts = [question_prompt(ctx.prompt_config, q, ctx.documents[q.document], ctx.pages, ctx.retriever, r["form"])
-               for q, r in zip(chunk, routes)]
+    prompts = [question_prompt(ctx.prompt_config, q, ctx.documents[q.document], ctx.pages, ctx.retriever, r["form"],
+                               layout=ctx.layout) for q, r in zip(chunk, routes)]
     timings["retrieve"] += time.perf_counter() - clock
     clock = time.perf_counter()
     raw = engine.generate(prompts, Sampling(max_new_tokens=settings.max_new_tokens), adapter)

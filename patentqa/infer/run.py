@@ -38,7 +38,8 @@ def answer_context(cfg: DictConfig, build: DatasetBuild, questions: list[Questio
     """Prompts, pages, the prepared retriever, and style examples drawn from training questions only."""
     style = style_examples(questions, build.questions["train"], cfg.retrieval.style_examples,
                            build.retriever.similarity)
-    return AnswerContext(PromptConfig.from_cfg(cfg.prompt), build.documents, build.pages.paths, build.retriever, style)
+    return AnswerContext(PromptConfig.from_cfg(cfg.prompt), build.documents, build.pages.paths, build.retriever, style,
+                         layout=build.layout)
 
 
 def output_dir(cfg: DictConfig) -> Path:
