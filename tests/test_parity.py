@@ -155,6 +155,35 @@ def test_gray_png_pages_too(tmp_path: Path, processor, swift_train) -> None:
     assert torch.equal(ours["pixel_values"], trained["pixel_values"])
 
 
+def test_cropped_figure_with_ocr_text_too(tmp_path: Path, processor, swift_train) -> None:
+    """A figure_crop image (rendered from the PDF at the figure-only budget) beside ocr_text: same ids and pixels."""
+    import dataclasses
+
+    from PIL import Image
+
+    from patentqa.data.layout import Layout
+    from patentqa.data.ocr import OcrResult
+
+    _, encode_rows = swift_train
+    scan_pdf(tmp_path / "doc.pdf", pages=3, seed=2)
+    document = inspect_pdf(tmp_path / "doc.pdf")
+    layout = Layout(OcrResult(), {document.name: document}, tmp_path / "crops", RenderSpec(max_pixels=1))
+    crop = layout.crop(document, 2, [100.0, 150.0, 400.0, 500.0], SMOKE.budget("figure_only"), SMOKE.min_pixels)
+    assert layout.crop(document, 2, [100.0, 150.0, 400.0, 500.0], SMOKE.budget("figure_only"), SMOKE.min_pixels) == crop
+    with Image.open(crop) as image:
+        width, height = image.size
+    assert width % 28 == 0 and height % 28 == 0 and width * height <= SMOKE.budget("figure_only")
+    assert abs(width / height - 312 / 362) < 0.1  # the figure's shape (6 pt margin), not the page's
+    config = dataclasses.replace(SMOKE, name="ocr_text", figure_crop=True, ocr_text="beside")
+    prompt = build_prompt(config, QUESTIONS[1][1], "figure_only", PageImage(3, str(crop), "图2 部件4 部件2"), [])
+    assert "第3页的文字（OCR）：\n图2 部件4 部件2" in prompt.text()
+    (trained,) = encode_rows([to_swift_row(prompt, ANSWER)])
+    ours = single(processor, prompt)
+    assert ours["input_ids"][0].tolist() == swift_prompt(trained)
+    assert torch.equal(ours["image_grid_thw"], trained["image_grid_thw"])
+    assert torch.equal(ours["pixel_values"], trained["pixel_values"])
+
+
 def test_system_prompt_is_the_same(pages, processor, swift_train) -> None:
     """swift's qwen2_5_vl template inserts its default system; the chat template inserts its own."""
     template, encode_rows = swift_train

@@ -137,7 +137,8 @@ def recall_table(cfg: DictConfig, pages: dict, questions: list[Question], docume
         if name == cfg.retrieval.name:
             candidate = retriever
         else:
-            merged = OmegaConf.merge(cfg, {"retrieval": group_config("retrieval", "gme" if name == "hybrid" else name)})
+            merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # not struct: another group fits
+            merged.retrieval = group_config("retrieval", "gme" if name == "hybrid" else name)
             merged.retrieval.name = name
             candidate = make_retriever(OmegaConf.to_container(merged.retrieval, resolve=True), pages,
                                        Path(cfg.paths.cache_dir) / "embeddings", layout)

@@ -104,8 +104,8 @@ def find_figures(image: Any, scale: float, width: float, height: float,
                 figures.append(FigureRegion(number, [round(left, 2), round(top, 2), round(right, 2), round(bottom, 2)],
                                             box, fallback=True))
                 continue
-            x0, y0 = left + xs.min() * unit, top + ys.min() * unit
-            x1, y1 = left + (xs.max() + 1) * unit, top + (ys.max() + 1) * unit
+            x0, y0 = float(left + xs.min() * unit), float(top + ys.min() * unit)
+            x1, y1 = float(left + (xs.max() + 1) * unit), float(top + (ys.max() + 1) * unit)
             figures.append(FigureRegion(number, [round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)], box))
         top = max(box[3] for _, box in row)
     return figures

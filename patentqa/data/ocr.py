@@ -35,7 +35,7 @@ from patentqa.data.corpus import Document, Problem
 from patentqa.tracking import atomic_write
 
 ENGINE = "rapidocr-onnxruntime-1.4.4/PP-OCRv4"
-LAYOUT_VERSION = 3  # figure finding (patentqa.data.figures): bump when its output changes
+LAYOUT_VERSION = 5  # figure finding (patentqa.data.figures): bump when its output changes
 PageKey = tuple[str, int]
 
 
@@ -116,6 +116,7 @@ def read_lines(image: Any, scale: float, spec: OcrSpec) -> list[dict[str, Any]]:
     return lines
 
 
+SINGLE_DIGIT_WIDTH = 0.26  # width / height below which a lone "1" is a stroke fragment, not a digit
 LABEL_TEXT = re.compile(r"\d{1,4}[A-Za-z]?")  # part numbers: 12, 105, 10a
 
 
@@ -125,15 +126,39 @@ def read_labels(image: Any, scale: float, spec: OcrSpec, lines: list[dict[str, A
     Connected ink components of glyph size (4-16 pt high, at most 14 pt wide) are grouped into
     words (glyphs on one baseline, gaps under 0.6 glyph heights), cropped with 3 pt of margin and
     read by the recognition model alone; a crop that reads as a part number with enough
-    confidence, where no OCR line already is, becomes a line (``"source": "label"``). A number
-    a line runs into stays part of that line's component and is missed (erasing straight strokes
-    first found those, but misread others: "10" as "12", fragments as "1").
+    confidence, where no OCR line already is, becomes a line (``"source": "label"``).
+
+    A digit that a leader line or a link runs into belongs to that line's component. So a second
+    pass erases straight strokes longer than any digit (Hough segments of 12 pt and more) and reads
+    again, keeping only what adds to the first: a number where nothing was read, or one that
+    extends a single digit read there ("1" of a "12"). What an erased stroke leaves behind reads as
+    a confident "1", so a single digit of the second pass must be a glyph (at least
+    ``SINGLE_DIGIT_WIDTH`` of its height wide: Helvetica's "1" with its flag is ~0.31) read with
+    confidence 0.9 or more.
     """
+    import cv2
     import numpy as np
 
     ink = (image < 128).astype(np.uint8)
-    return [line for line in _read_words(image, ink, scale, spec)
-            if not any(_inside(line["box"], other["box"]) or _inside(other["box"], line["box"]) for other in lines)]
+    found = [l for l in _read_words(image, ink, scale, spec) if not _overlaps(l, lines)]
+    strokes = cv2.HoughLinesP(ink * 255, 1, np.pi / 180, threshold=int(10 / scale), minLineLength=int(12 / scale),
+                              maxLineGap=2)
+    for x1, y1, x2, y2 in (strokes.reshape(-1, 4) if strokes is not None else []):
+        cv2.line(ink, (int(x1), int(y1)), (int(x2), int(y2)), 0, thickness=max(3, int(1.2 / scale)))
+    for line in _read_words(np.where(ink > 0, 0, 255).astype(np.uint8), ink, scale, spec):
+        width, height = line["box"][2] - line["box"][0], line["box"][3] - line["box"][1]
+        stroke = len(line["text"]) == 1 and (width < SINGLE_DIGIT_WIDTH * height or line["confidence"] < 0.9)
+        if stroke or _overlaps(line, lines):
+            continue
+        under = [f for f in found if _inside(f["box"], line["box"]) or _inside(line["box"], f["box"])]
+        if all(len(f["text"]) == 1 and line["text"][0 if f["box"][0] <= line["box"][0] + 1 else -1] == f["text"]
+               for f in under):
+            found = [f for f in found if f not in under] + [line]
+    return found
+
+
+def _overlaps(line: dict[str, Any], others: list[dict[str, Any]]) -> bool:
+    return any(_inside(line["box"], o["box"]) or _inside(o["box"], line["box"]) for o in others)
 
 
 def _inside(a: list[float], b: list[float]) -> bool:
@@ -163,7 +188,7 @@ def _read_words(pixels: Any, ink: Any, scale: float, spec: OcrSpec) -> list[dict
     crops = [cv2.cvtColor(pixels[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad], cv2.COLOR_GRAY2BGR)
              for x0, y0, x1, y1 in words]
     read, _ = _engine(spec).text_rec(crops) if crops else ([], 0.0)
-    return [{"text": text, "box": [round(x0 * scale, 2), round(y0 * scale, 2), round(x1 * scale, 2), round(y1 * scale, 2)],
+    return [{"text": text, "box": [round(float(v) * scale, 2) for v in (x0, y0, x1, y1)],
              "confidence": round(float(confidence), 4), "source": "label"}
             for (x0, y0, x1, y1), (text, confidence) in zip(words, read)
             if confidence >= spec.min_confidence and LABEL_TEXT.fullmatch(text)]

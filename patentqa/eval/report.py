@@ -119,6 +119,8 @@ def load_run(run_dir: Path) -> Run:
     if sweep.get("base"):
         base = load_scored(run_dir, main.split, BASE)
     label = str(sweep.get("name") or manifest.get("name") or config.get("name") or run_dir.name)
+    if sweep["best"].get("baseline"):  # a baseline-only run: name the row after the baseline
+        label = str((sweep.get("baselines") or {}).get(best, {}).get("label") or best)
     return Run(run_dir, label, manifest, config, sweep, main, dev, base)
 
 
@@ -495,7 +497,43 @@ def main_table(entries: list[dict[str, Any]], metrics: list[str]) -> list[Block]
                             "split the checkpoint was chosen on, so they are optimistic and not comparable with "
                             "test rows."))
     blocks.append(("table", header, rows))
+    if any(e["run"].sweep["best"].get("baseline") for e in entries):
+        from patentqa.eval.baselines import LABEL
+
+        blocks.append(("p", f"**{LABEL}** answers position questions from where OCR read the two part numbers on "
+                            "the asked page and says nothing to other questions (they score 0). Part numbers sit at "
+                            "the far ends of leader lines, beside their parts: this row is a baseline that shows how "
+                            "much of the position task a model adds, not ground truth. See its per-kind row."))
     return blocks
+
+
+def recall_section(runs: list[Run]) -> tuple[list[Block], dict]:
+    """Recall@k of the gold evidence pages per retriever and question kind, from a dataset manifest."""
+    tables = []
+    for run in runs:
+        path = Path(str(_get(run.manifest, "dataset.dir", ""))) / "manifest.json"
+        if path.is_file():
+            table = _get(json.loads(path.read_text(encoding="utf-8")), "retrieval.recall_table")
+            if table:
+                tables.append(table)
+    if not tables:
+        return [], {}
+    table = max(tables, key=lambda t: sum("skipped" not in v for v in t.values()))  # the most complete one
+    kinds = sorted({kind for v in table.values() if "skipped" not in v for row in v.values() for kind in row})
+    rows = []
+    for name, by_k in table.items():
+        if "skipped" in by_k:
+            rows.append([name, "–", f"skipped: {by_k['skipped']}", *(["–"] * (len(kinds) - 1))])
+            continue
+        for k, row in by_k.items():
+            rows.append([name, k.split("=")[1], *(fmt(row.get(kind, {}).get("recall")) if row.get(kind) else "–"
+                                                  for kind in kinds)])
+    blocks: list[Block] = [
+        ("h", 2, "Retrieval: recall@k of the gold evidence pages"),
+        ("p", "Share of each question's gold evidence pages (other than the asked page) among the k pages a "
+              "retriever shows, on every labelled question of the synthetic set (dataset manifest)."),
+        ("table", ["retriever", "k", *kinds], rows)]
+    return blocks, table
 
 
 def paired_section(runs: list[Run], baseline: Run, metrics: list[str], resamples: int) -> tuple[list[Block], dict]:
@@ -637,6 +675,7 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
     kinds_blocks, kinds = per_kind_section(entries)
     paired_blocks, paired_numbers = paired_section(loaded, base_run, metrics, resamples)
     failure_blocks, failure_numbers = failures_section(entries, max_tokens_chars)
+    recall_blocks, recall_numbers = recall_section(loaded)
     plots = {"dev_curves.png": plot_dev_curves(loaded, metrics),
              "composite_by_run.png": plot_composite_bars(entries)}
     if kinds:
@@ -649,7 +688,7 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
               f"reported on **test**."),
         *provenance(loaded), *main_table(entries, metrics),
         ("img", "composite_by_run.png", "composite per run with 95% CI", plots["composite_by_run.png"]),
-        *paired_blocks, *kinds_blocks,
+        *paired_blocks, *kinds_blocks, *recall_blocks,
         *([("img", "composite_per_kind.png", "composite per kind", plots["composite_per_kind.png"])] if kinds else []),
         ("h", 2, "Dev curves: every checkpoint on dev"),
         ("p", "One line per run; the star is the checkpoint chosen on dev, the dashed line the base model on dev."),
@@ -666,7 +705,7 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
                   "split": r.main.split} for r in loaded],
         "main": [{"label": e["label"], "split": e["split"], "checkpoint": e["scored"].checkpoint,
                   "n": len(e["scored"].rows), "metrics": e["stats"]} for e in entries],
-        "paired_vs_baseline": paired_numbers, "failures": failure_numbers})
+        "paired_vs_baseline": paired_numbers, "failures": failure_numbers, "recall_table": recall_numbers})
     return out / "report.md"
 
 

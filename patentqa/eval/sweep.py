@@ -91,41 +91,77 @@ def _log(tracker: Tracker | None, record: dict[str, Any]) -> None:
     tracker.log_artifact(record["predictions"], name=f"predictions-{split}-{name}", type="predictions")
 
 
+def evaluate_baseline(cfg: DictConfig, build: DatasetBuild, questions: list[Question], split: str, name: str,
+                      out_root: Path) -> dict[str, Any]:
+    """Answer ``questions`` with a model-free baseline (cheap: always anew) and score them."""
+    from patentqa.eval.baselines import BASELINES
+    from patentqa.infer.pipeline import append_records
+
+    if name not in BASELINES:
+        raise ValueError(f"unknown eval.baselines entry {name!r} (expected one of {sorted(BASELINES)})")
+    if build.layout is None:
+        raise ValueError(f"baseline {name} needs the OCR layer: set data.ocr.enabled to auto or true")
+    label, answer = BASELINES[name]
+    out = out_root / split / name
+    shutil.rmtree(out, ignore_errors=True)
+    append_records(out / "predictions.jsonl", answer(questions, build.documents, build.layout))
+    record = score_file(out / "predictions.jsonl", list(cfg.eval.metrics), cfg.eval.composite, cfg.eval.by,
+                        cfg.eval.bootstrap.resamples, cfg.eval.bootstrap.seed, cfg.eval.bootstrap.confidence,
+                        scores_path=out / "scores.jsonl", metrics_path=out / "metrics.json")
+    record.update(split=split, checkpoint=name, label=label, step=0, path=None, headline=headline(record["aggregate"]))
+    write_json_atomic(out / "metrics.json", record)
+    return record | {"cached": False}
+
+
 def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None) -> dict[str, Any]:
-    """Evaluate every checkpoint of ``run_dir`` on dev; score the best on test; write eval/sweep.json."""
+    """Evaluate every checkpoint of ``run_dir`` (and ``eval.baselines``) on dev; score the best on
+    test; write eval/sweep.json. A run with only baselines reports the best baseline as its best."""
     if cfg.eval.bertscore.model_path:
         configure_bertscore(cfg.eval.bertscore.model_path, cfg.eval.bertscore.num_layers,
                             cfg.eval.bertscore.batch_size, cfg.eval.bertscore.device)
     build = build_dataset(cfg)
     found = checkpoints(run_dir / "swift")
-    if not found and not cfg.eval.include_base:
-        raise FileNotFoundError(f"no complete checkpoint under {run_dir / 'swift'} (and eval.include_base=false)")
+    baselines = list(cfg.eval.get("baselines") or [])
+    if not found and not cfg.eval.include_base and not baselines:
+        raise FileNotFoundError(f"no complete checkpoint under {run_dir / 'swift'} (and eval.include_base=false, "
+                                "no eval.baselines)")
     dev, test = build.questions["dev"], build.questions["test"]
     if not dev:
         raise ValueError("the dev split is empty: raise data.split.dev or use more documents")
     key, out_root = eval_key(cfg, build), run_dir / "eval"
     select = cfg.eval.select_by
-    engine = make_engine(cfg.infer, cfg.model)
-    try:
-        targets: list[tuple[str, Checkpoint | None]] = [(c.path.name, c) for c in found]
-        if cfg.eval.include_base:
-            targets.insert(0, (BASE, None))
-        results = {}
-        for name, checkpoint in targets:
-            results[name] = evaluate(cfg, build, engine, dev, "dev", name, checkpoint, out_root, key)
-            _log(tracker, results[name])
-            print(f"dev  {name:>16}: {select} = {results[name]['headline'].get(select):.4f}"
-                  + (" (cached)" if results[name]["cached"] else ""))
-        candidates = [n for n, _ in targets if n != BASE] or [BASE]  # no checkpoints: the base model is all there is
-        best_name = max(candidates, key=lambda n: results[n]["headline"].get(select) or 0.0)
-        best = dict(targets)[best_name]
-        on_test = {}
-        for name, checkpoint in dict([(best_name, best)] + ([(BASE, None)] if cfg.eval.include_base else [])).items():
-            if test:
-                on_test[name] = evaluate(cfg, build, engine, test, "test", name, checkpoint, out_root, key)
-                _log(tracker, on_test[name])
-    finally:
-        engine.close()
+    targets: list[tuple[str, Checkpoint | None]] = [(c.path.name, c) for c in found]
+    if cfg.eval.include_base:
+        targets.insert(0, (BASE, None))
+    results: dict[str, dict[str, Any]] = {}
+    on_test: dict[str, dict[str, Any]] = {}
+    for name in baselines:
+        results[name] = evaluate_baseline(cfg, build, dev, "dev", name, out_root)
+        if test:
+            on_test[name] = evaluate_baseline(cfg, build, test, "test", name, out_root)
+        _log(tracker, results[name])
+        print(f"dev  {name:>16}: {select} = {results[name]['headline'].get(select):.4f} (baseline)")
+    best_name = None
+    if targets:
+        engine = make_engine(cfg.infer, cfg.model)
+        try:
+            for name, checkpoint in targets:
+                results[name] = evaluate(cfg, build, engine, dev, "dev", name, checkpoint, out_root, key)
+                _log(tracker, results[name])
+                print(f"dev  {name:>16}: {select} = {results[name]['headline'].get(select):.4f}"
+                      + (" (cached)" if results[name]["cached"] else ""))
+            candidates = [n for n, _ in targets if n != BASE] or [BASE]  # no checkpoints: the base model is all there is
+            best_name = max(candidates, key=lambda n: results[n]["headline"].get(select) or 0.0)
+            for name, checkpoint in dict([(best_name, dict(targets)[best_name])]
+                                         + ([(BASE, None)] if cfg.eval.include_base else [])).items():
+                if test:
+                    on_test[name] = evaluate(cfg, build, engine, test, "test", name, checkpoint, out_root, key)
+                    _log(tracker, on_test[name])
+        finally:
+            engine.close()
+    else:  # baselines only
+        best_name = max(baselines, key=lambda n: results[n]["headline"].get(select) or 0.0)
+    best = dict(targets).get(best_name)
     report = {
         "run_dir": str(run_dir), "name": cfg.name, "select_by": select, "eval_key": key,
         "dev_split_size": len(dev), "test_split_size": len(test),
@@ -133,7 +169,10 @@ def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None) -> dic
                         for n, c in targets if c is not None],
         "base": {"dev": results[BASE]["headline"], "test": on_test[BASE]["headline"] if BASE in on_test else None}
         if cfg.eval.include_base else None,
+        "baselines": {n: {"label": results[n]["label"], "dev": results[n]["headline"],
+                          "test": on_test[n]["headline"] if n in on_test else None} for n in baselines},
         "best": {"name": best_name, "step": best.step if best else 0, "path": str(best.path) if best else None,
+                 "baseline": best_name in baselines,
                  "dev": results[best_name]["headline"],
                  "test": on_test[best_name]["headline"] if best_name in on_test else None},
     }
