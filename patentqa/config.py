@@ -1,8 +1,8 @@
 """Where the Hydra config tree lives, and composing it outside a Hydra app (tests, notebooks, tools).
 
-Importing this module registers the ``abspath`` resolver that ``conf/paths`` uses, so every
-resolved config (and every run's ``config.yaml``) holds absolute paths: a run can be evaluated
-from any directory.
+Importing this module registers the resolvers the tree uses: ``abspath`` (``conf/paths``: every
+resolved config, and every run's ``config.yaml``, holds absolute paths, so a run can be evaluated
+from any directory) and ``join`` (a list as one word, e.g. the rounds in a data dir's name).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 OmegaConf.register_new_resolver("abspath", lambda path: str(Path(str(path)).expanduser().resolve()), replace=True)
+OmegaConf.register_new_resolver("join", lambda items, sep="": sep.join(str(i) for i in items), replace=True)
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:

@@ -151,6 +151,11 @@ class Checkpoint:
     path: Path
     step: int
 
+    @property
+    def full(self) -> bool:
+        """A whole model (full fine-tuning: config + weights), not a LoRA adapter."""
+        return not (self.path / "adapter_config.json").is_file() and (self.path / "config.json").is_file()
+
 
 def checkpoints(swift_dir: str | os.PathLike) -> list[Checkpoint]:
     """Complete checkpoints (with trainer_state.json) under swift's output dir, by step."""

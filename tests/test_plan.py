@@ -46,3 +46,18 @@ def test_zero3_memory_and_prompt_tokens(plan) -> None:
     text = plan.format()
     for line in ("params:", "trainable:", "memory:", "tokens:", "~300 GB"):
         assert line in text
+
+
+def test_full_fine_tuning_with_cpu_offload_shows_gpu_and_cpu_memory(tmp_path) -> None:
+    from conftest import cache_root
+
+    cfg = compose(["+exp=lora_r8", "train=full", "launcher=8gpu_offload", f"paths.root={tmp_path}",
+                   f"paths.cache_dir={cache_root()}"])
+    offload = make_plan(cfg)
+    p = offload.params
+    assert offload.trainable == p["language model"] + p["lm_head"]  # vision tower (and aligner) frozen
+    m = offload.memory_gib
+    assert m["this_run"] < 5 < 73 < m["full_finetune"] + 1  # offloaded: a few GiB of GPU memory instead of ~73
+    assert 18 * offload.trainable / 1024 ** 3 < m["cpu_per_node"]  # fp32 master weights, moments and grads on CPU
+    text = offload.format()
+    assert "with CPU offload" in text and "GiB of CPU RAM per node" in text

@@ -82,7 +82,8 @@ def ensure_corpus(cfg: DictConfig) -> Path:
     except (OSError, ValueError, KeyError):
         return data_dir  # not a set we generated: use it as it is
     wanted = {k: v for k, v in asdict(spec).items() if k != "workers"}
-    differ = sorted(k for k in wanted if made.get(k) != wanted[k])
+    defaults = asdict(SynthSpec())  # a set written before a setting existed was made with its default
+    differ = sorted(k for k in wanted if made.get(k, defaults[k]) != wanted[k])
     if differ:
         raise ValueError(
             f"{data_dir} was generated with {', '.join(f'{k}={made.get(k)}' for k in differ)}, but the config asks "
@@ -152,6 +153,20 @@ def recall_table(cfg: DictConfig, pages: dict, questions: list[Question], docume
     return table
 
 
+def train_chains(cfg: DictConfig, data_dir: Path, questions: list[Question]) -> dict[str, str]:
+    """Reasoning chains of training questions: the synthetic truth's, else ``python -m patentqa.data.chains``'s cache."""
+    from patentqa.data.chains import cache_path, cached_chains, chain_spec, synthetic_chains
+
+    if (data_dir / cfg.data.train_split / "truth").is_dir():
+        return synthetic_chains(data_dir, cfg.data.train_split, [q.id for q in questions])
+    plain = OmegaConf.merge(cfg, {"prompt": {"target": "answer"}})  # the rows the chains were asked from
+    path = cache_path(Path(cfg.paths.cache_dir), dataset_key(plain), chain_spec(cfg))
+    if not path.is_file():
+        raise DataError(f"prompt.target=cot needs reasoning chains: run `python -m patentqa.data.chains` with this "
+                        f"experiment first (expected {path})")
+    return cached_chains(path)
+
+
 def build_dataset(cfg: DictConfig) -> DatasetBuild:
     """Run the data stage for ``cfg`` and return what it built (cached parts are reused)."""
     started = time.perf_counter()
@@ -159,6 +174,12 @@ def build_dataset(cfg: DictConfig) -> DatasetBuild:
     labelled = read_split(data_dir, cfg.data.train_split, strict=cfg.strict)
     unlabelled = read_split(data_dir, cfg.data.test_split, strict=cfg.strict, require_answer=False) \
         if (data_dir / cfg.data.test_split).is_dir() else None
+    rounds = set(cfg.data.get("rounds") or ["a", "b"])
+    for data in (labelled, unlabelled):  # questions of rounds this run does not train on are left out, counted
+        if data is not None:
+            kept = [q for q in data.questions if q.round in rounds]
+            data.other_rounds = len(data.questions) - len(kept)
+            data.questions[:] = kept
     split = split_documents(labelled.documents, cfg.data.split.dev, cfg.data.split.test, cfg.seed)
     questions = split_questions(labelled.questions, split)
     documents = {**(unlabelled.documents if unlabelled else {}), **labelled.documents}
@@ -179,7 +200,9 @@ def build_dataset(cfg: DictConfig) -> DatasetBuild:
     style = style_examples([i.question for n in ("dev", "test") for i in items[n]], train_pool,
                            cfg.retrieval.style_examples, retriever.similarity)
     with_context = cfg.data.sft.all_page_questions_with_context
-    outputs = {f"{name}.jsonl": sft_rows(config, items[name], documents, pages.paths, retriever, with_context, layout)
+    chains = train_chains(cfg, data_dir, [i.question for i in items["train"]]) if config.target == "cot" else {}
+    outputs = {f"{name}.jsonl": sft_rows(config, items[name], documents, pages.paths, retriever, with_context, layout,
+                                         chains if name == "train" else None)  # chains in train rows only
                for name in ("train", "dev")}
     outputs.update({f"{name}_eval.jsonl": [eval_record(i, style.get(i.question.id, [])) for i in items[name]]
                     for name in ("dev", "test")})
@@ -188,6 +211,10 @@ def build_dataset(cfg: DictConfig) -> DatasetBuild:
     manifest = _manifest(cfg, data_dir, labelled, unlabelled, split, items, pages, spec, layout)
     manifest["outputs"] = {name: {"sha256": digest, "rows": len(outputs[name])} for name, digest in hashes.items()}
     manifest["leakage"] = leakage_checks(items, outputs, style)
+    if config.target == "cot":
+        manifest["chains"] = {"train_rows_with_chain": sum(r["chain"] for r in outputs["train.jsonl"]),
+                              "train_rows": len(outputs["train.jsonl"]),
+                              "dev_rows_with_chain": sum(r["chain"] for r in outputs["dev.jsonl"])}
     if any("evidence_pages" in q.extra for q in labelled.questions):
         manifest["retrieval"] = {"name": cfg.retrieval.name, "k": cfg.retrieval.k,
                                  "recall_at_k": recall_report(retriever, labelled.questions, documents),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,11 @@ class Question:
     line: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def round(self) -> str:
+        """"a" (multiple choice: options, a letter as answer) or "b" (open answer)."""
+        return "a" if self.options else "b"
+
 
 @dataclass
 class SplitData:
@@ -72,11 +78,14 @@ class SplitData:
     documents: dict[str, Document]
     problems: list[Problem]
     rows_read: int
+    other_rounds: int = 0  # valid questions of a round the run leaves out (data.rounds)
 
     def summary(self) -> dict[str, Any]:
         return {"split": self.split, "rows_read": self.rows_read, "questions": len(self.questions),
                 "documents": len(self.documents), "problems": len(self.problems),
-                "rows_skipped": self.rows_read - len(self.questions)}
+                "rows_skipped": self.rows_read - len(self.questions) - self.other_rounds,
+                "other_rounds": self.other_rounds,
+                "rounds": {r: sum(q.round == r for q in self.questions) for r in ("a", "b")}}
 
 
 def question_id(document: str, question: str) -> str:
@@ -144,8 +153,12 @@ def _check_row(row: Any, require_answer: bool) -> str | None:
     if "answer" in row and not isinstance(row["answer"], str):
         return f"field 'answer' must be a string, got {type(row['answer']).__name__}"
     options = row.get("options")
-    if options is not None and not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
-        return "field 'options' must be a list of strings"
+    if options is not None:
+        if not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
+            return "field 'options' must be a list of strings"
+        from patentqa.data.choices import check_options
+
+        return check_options(options, row.get("answer"))  # round A: letters A, B, C... and the answer among them
     return None
 
 
@@ -197,8 +210,11 @@ def _read_row(line: str, line_no: int, file: str, require_answer: bool, doc_dir:
         return Problem(file, f"asks about page {page} but {name} has {status.page_count} pages", line_no, qid)
     result.documents[name] = status
     options = tuple(row["options"]) if row.get("options") is not None else None
+    answer = row.get("answer")
+    if options is not None and answer is not None:  # round A: "B." / " b " -> "B"
+        answer = unicodedata.normalize("NFKC", answer).strip().upper().rstrip(".")
     extra = {k: v for k, v in row.items() if k not in _KNOWN_FIELDS}
-    result.questions.append(Question(qid, row["question"], name, row.get("answer"), options, line_no, extra))
+    result.questions.append(Question(qid, row["question"], name, answer, options, line_no, extra))
     return None
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 from patentqa.data.questions import parse_question
 
@@ -32,6 +32,11 @@ IMAGE_TAG = "<image>"
 _INTRO = "你是一个专利内容分析专家，请根据我提供的专利内容回答我的问题。\n"
 _ASK = "请你在分析专利内容后，回答我的问题：\n【我的问题】【{question}】\n"
 _THINK = "请仔细思考，在思考结束后，请直接给出你的答案："
+CHOICE_STYLES = ("seed_a", "letter")
+# round A in the seed's words (its write-up: 4-way choice, "直接给出答案"), and ours, which asks for the
+# fixed "答案：X" line that parse_choice reads first
+_OPTIONS_SEED_A = "【选项】\n{options}\n请仔细思考，在思考结束后，请直接给出正确选项的字母："
+_OPTIONS_LETTER = "可选答案：\n{options}\n只回答一个选项字母（{letters}），格式为“答案：字母”。"
 _THINK_POSITION = ("请仔细思考，你需要特别注意，图中部件的上下、前后、左右位置判断应以标号线所指代的实际结构为准，"
                    "而不是仅凭直观看数字。在思考结束后，请直接给出你的答案：")
 
@@ -91,6 +96,8 @@ class PromptConfig:
     figure_crop: bool = False      # the asked page's figure, cropped, in place of the page
     ocr_text: str | None = None    # "beside" | "instead": the shown pages' OCR text in the prompt
     ocr_max_chars: int = 1200      # OCR characters per prompt (Qwen: ~0.7-1 token per Chinese character)
+    choice_style: str = "seed_a"   # round A: "seed_a" (the seed's words) | "letter" (ours: options, then "答案：")
+    target: str = "answer"         # SFT response: "answer" | "cot" (a reasoning chain, then "答案：…")
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> PromptConfig:
@@ -98,9 +105,15 @@ class PromptConfig:
         mode = get("ocr_text", None)
         if mode not in (None, "beside", "instead"):
             raise ValueError(f"prompt.ocr_text must be beside, instead or null, not {mode!r}")
+        style = str(get("choice_style", "seed_a"))
+        if style not in CHOICE_STYLES:
+            raise ValueError(f"prompt.choice_style must be one of {', '.join(CHOICE_STYLES)}, not {style!r}")
+        target = str(get("target", "answer"))
+        if target not in ("answer", "cot"):
+            raise ValueError(f"prompt.target must be answer or cot, not {target!r}")
         return cls(name=str(cfg.name), max_pixels={str(k): int(v) for k, v in dict(cfg.max_pixels).items()},
                    min_pixels=int(cfg.min_pixels), figure_crop=bool(get("figure_crop", False)), ocr_text=mode,
-                   ocr_max_chars=int(get("ocr_max_chars", 1200)))
+                   ocr_max_chars=int(get("ocr_max_chars", 1200)), choice_style=style, target=target)
 
     @property
     def uses_layout(self) -> bool:
@@ -124,9 +137,17 @@ def prompt_form(question: str, figure_only: bool | None = None) -> str:
     return "figure_only" if figure_only else "with_context"
 
 
+def options_text(config: PromptConfig, options: Sequence[str]) -> str:
+    """The round-A block that replaces the closing instruction: the options and how to answer."""
+    letters = "、".join(o.strip()[0] for o in options)
+    template = _OPTIONS_LETTER if config.choice_style == "letter" else _OPTIONS_SEED_A
+    return template.format(options="\n".join(o.strip() for o in options), letters=letters)
+
+
 def build_prompt(config: PromptConfig, question: str, form: str, asked: PageImage | None,
-                 context: list[PageImage]) -> Prompt:
-    """The prompt for one question in one form; ``context`` pages come sorted by the retriever."""
+                 context: list[PageImage], options: Sequence[str] | None = None) -> Prompt:
+    """The prompt for one question in one form; ``context`` pages come sorted by the retriever;
+    ``options``: a round-A question's choices ("A. …"), shown in ``config.choice_style``."""
     if form not in FORMS:
         raise ValueError(f"unknown prompt form {form!r}; expected one of {FORMS}")
     if form != "document" and asked is None:
@@ -139,7 +160,8 @@ def build_prompt(config: PromptConfig, question: str, form: str, asked: PageImag
 
     if config.name == "minimal":  # ablation: the pages and the bare question, no instructions
         pages = ([asked] if asked else []) + (context if form != "figure_only" else [])
-        return Prompt(parts=_merge([p for page in pages for p in image(page)] + [question]), form=form)
+        tail = [question] + (["\n" + options_text(config, options)] if options else [])
+        return Prompt(parts=_merge([p for page in pages for p in image(page)] + tail), form=form)
     labelled = config.name == "page_labels"
     where = f"第{asked.page}页" if labelled and asked else "这页"
     shown = ([] if asked is None else [asked]) + (context if form != "figure_only" else [])
@@ -155,6 +177,9 @@ def build_prompt(config: PromptConfig, question: str, form: str, asked: PageImag
     if config.ocr_text:
         parts.append(ocr_block(shown, config.ocr_max_chars))
     parts.append(_ASK.format(question=question))
+    if options:
+        parts.append(options_text(config, options))
+        return Prompt(parts=_merge(parts), form=form)
     hint = form == "figure_only" and "位置" in question
     parts.append(_THINK_POSITION if hint else _THINK)
     return Prompt(parts=_merge(parts), form=form)
@@ -223,6 +248,14 @@ STYLE_PROMPT = (
     '    输出的答案为：实现货物自动靠边规整\n\n    示例4:\n    文本内容为："定位杆"\n    输出的答案为： 定位杆\n\n'
     '    示例5:\n    文本内容为："部件22位于部件23的左侧"\n    输出的答案为： 部件22位于部件23的左侧\n    '
 )
+
+
+CHAIN_REQUEST = "\n请先简要写出推理过程（涉及哪些部件、它们在图中的位置或说明书中的依据），最后单独一行写出“答案：”和答案。"
+
+
+def with_chain_request(prompt: Prompt) -> Prompt:
+    """A question prompt that also asks for the reasoning and a final "答案：" line (chain generation)."""
+    return Prompt(parts=_merge([*prompt.parts, CHAIN_REQUEST]), form=prompt.form)
 
 
 def classifier_prompt(question: str) -> Prompt:

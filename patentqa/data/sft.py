@@ -59,7 +59,8 @@ def question_prompt(config: PromptConfig, question: Question, document: Document
             crop = layout.crop(document, asked_no, figure["box"], config.budget(form), config.min_pixels)
             asked = PageImage(asked_no, str(crop), asked.text)
     context = [] if form == "figure_only" else retriever.context_pages(question, document)
-    return build_prompt(config, question.question, form, asked, [page_image(page) for page in context])
+    return build_prompt(config, question.question, form, asked, [page_image(page) for page in context],
+                        options=question.options)
 
 
 def prompted(config: PromptConfig, questions: list[Question], documents: dict[str, Document],
@@ -77,22 +78,27 @@ def prompted(config: PromptConfig, questions: list[Question], documents: dict[st
 
 def sft_rows(config: PromptConfig, items: list[PromptedQuestion], documents: dict[str, Document],
              pages: dict[tuple[str, int], Path], retriever: ContextRetriever,
-             all_page_questions_with_context: bool, layout: Any = None) -> list[dict[str, Any]]:
+             all_page_questions_with_context: bool, layout: Any = None,
+             chains: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The inference prompt of every question as a row; optionally (seed) every page question
-    also with the asked page + retrieved pages when routing shows it the figure alone."""
+    also with the asked page + retrieved pages when routing shows it the figure alone.
+    ``chains`` (train rows of ``prompt.target=cot``): the response is the chain, then "答案：…"."""
     rows = []
     for item in items:
-        rows.append(_row(item.question, item.kind, item.prompt))
+        rows.append(_row(item.question, item.kind, item.prompt, (chains or {}).get(item.question.id)))
         if all_page_questions_with_context and item.prompt.form == "figure_only":
             extra = question_prompt(config, item.question, documents[item.question.document], pages, retriever,
                                     form="with_context", layout=layout)
-            rows.append(_row(item.question, item.kind, extra))
+            rows.append(_row(item.question, item.kind, extra, (chains or {}).get(item.question.id)))
     return rows
 
 
-def _row(question: Question, kind: str, prompt: Prompt) -> dict[str, Any]:
-    row = to_swift_row(prompt, question.answer or "")
-    row.update(id=question.id, document=question.document, kind=kind, form=prompt.form)
+def _row(question: Question, kind: str, prompt: Prompt, chain: str | None = None) -> dict[str, Any]:
+    from patentqa.data.chains import cot_response
+
+    response = cot_response(chain, question.answer or "") if chain else question.answer or ""
+    row = to_swift_row(prompt, response)
+    row.update(id=question.id, document=question.document, kind=kind, form=prompt.form, chain=chain is not None)
     check_row(row)
     return row
 
@@ -110,7 +116,8 @@ def check_row(row: dict[str, Any]) -> None:
 def eval_record(item: PromptedQuestion, style_answers: list[str]) -> dict[str, Any]:
     """One question of an evaluation set: gold answer, kind and the prompt to generate from."""
     return {"id": item.question.id, "document": item.question.document, "question": item.question.question,
-            "answer": item.question.answer, "kind": item.kind, "pages": [i.page for i in item.prompt.images],
+            "answer": item.question.answer, "kind": item.kind, "round": item.question.round,
+            "options": list(item.question.options) if item.question.options else None, "pages": [i.page for i in item.prompt.images],
             "prompt": prompt_to_json(item.prompt), "style_answers": style_answers}
 
 

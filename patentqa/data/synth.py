@@ -20,7 +20,7 @@ import re
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from patentqa.cli import parse_args
 from patentqa.data import synth_vocab as V
+from patentqa.data.synth_choices import to_choice
 from patentqa.data.synth_questions import (KINDS, document_candidates, figure_other_candidates, pick_questions,
                                            plain, position_candidates)
 from patentqa.tracking import atomic_write
@@ -50,6 +51,7 @@ class SynthSpec:
     questions_per_doc: int = 6
     position_share: float = 0.28      # figure_position questions (real round B: 166/600)
     figure_other_share: float = 0.46  # other figure-page questions; the rest are whole-patent
+    rounds: list[str] = field(default_factory=lambda: ["b"])  # b: open answers; a: 4-way choice; [a, b]: alternate
     workers: int = 0                  # document processes; 0 = one per CPU
 
 
@@ -249,11 +251,20 @@ def build_document(job: tuple[SynthSpec, int, str, Path]) -> tuple[list[dict], i
              "document": document_candidates(rng, pat, pages)}
     rows, asked = [], []
     shares = (spec.position_share, spec.figure_other_share, 1 - spec.position_share - spec.figure_other_share)
+    choice_rng = random.Random(f"patentqa-choices:{spec.seed}:{index}")  # round A draws apart: B sets stay as they were
     for i, c in enumerate(pick_questions(rng, pools, shares, spec.questions_per_doc)):
         qid = question_id(spec, stem, i)
-        rows.append({"id": qid, "question": c["question"], "document": f"{stem}.pdf", "answer": c["answer"],
-                     "kind": c["kind"], "evidence_pages": c["evidence_pages"]})
-        asked.append({"id": qid, "kind": c["kind"], "template": c["template"], "parts": c["parts"]})
+        row = {"id": qid, "question": c["question"], "document": f"{stem}.pdf", "answer": c["answer"],
+               "kind": c["kind"], "evidence_pages": c["evidence_pages"]}
+        if spec.rounds[i % len(spec.rounds)] == "a":
+            drawn = next((f["parts"] for f in figures if f["page"] in c["evidence_pages"]), [])
+            slot = (index * spec.questions_per_doc + i) // len(spec.rounds)  # counts round-A questions: letters cycle
+            choice = to_choice(choice_rng, c, pat, [d["number"] for d in drawn], slot)
+            if choice is not None:
+                row["options"], row["answer"] = choice
+        rows.append(row)
+        asked.append({"id": qid, "kind": c["kind"], "template": c["template"], "parts": c["parts"],
+                      "answer_text": c["answer"]})
     truth = {"document": f"{stem}.pdf", "split": split, "n_pages": len(pages),
              "coordinates": "PDF points on a 595x842 page, origin top-left, y downwards",
              **{k: pat[k] for k in ("title", "short", "purpose", "issue", "benefit", "field", "components")},
@@ -284,6 +295,7 @@ def validate(spec: SynthSpec) -> None:
         (not 36 <= spec.scan_dpi <= 600, "scan_dpi must be in [36, 600]"),
         (not 1 <= spec.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
         (spec.questions_per_doc < 1, "questions_per_doc must be >= 1"), (spec.workers < 0, "workers must be >= 0"),
+        (not spec.rounds or not set(spec.rounds) <= {"a", "b"}, "rounds must be a non-empty list of a and b"),
         (min(spec.position_share, spec.figure_other_share) < 0
          or spec.position_share + spec.figure_other_share > 1, "shares must be >= 0 and sum to <= 1")] if bad]
     if problems:
@@ -321,7 +333,8 @@ def generate(out_dir: str | Path, spec: SynthSpec) -> dict:
     rows = {s: [r for (doc_rows, _), split in zip(results, splits) if split == s for r in doc_rows]
             for s in ("train", "test")}
     write_jsonl(out / "train" / "train.jsonl", rows["train"])
-    write_jsonl(out / "test" / "test.jsonl", [{k: r[k] for k in ("id", "question", "document")} for r in rows["test"]])
+    write_jsonl(out / "test" / "test.jsonl", [{k: r[k] for k in ("id", "question", "document", "options") if k in r}
+                                              for r in rows["test"]])
     write_jsonl(out / "test" / "test_gold.jsonl",
                 [{k: r[k] for k in ("id", "answer", "kind", "evidence_pages")} for r in rows["test"]])
     every = rows["train"] + rows["test"]

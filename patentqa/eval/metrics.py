@@ -7,6 +7,8 @@ lm-evaluation-harness pattern) together with the name of its aggregation (``mean
 - ``char_f1``: character-unigram F1, whitespace removed (the AGCUT reproduction's ``rouge1_f1``).
 - ``char_rouge_l``: LCS F1 over characters, whitespace removed.
 - ``exact_match``: NFKC, lowercase, whitespace/punctuation/symbols dropped (letters, digits, marks kept).
+- ``accuracy``: round A, the parsed option letter equals the gold letter; a round-A item's
+  ``composite`` is its accuracy (items carry ``round``), a round-B item's the weighted score.
 - ``exact_match_agcut``: AGCUT's rule, ``re.sub(r"[^\\w\\s]", "", s.lower()).strip()``.
 - ``word_rouge1``/``word_rouge_l``: ``rouge_score`` over jieba tokens (its default tokenizer drops Chinese).
 - ``bertscore``: only after ``configure_bertscore(model_path)`` (a local model; nothing is downloaded).
@@ -170,6 +172,13 @@ def exact_match(prediction: str, answer: str) -> float:
     return float(bool(pred) and pred == normalize_em(answer))
 
 
+@register_metric("accuracy")
+def accuracy(prediction: str, answer: str) -> float:
+    """Round A: the parsed option letter equals the gold letter (an unparsed reply is "" and scores 0)."""
+    return float(unicodedata.normalize("NFKC", prediction).strip().upper()
+                 == unicodedata.normalize("NFKC", answer).strip().upper().rstrip("."))
+
+
 @register_metric("exact_match_agcut")
 def exact_match_agcut(prediction: str, answer: str) -> float:
     """AGCUT's EM (reproduces its ``exact_match`` column); an empty prediction scores 0."""
@@ -285,9 +294,12 @@ def score_items(items: Sequence[Mapping[str, Any]], metric_names: Iterable[str],
                 keep: Iterable[str] = ("id", "kind")) -> list[dict[str, Any]]:
     """Per-item ``{"empty", "scores": {metric: value[, "composite"]}}`` plus the ``keep`` fields present.
 
-    Metrics named in ``weights`` are scored too; an unknown or unconfigured one is an error.
+    Metrics named in ``weights`` are scored too; an unknown or unconfigured one is an error. A round-A
+    item (``round`` "a") gets ``accuracy`` and a composite equal to it, and no open-answer metric.
     """
-    names = list(dict.fromkeys([*metric_names, *(weights or {})]))
+    metric_names = list(metric_names)
+    choice = [item.get("round") == "a" for item in items]
+    names = list(dict.fromkeys([*metric_names, *(weights or {}), *(["accuracy"] if any(choice) else [])]))
     metrics = [get_metric(name) for name in names]
     predictions = [str(item["prediction"]) for item in items]
     answers = [str(item["answer"]) for item in items]
@@ -302,10 +314,14 @@ def score_items(items: Sequence[Mapping[str, Any]], metric_names: Iterable[str],
             columns[metric.name] = [0.0 if e else float(metric.fn(p, a))
                                     for p, a, e in zip(predictions, answers, empty)]
     keep = tuple(keep)
+    open_names = [n for n in names if n != "accuracy" or n in metric_names]
     rows = []
     for i, item in enumerate(items):
-        scores = {name: columns[name][i] for name in names}
-        if weights:
+        if choice[i]:  # a multiple-choice item is scored by its own metric only (F1 of a letter means nothing)
+            scores = {"accuracy": columns["accuracy"][i], COMPOSITE: columns["accuracy"][i]}
+        else:
+            scores = {name: columns[name][i] for name in open_names}
+        if not choice[i] and weights:
             scores[COMPOSITE] = composite(scores, weights)
         row = {k: item[k] for k in keep if k in item}
         rows.append({**row, "empty": empty[i], "scores": scores})

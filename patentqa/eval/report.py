@@ -30,7 +30,7 @@ from patentqa.eval.metrics import COMPOSITE, paired_bootstrap, strip_whitespace
 from patentqa.eval.score import read_items
 from patentqa.tracking import atomic_write, write_json_atomic
 
-MAIN_METRICS = (COMPOSITE, "char_f1", "char_rouge_l", "exact_match")
+MAIN_METRICS = (COMPOSITE, "accuracy", "char_f1", "char_rouge_l", "exact_match")  # accuracy: round A runs only
 BASE = "base"            # the sweep's name for the untuned model
 TOO_LONG_FACTOR = 3.0    # "far too long": prediction longer than this × the gold answer (whitespace removed)
 TOP_ITEMS = 5            # side-by-side answers per direction (regressions, improvements)
@@ -183,22 +183,28 @@ def paired(baseline: Scored, run: Scored, metrics: list[str], resamples: int) ->
 
 
 def failures(scored: Scored, raw_limit: int, style_limit: int) -> dict[str, int | None]:
-    """Empty predictions, answers that hit a token limit, predictions > 3× the gold length.
+    """Empty predictions, answers that hit a token limit, predictions > 3× the gold length; round A
+    replies naming no single option letter (``unparsed``), chains without their "答案：" line
+    (``no_final_line``); both None where no record could have them.
 
     The answer call hit its limit: the record's ``truncated`` field, else a raw answer of at least
     ``raw_limit`` characters; the style pass: a styled answer of at least ``style_limit`` characters
     (None when no record went through a style pass).
     """
     records = [scored.records.get(key, {}) for key in scored.rows]
-    hit = sum(bool(r["truncated"]) if "truncated" in r else len(str(r.get("raw_answer") or "")) >= raw_limit
+    hit = sum(bool(r["truncated"]) if r.get("truncated") is not None else len(str(r.get("raw_answer") or "")) >= raw_limit
               for r in records)
     styled = [r["styled_answer"] for r in records if isinstance(r.get("styled_answer"), str)]
     rows = list(scored.rows.values())
     too_long = sum(len(strip_whitespace(r["prediction"])) > TOO_LONG_FACTOR * len(strip_whitespace(r["answer"]))
                    for r in rows)
+    choices = [r for r in records if "unparsed" in r]
+    chains = [r for r in records if r.get("final_line") is not None]
     return {"n": len(rows), "empty": sum(bool(r.get("empty")) for r in rows), "hit_max_tokens": hit,
             "style_hit_max_tokens": sum(len(t) >= style_limit for t in styled) if styled else None,
-            "far_too_long": too_long}
+            "far_too_long": too_long,
+            "unparsed": sum(bool(r["unparsed"]) for r in choices) if choices else None,
+            "no_final_line": sum(not r["final_line"] for r in chains) if chains else None}
 
 
 def item_deltas(baseline: Scored, run: Scored) -> list[tuple[float, str]]:
@@ -583,20 +589,23 @@ def per_kind_section(entries: list[dict[str, Any]]) -> tuple[list[Block], list[s
 
 def failures_section(entries: list[dict[str, Any]], max_chars: int | None) -> tuple[list[Block], dict]:
     rows, numbers = [], {}
-    columns = ("empty", "hit_max_tokens", "style_hit_max_tokens", "far_too_long")
+    columns = ("empty", "hit_max_tokens", "style_hit_max_tokens", "far_too_long", "unparsed", "no_final_line")
     for e in entries:
         raw_limit = max_chars or int(_get(e["run"].config, "infer.max_new_tokens", 64) or 64)
         style_limit = int(_get(e["run"].config, "pipeline.style_max_new_tokens", 32) or 32)
         counts = failures(e["scored"], raw_limit, style_limit)
         numbers[e["label"]] = {**counts, "split": e["split"], "max_chars": raw_limit, "style_max_chars": style_limit}
         n = max(counts["n"] or 0, 1)
-        rows.append([e["label"], e["scored"].label, counts["n"],
+        rows.append([e["label"], e["scored"].label, counts["n"], raw_limit,
                      *("–" if counts[k] is None else f"{counts[k]} ({100 * counts[k] / n:.0f}%)" for k in columns)])
     note = ("`answer hit max tokens`: the record's `truncated` field where present, else a raw answer at least "
             "`infer.max_new_tokens` characters long; `style pass hit max tokens`: a styled answer at least "
             "`pipeline.style_max_new_tokens` characters long (both proxies: a token holds about one to two Chinese "
-            f"characters); `far too long`: prediction > {TOO_LONG_FACTOR:g}× the gold length (whitespace removed).")
-    header = ["run", "split", "n", "empty", "answer hit max tokens", "style pass hit max tokens", "far too long"]
+            f"characters); `far too long`: prediction > {TOO_LONG_FACTOR:g}× the gold length (whitespace removed); "
+            "`unparsed`: a round-A reply naming no option letter or several (scored 0); `no final line`: a chain "
+            "without its `答案：` line, scored on its last line; `–`: the run has no such answers.")
+    header = ["run", "split", "n", "max new tokens", "empty", "answer hit max tokens", "style pass hit max tokens",
+              "far too long", "unparsed", "no final line"]
     return [("h", 2, "Failures"), ("p", note), ("table", header, rows)], numbers
 
 

@@ -29,7 +29,7 @@ from patentqa.eval.metrics import (COMPOSITE, MetricUnavailable, aggregate, conf
                                    score_items)
 from patentqa.tracking import atomic_write, package_versions, write_json_atomic
 
-KEEP = ("id", "kind")  # fields copied from a prediction line into its scores line
+KEEP = ("id", "kind", "round")  # fields copied from a prediction line into its scores line
 
 
 @dataclass
@@ -103,6 +103,8 @@ def score_file(path: str | Path, metrics: Sequence[str] | None = None,
     resolved = resolve_weights(weights)
     items, bad = read_items(path, strict)
     per_item = score_items(items, metric_names, resolved, keep=("line", *KEEP, *([by] if by else [])))
+    if any(item.get("round") == "a" for item in items) and "accuracy" not in metric_names:
+        metric_names.append("accuracy")
     for row, item in zip(per_item, items):
         row["prediction"], row["answer"] = item["prediction"], item["answer"]
     default_scores, default_metrics = output_paths(path)

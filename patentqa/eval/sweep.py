@@ -1,8 +1,10 @@
 """Checkpoint sweep: every checkpoint of a run answered and scored on dev, the best one once on test.
 
-One base model is loaded and LoRA adapters are swapped on it (no merging). Results are
-cached per (checkpoint content hash, evaluation config hash), so a second call evaluates
-only new checkpoints. Every number names its split: ``eval/{dev,test}/{checkpoint-N,base}/``.
+One base model is loaded and LoRA adapters are swapped on it (no merging); a full fine-tuning
+checkpoint is a whole model and is loaded as the model, once, with the same engine kind. Results
+are cached per (checkpoint content hash, evaluation config hash), so a second call evaluates only
+new checkpoints and loads no model for cached ones. Every number names its split:
+``eval/{dev,test}/{checkpoint-N,base}/``.
 """
 from __future__ import annotations
 
@@ -37,18 +39,54 @@ def eval_key(cfg: DictConfig, build: DatasetBuild) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def is_full_checkpoint(checkpoint: Checkpoint | None) -> bool:
+    return checkpoint is not None and checkpoint.full
+
+
 def checkpoint_hash(checkpoint: Checkpoint | None) -> str:
-    """Content hash of an adapter (``base`` for the untuned model)."""
+    """Content hash of an adapter or a full checkpoint's weights (``base`` for the untuned model)."""
     if checkpoint is None:
         return BASE
+    patterns = ("config.json", "model*.safetensors") if is_full_checkpoint(checkpoint) else ("adapter_*",)
     digest = hashlib.sha256()
-    for path in sorted(checkpoint.path.glob("adapter_*")):
+    for path in sorted({p for pattern in patterns for p in checkpoint.path.glob(pattern)}):
         digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 
-def evaluate(cfg: DictConfig, build: DatasetBuild, engine: Engine, questions: list[Question], split: str,
+class Engines:
+    """Engines made on first need: one for the base model (adapters swapped on it) and one per full
+    checkpoint, loaded from its dir and closed before the next (one whole model in memory at a time)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg, self.base, self.full, self.full_loads = cfg, None, (None, None), 0
+
+    def for_checkpoint(self, checkpoint: Checkpoint | None) -> tuple[Engine, str | None]:
+        """(engine, adapter dir or None) that answers as ``checkpoint``."""
+        if not is_full_checkpoint(checkpoint):
+            if self.base is None:
+                self.base = make_engine(self.cfg.infer, self.cfg.model)
+            return self.base, str(checkpoint.path) if checkpoint else None
+        path, engine = self.full
+        if path != checkpoint.path:
+            if engine is not None:
+                engine.close()
+            model = OmegaConf.merge(self.cfg.model, {"path": str(checkpoint.path), "build_tiny": False})
+            self.full = (checkpoint.path, make_engine(self.cfg.infer, model))
+            self.full_loads += 1
+        return self.full[1], None
+
+    def close(self) -> None:
+        for engine in (self.base, self.full[1]):
+            if engine is not None:
+                engine.close()
+        self.base, self.full = None, (None, None)
+
+
+def evaluate(cfg: DictConfig, build: DatasetBuild, engines: Engines, questions: list[Question], split: str,
              name: str, checkpoint: Checkpoint | None, out_root: Path, key: str) -> dict[str, Any]:
     """Answer and score one checkpoint on one split, unless a result with the same key is there."""
     out = out_root / split / name
@@ -62,9 +100,10 @@ def evaluate(cfg: DictConfig, build: DatasetBuild, engine: Engine, questions: li
         shutil.rmtree(out)  # predictions of another checkpoint content or config: start over
     out.mkdir(parents=True, exist_ok=True)
     (out / "key").write_text(cache_key)
+    engine, adapter = engines.for_checkpoint(checkpoint)
     summary = answer_questions(questions, answer_context(cfg, build, questions), engine,
                                PipelineSettings.from_cfg(cfg.pipeline, cfg.infer), out / "predictions.jsonl",
-                               adapter=str(checkpoint.path) if checkpoint else None)
+                               adapter=adapter)
     record = score_file(out / "predictions.jsonl", list(cfg.eval.metrics), cfg.eval.composite, cfg.eval.by,
                         cfg.eval.bootstrap.resamples, cfg.eval.bootstrap.seed, cfg.eval.bootstrap.confidence,
                         scores_path=out / "scores.jsonl", metrics_path=metrics_path)
@@ -143,10 +182,10 @@ def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None) -> dic
         print(f"dev  {name:>16}: {select} = {results[name]['headline'].get(select):.4f} (baseline)")
     best_name = None
     if targets:
-        engine = make_engine(cfg.infer, cfg.model)
+        engines = Engines(cfg)
         try:
             for name, checkpoint in targets:
-                results[name] = evaluate(cfg, build, engine, dev, "dev", name, checkpoint, out_root, key)
+                results[name] = evaluate(cfg, build, engines, dev, "dev", name, checkpoint, out_root, key)
                 _log(tracker, results[name])
                 print(f"dev  {name:>16}: {select} = {results[name]['headline'].get(select):.4f}"
                       + (" (cached)" if results[name]["cached"] else ""))
@@ -155,10 +194,10 @@ def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None) -> dic
             for name, checkpoint in dict([(best_name, dict(targets)[best_name])]
                                          + ([(BASE, None)] if cfg.eval.include_base else [])).items():
                 if test:
-                    on_test[name] = evaluate(cfg, build, engine, test, "test", name, checkpoint, out_root, key)
+                    on_test[name] = evaluate(cfg, build, engines, test, "test", name, checkpoint, out_root, key)
                     _log(tracker, on_test[name])
         finally:
-            engine.close()
+            engines.close()
     else:  # baselines only
         best_name = max(baselines, key=lambda n: results[n]["headline"].get(select) or 0.0)
     best = dict(targets).get(best_name)
@@ -175,6 +214,7 @@ def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None) -> dic
                  "baseline": best_name in baselines,
                  "dev": results[best_name]["headline"],
                  "test": on_test[best_name]["headline"] if best_name in on_test else None},
+        "full_checkpoints": sum(is_full_checkpoint(c) for _, c in targets),
     }
     write_json_atomic(out_root / "sweep.json", report)
     if tracker is not None:

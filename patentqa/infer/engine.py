@@ -24,6 +24,21 @@ class Sampling:
     temperature: float = 0.0
 
 
+class Reply(str):
+    """A generated text that also says whether generation stopped at ``max_new_tokens``.
+
+    Engines return these from ``generate``; they are plain strings everywhere else, and the
+    pipeline records ``truncated`` so reports can count answers cut at the limit.
+    """
+
+    truncated: bool | None
+
+    def __new__(cls, text: str, truncated: bool | None = None) -> Reply:
+        reply = super().__new__(cls, text)
+        reply.truncated = truncated
+        return reply
+
+
 @dataclass(frozen=True)
 class Trace:
     """One greedy answer, token by token: ids and each position's top-k (token id, log-probability).

@@ -10,6 +10,7 @@ transformers, a ``LoRARequest`` per checkpoint in vLLM. Where the token ids diff
 gives the first differing position and both engines' logit margins there (best minus
 second-best log-probability; a margin near 0 is a near-tie that rounding may flip).
 
+A full fine-tuning checkpoint is loaded as the model by both engines (no adapter).
 Writes ``RUN/eval/parity.json``; exits 1 when any answer differs. A LoRA that vLLM mounts
 without effect (ms-swift#4725) or a prompt one engine renders differently shows up here.
 """
@@ -142,6 +143,7 @@ class ParityArgs:
 
     run_dir: str = MISSING          # a training run (its config.yaml, checkpoints and dataset)
     checkpoints: int = 2            # checkpoints besides the base model (spread, last included); 0 = all
+    base: bool = True               # also the base model (and adapters on it); false: full checkpoints only
     per_form: int = 4               # dev prompts of each prompt form
     max_new_tokens: int = 16
     tensor_parallel_size: int = 1   # vLLM's; 2 on this 2-core CPU works too
@@ -169,20 +171,27 @@ def run_parity(args: ParityArgs) -> dict[str, Any]:
     build = build_dataset(cfg)
     prompts = parity_prompts(build.out_dir / "dev_eval.jsonl", args.per_form)
     picked = pick_checkpoints(checkpoints(run_dir / "swift"), args.checkpoints)
-    targets: list[tuple[str, Optional[str]]] = [(BASE, None)] + [(c.path.name, str(c.path)) for c in picked]
+    adapters = [(c.path.name, str(c.path)) for c in picked if not c.full]
     hf_cfg, vllm_cfg = engine_configs(cfg, args.tensor_parallel_size)
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
-    hf = make_engine(hf_cfg, cfg.model)
-    try:
-        vllm = make_engine(vllm_cfg, cfg.model)
+    # one pair of engines for the base model and its adapters, one pair per full checkpoint (its own weights)
+    groups = [(cfg.model, [(BASE, None)] + adapters)] if args.base or adapters else []
+    groups += [(OmegaConf.merge(cfg.model, {"path": str(c.path), "build_tiny": False}), [(c.path.name, None)])
+               for c in picked if c.full]
+    cases: list[dict[str, Any]] = []
+    for model, targets in groups:
+        hf = make_engine(hf_cfg, model)
         try:
-            report = check_parity(hf, vllm, prompts, targets, sampling)
+            vllm = make_engine(vllm_cfg, model)
+            try:
+                cases += check_parity(hf, vllm, prompts, targets, sampling)["cases"]
+            finally:
+                vllm.close()
         finally:
-            vllm.close()
-    finally:
-        hf.close()
-    report.update(run_dir=str(run_dir), prompts=len(prompts), targets=[name for name, _ in targets],
-                  tensor_parallel_size=args.tensor_parallel_size)
+            hf.close()
+    report = summarize([ParityCase(**c) for c in cases], sampling)
+    report.update(run_dir=str(run_dir), prompts=len(prompts), targets=[t for _, ts in groups for t, _ in ts],
+                  full_checkpoints=sum(c.full for c in picked), tensor_parallel_size=args.tensor_parallel_size)
     write_json_atomic(Path(args.out) if args.out else run_dir / "eval" / "parity.json", report)
     return report
 

@@ -1,7 +1,9 @@
 """The answer pipeline: the seed's flow, every stage batched over a chunk of questions.
 
 route (rules, or the seed's LLM classifier) → retrieve → answer → shorten (the seed's style
-pass, optional) → deterministic cleanup. Questions are processed in fixed chunks in input
+pass, optional) → deterministic cleanup. A chain (``prompt.target=cot``) is cut to its final
+"答案：" line first (``final_line`` false: none, its last line was taken); a round-A reply is
+read as an option letter (``unparsed`` when it names none or several). Questions are processed in fixed chunks in input
 order; each finished chunk is appended to ``predictions.jsonl`` in one write, so a killed
 run resumes at the first unfinished chunk and the file equals an uninterrupted run.
 """
@@ -18,6 +20,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from patentqa.data.chains import final_answer
+from patentqa.data.choices import parse_choice
 from patentqa.data.corpus import Document, Question
 from patentqa.data.prompts import (PromptConfig, classifier_prompt, parse_classifier_answer, prompt_form,
                                    style_prompt)
@@ -100,19 +104,34 @@ def answer_chunk(chunk: list[Question], ctx: AnswerContext, engine: Engine, sett
     raw = engine.generate(prompts, Sampling(max_new_tokens=settings.max_new_tokens), adapter)
     timings["answer"] += time.perf_counter() - clock
     clock = time.perf_counter()
-    styled = raw
-    if settings.style_pass:
-        styled = engine.generate([style_prompt(r, ctx.style_answers.get(q.id, [])) for q, r in zip(chunk, raw)],
-                                 Sampling(max_new_tokens=settings.style_max_new_tokens), adapter)
+    answers = list(raw)
+    final_lines: list[bool | None] = [None] * len(raw)
+    if ctx.prompt_config.target == "cot":  # the reply is a chain: its "答案：" line (else its last line) is the answer
+        for i, reply in enumerate(raw):
+            answers[i], final_lines[i] = final_answer(reply)
+    styled = list(answers)
+    open_answers = [i for i, q in enumerate(chunk) if not q.options]  # round A letters need no shortening
+    if settings.style_pass and open_answers:
+        shortened = engine.generate([style_prompt(answers[i], ctx.style_answers.get(chunk[i].id, [])) for i in open_answers],
+                                    Sampling(max_new_tokens=settings.style_max_new_tokens), adapter)
+        for i, text in zip(open_answers, shortened):
+            styled[i] = text
     timings["shorten"] += time.perf_counter() - clock
     records = []
-    for question, route, prompt, raw_answer, styled_answer in zip(chunk, routes, prompts, raw, styled):
-        final = cleanup(styled_answer) if settings.cleanup else styled_answer
-        records.append({"id": question.id, "document": question.document, "question": question.question,
-                        "kind": parse_question(question.question).kind, "form": route["form"],
-                        "pages": [image.page for image in prompt.images], "classifier": route["classifier"],
-                        "raw_answer": raw_answer, "styled_answer": styled_answer if settings.style_pass else None,
-                        "prediction": final, "answer": question.answer})
+    for question, route, prompt, raw_answer, answer, final_line, styled_answer in zip(
+            chunk, routes, prompts, raw, answers, final_lines, styled):
+        record = {"id": question.id, "document": question.document, "question": question.question,
+                  "kind": parse_question(question.question).kind, "round": question.round, "form": route["form"],
+                  "pages": [image.page for image in prompt.images], "classifier": route["classifier"],
+                  "raw_answer": str(raw_answer), "truncated": getattr(raw_answer, "truncated", None),
+                  "styled_answer": str(styled_answer) if settings.style_pass and not question.options else None,
+                  "answer": question.answer, "final_line": final_line}
+        if question.options:  # round A: the letter the reply names, "" when it names none or several
+            choice = parse_choice(answer, question.options)
+            record.update(prediction=choice.letter or "", choice=choice.how, unparsed=choice.letter is None)
+        else:
+            record["prediction"] = cleanup(styled_answer) if settings.cleanup else str(styled_answer)
+        records.append(record)
     return records
 
 

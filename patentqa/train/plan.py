@@ -54,9 +54,11 @@ class Plan:
                  f"  trainable: {self.trainable:,} ({self.trainable / total:.3%}) {self.tuner}; "
                  f"modules: {', '.join(self.trainable_modules) or 'none'}"]
         m = self.memory_gib
-        lines.append(f"  memory:    ZeRO-3 on {self.gpus} GPU(s), DeepSpeed estimate per GPU (model states, no activations): "
-                     f"this run {m['this_run']:.1f} GiB; full fine-tuning {m['full_finetune']:.1f} GiB; "
-                     f"the seed's run used ~300 GB over 8 GPUs (~{300 / 8:.1f} GB each, activations included)")
+        offload = f" with CPU offload ({m['cpu_per_node']:.0f} GiB of CPU RAM per node)" if m.get("cpu_per_node") else ""
+        lines.append(f"  memory:    ZeRO-3 on {self.gpus} GPU(s){offload}, DeepSpeed estimate per GPU (model states, no "
+                     f"activations): this run {m['this_run']:.1f} GiB; full fine-tuning without offload "
+                     f"{m['full_finetune']:.1f} GiB; the seed's run used ~300 GB over 8 GPUs (~{300 / 8:.1f} GB each, "
+                     "activations included)")
         forms = "; ".join(f"{form} {t['tokens']:,.0f} ({t['images']:.0f} image(s) × {t['image_tokens']:,.0f} + "
                           f"{t['text_tokens']:,.0f} text)" for form, t in self.tokens.items())
         lines.append(f"  tokens:    prompt tokens per training row: {forms}")
@@ -138,17 +140,23 @@ def trainable_params(model: Any, model_type: str, train_cfg: DictConfig) -> tupl
         f"LoRA r{train_cfg.lora_rank} α{train_cfg.lora_alpha} on all-linear"
 
 
-def zero3_memory_gib(total: int, trainable: int, largest_layer: int, gpus: int) -> dict[str, float]:
-    """DeepSpeed's ZeRO-3 model-state estimate per GPU (no offload): all parameters trained, and this run."""
+def zero3_memory_gib(total: int, trainable: int, largest_layer: int, gpus: int, offload: bool = False
+                     ) -> dict[str, float]:
+    """DeepSpeed's ZeRO-3 model-state estimate per GPU: all parameters trained without offload, and this
+    run (its trainable set, with CPU offload of optimizer and parameters when ``offload``), plus the
+    CPU RAM per node the offload needs."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
-    def gpu(params: int) -> int:
-        _, gpu_mem, _ = estimate_zero3_model_states_mem_needs(params, largest_layer, num_gpus_per_node=gpus,
-                                                              cpu_offload=False, cpu_offload_params=False)
-        return gpu_mem
+    def estimate(params: int, cpu: bool) -> tuple[int, int]:
+        cpu_mem, gpu_mem, _ = estimate_zero3_model_states_mem_needs(params, largest_layer, num_gpus_per_node=gpus,
+                                                                    cpu_offload=cpu, cpu_offload_params=cpu)
+        return gpu_mem, cpu_mem
 
     frozen_bf16 = 2 * (total - trainable) / gpus  # frozen weights: bf16, partitioned, no grads or optimizer state
-    return {"full_finetune": gpu(total) / GIB, "this_run": (gpu(trainable) + frozen_bf16) / GIB}
+    gpu, cpu = estimate(trainable, offload)
+    this_run = gpu + (0 if offload else frozen_bf16)  # offloaded: the frozen weights live in CPU RAM too
+    return {"full_finetune": estimate(total, False)[0] / GIB, "this_run": this_run / GIB,
+            "cpu_per_node": (cpu + (2 * (total - trainable) if offload else 0)) / GIB if offload else 0.0}
 
 
 def largest_layer_params(model: Any) -> int:
@@ -224,5 +232,6 @@ def make_plan(cfg: DictConfig, rows_file: Path | None = None) -> Plan:
     tokenizer, note = plan_tokenizer(cfg)
     return Plan(model=str(cfg.model.path), source=source, params=params, trainable=trainable,
                 trainable_modules=modules, tuner=tuner, gpus=gpus,
-                memory_gib=zero3_memory_gib(params["total"], trainable, largest, gpus),
+                memory_gib=zero3_memory_gib(params["total"], trainable, largest, gpus,
+                                            offload="offload" in str(cfg.launcher.get("deepspeed") or "")),
                 tokens=prompt_tokens(cfg, tokenizer, rows_file), notes=[note] if note else [])

@@ -34,7 +34,7 @@ from typing import Any
 
 from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt, to_openai_content
-from patentqa.infer.engine import Sampling
+from patentqa.infer.engine import Reply, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +180,12 @@ class OpenAIEngine:
         response = self._request("POST", "/chat/completions",
                                  chat_request(prompt, model, sampling, self.factor, self.extra_body))
         try:
-            content = response["choices"][0]["message"]["content"]
+            choice = response["choices"][0]
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError) as error:
             raise ServerError(self._scrub(f"unexpected chat completion response: {str(response)[:500]}")) from error
-        return content or ""
+        return Reply(content or "", truncated=choice.get("finish_reason") == "length" if choice.get("finish_reason")
+                     else None)
 
     def generate(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None = None) -> list[str]:
         """One answer per prompt, in order; at most ``concurrency`` requests in flight."""

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt
-from patentqa.infer.engine import Sampling, Trace, model_dir
+from patentqa.infer.engine import Reply, Sampling, Trace, model_dir
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +197,13 @@ class TransformersEngine:
         with torch.inference_mode():
             output = self.model.generate(**batch, generation_config=config, output_logits=bool(top),
                                          return_dict_in_generate=bool(top))
-        if not top:
-            return [_complete(text) for text in
-                    self.processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
         eos = config.eos_token_id
         stop = set(eos if isinstance(eos, list) else [eos])
+        if not top:
+            new = output[:, batch["input_ids"].shape[1]:]
+            texts = self.processor.batch_decode(new, skip_special_tokens=True)
+            return [Reply(_complete(text), truncated=not (stop & set(ids)) and len(ids) >= config.max_new_tokens)
+                    for text, ids in zip(texts, new.tolist())]
         logprobs = torch.stack(output.logits, dim=1).float().log_softmax(dim=-1)  # (batch, steps, vocab)
         best = logprobs.topk(top, dim=-1)
         traces = []

