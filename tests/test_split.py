@@ -41,3 +41,23 @@ def test_leak_is_caught() -> None:
         assert_disjoint({"train": [Question("a", "x", "d.pdf")], "dev": [Question("b", "y", "d.pdf")]})
     with pytest.raises(ValueError):
         split_documents(DOCS, 0.5, 0.5, seed=0)
+
+
+def test_k_folds_cover_the_non_test_documents_once_and_keep_test_out() -> None:
+    from patentqa.data.split import fold_of
+
+    splits = [split_documents(DOCS, 0.2, 0.1, seed=3, folds=5, fold=k) for k in range(5)]
+    test = set(splits[0].test)
+    assert len(test) == 5 and all(set(s.test) == test for s in splits)  # the same held-out test in every fold
+    devs = [set(s.dev) for s in splits]
+    assert sorted(d for dev in devs for d in dev) == sorted(set(DOCS) - test)  # each non-test document once
+    assert all(len(dev) == 9 for dev in devs)
+    for s in splits:
+        assert not set(s.train) & set(s.dev) and not (set(s.train) | set(s.dev)) & test
+    assert splits == [split_documents(list(reversed(DOCS)), 0.3, 0.1, seed=3, folds=5, fold=k) for k in range(5)]
+    assert split_documents(DOCS, 0.2, 0.1, seed=4, folds=5, fold=0).dev != splits[0].dev  # fixed by (seed, K)
+    assert {d: k for k, dev in enumerate(devs) for d in dev} == fold_of(DOCS, 0.1, 3, 5)
+    with pytest.raises(ValueError, match="fold=5"):
+        split_documents(DOCS, 0.2, 0.1, seed=3, folds=5, fold=5)
+    with pytest.raises(ValueError, match="folds=1"):
+        split_documents(DOCS, 0.2, 0.1, seed=3, folds=1)

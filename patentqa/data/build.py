@@ -21,7 +21,8 @@ from patentqa.data.pages import RenderResult, RenderSpec, render_documents
 from patentqa.data.prompts import PromptConfig
 from patentqa.data.retrieval import RETRIEVERS, make_retriever, recall_report, style_examples
 from patentqa.data.sft import PromptedQuestion, eval_record, prompted, sft_rows, write_jsonl_atomic
-from patentqa.data.split import SPLITS, DocumentSplit, LeakageError, split_documents, split_questions
+from patentqa.data.split import (SPLITS, DocumentSplit, LeakageError, fold_of, split_documents,
+                                 split_questions)
 from patentqa.tracking import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,9 @@ def build_dataset(cfg: DictConfig) -> DatasetBuild:
             kept = [q for q in data.questions if q.round in rounds]
             data.other_rounds = len(data.questions) - len(kept)
             data.questions[:] = kept
-    split = split_documents(labelled.documents, cfg.data.split.dev, cfg.data.split.test, cfg.seed)
+    folds = cfg.data.get("folds")
+    split = split_documents(labelled.documents, cfg.data.split.dev, cfg.data.split.test, cfg.seed,
+                            folds, int(cfg.data.get("fold") or 0))
     questions = split_questions(labelled.questions, split)
     documents = {**(unlabelled.documents if unlabelled else {}), **labelled.documents}
     spec = render_spec(cfg)
@@ -272,6 +275,9 @@ def _manifest(cfg: DictConfig, data_dir: Path, labelled: SplitData, unlabelled: 
                    "question_files": {s: file_sha256(data_dir / s / f"{s}.jsonl") for s in files
                                       if (data_dir / s / f"{s}.jsonl").is_file()}},
         "documents": {name: list(split.of(name)) for name in SPLITS},
+        "folds": {"k": cfg.data.folds, "fold": cfg.data.fold,
+                  "of_document": fold_of(labelled.documents, cfg.data.split.test, cfg.seed, cfg.data.folds)}
+        if cfg.data.get("folds") else None,
         "questions": {name: len(qs) for name, qs in items.items()},
         "kinds": {name: _kinds(qs) for name, qs in items.items()},
         "forms": {name: dict(Counter(i.prompt.form for i in qs)) for name, qs in items.items()},

@@ -685,6 +685,9 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
     paired_blocks, paired_numbers = paired_section(loaded, base_run, metrics, resamples)
     failure_blocks, failure_numbers = failures_section(entries, max_tokens_chars)
     recall_blocks, recall_numbers = recall_section(loaded)
+    from patentqa.eval.study import study_section  # it reads runs through this module
+
+    study_blocks, study_numbers = study_section(loaded, resamples)
     plots = {"dev_curves.png": plot_dev_curves(loaded, metrics),
              "composite_by_run.png": plot_composite_bars(entries)}
     if kinds:
@@ -695,7 +698,7 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
         ("p", f"Generated {now} by `patentqa.eval.report` from each run's `eval/sweep.json`. Baseline: "
               f"**{base_run.label}**. Every number names its split: checkpoints are chosen on **dev** and "
               f"reported on **test**."),
-        *provenance(loaded), *main_table(entries, metrics),
+        *provenance(loaded), *main_table(entries, metrics), *study_blocks,
         ("img", "composite_by_run.png", "composite per run with 95% CI", plots["composite_by_run.png"]),
         *paired_blocks, *kinds_blocks, *recall_blocks,
         *([("img", "composite_per_kind.png", "composite per kind", plots["composite_per_kind.png"])] if kinds else []),
@@ -714,28 +717,39 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
                   "split": r.main.split} for r in loaded],
         "main": [{"label": e["label"], "split": e["split"], "checkpoint": e["scored"].checkpoint,
                   "n": len(e["scored"].rows), "metrics": e["stats"]} for e in entries],
-        "paired_vs_baseline": paired_numbers, "failures": failure_numbers, "recall_table": recall_numbers})
+        "paired_vs_baseline": paired_numbers, "failures": failure_numbers, "recall_table": recall_numbers,
+        "study": study_numbers})
     return out / "report.md"
 
 
 @dataclass
 class ReportArgs:
-    runs: list[str] = MISSING
+    runs: list[str] = MISSING               # run dirs, multirun or search dirs, or globs of them
     out: str = MISSING
-    baseline: Optional[str] = None          # default: the first of runs
+    baseline: Optional[str] = None          # default: the first run found
     title: Optional[str] = None
     resamples: int = 10000                  # paired-bootstrap resamples
     max_tokens_chars: Optional[int] = None  # raw answer this long = hit the token limit; default: infer.max_new_tokens
 
 
 def main(argv: list[str] | None = None) -> int:
+    from patentqa.eval.study import find_runs, search_dbs, search_page
+
     args = parse_args(ReportArgs, argv)
     if not args.runs:
         print("error: runs=[RUN_A,RUN_B,...] names no run", file=sys.stderr)
         return 2
     try:
-        path = build_report([Path(r) for r in args.runs], Path(args.baseline or args.runs[0]), Path(args.out),
-                            args.title, resamples=args.resamples, max_tokens_chars=args.max_tokens_chars)
+        found, skipped = find_runs(args.runs)
+        for note in skipped:
+            print(f"skipped {note}", file=sys.stderr)
+        for db in search_dbs(args.runs):
+            print(f"wrote {search_page(db, Path(args.out))} (search study)")
+        if not found:
+            print("error: no evaluated run (eval/sweep.json) among runs=", file=sys.stderr)
+            return 1
+        path = build_report(found, Path(args.baseline or found[0]), Path(args.out), args.title,
+                            resamples=args.resamples, max_tokens_chars=args.max_tokens_chars)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

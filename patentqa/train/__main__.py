@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,8 +22,18 @@ from patentqa.train.swift_args import SwiftArgError
 from patentqa.train.train import TrainFailed, train
 
 
+def objective(result: Any) -> float | None:
+    """The best checkpoint's dev score by ``eval.select_by`` (what a search maximizes); None without a sweep."""
+    if result is None or not result.sweep:
+        return None
+    best = result.sweep["best"]
+    value = (best.get("dev") or {}).get(result.sweep.get("select_by") or "composite")
+    return None if value is None else float(value)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Train one experiment; returns the best dev score (Hydra's sweepers, e.g. Optuna, read it)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -39,11 +50,12 @@ def main(cfg: DictConfig) -> None:
         print(f"\n{cfg.name}: {'training failed' if isinstance(error, TrainFailed) else 'error'} ({run_dir}):\n{error}",
               file=sys.stderr)
         if sweep:
-            return  # the manifest says failed; the other sweep members still run
+            return None  # the manifest says failed (a search marks the trial failed); other members still run
         sys.exit(error.exit_code if isinstance(error, TrainFailed) else 2)  # swift's own status
     if not cfg.dry_run:
         print(f"\ntraining succeeded: {run_dir}\n  checkpoints: {[c.path.name for c in result.checkpoints]}\n"
               f"  summary: {result.summary}")
+    return objective(result)
 
 
 if __name__ == "__main__":

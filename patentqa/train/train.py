@@ -148,7 +148,8 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
         "distributed": {"nnodes": int(cfg.launcher.get("nnodes") or 1),
                         "nproc_per_node": int(cfg.launcher.get("nproc_per_node") or 1),
                         "world_size": world_size(cfg), "deepspeed": cfg.launcher.get("deepspeed")},
-        "dataset": {"dir": str(data_dir), "manifest_sha256": _sha256(data_dir / "manifest.json")},
+        "dataset": {"dir": str(data_dir), "manifest_sha256": _sha256(data_dir / "manifest.json"),
+                    **_split_checks(data_dir / "manifest.json")},
         "seeds": {"seed": cfg.seed, "data_seed": cfg.seed}, "wandb": tracker.info(),
         "resumed_from": str(resume[0].path) if resume else None}))
     started = time.perf_counter()
@@ -204,6 +205,16 @@ def logged_world_size(log_path: Path) -> int | None:
         return None
     found = re.search(r"\bworld_size: (\d+)", log_path.read_text(encoding="utf-8", errors="replace"))
     return int(found.group(1)) if found else None
+
+
+def _split_checks(path: Path) -> dict[str, Any]:
+    """The dataset manifest's leakage checks and fold assignment, copied into the run manifest."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {"leakage": manifest.get("leakage"), "folds": manifest.get("folds"),
+            "split_sizes": manifest.get("questions")}
 
 
 def _sha256(path: Path) -> str | None:
