@@ -43,7 +43,7 @@ def test_overrides_reach_the_config() -> None:
 
 @pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm_8gpu"])
 def test_slurm_launcher_composes(launcher: str) -> None:
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import hydra_plugins.hydra_submitit_launcher  # noqa: F401  (a dev dependency: `make setup` installs it)
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 

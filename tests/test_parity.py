@@ -74,7 +74,7 @@ def processor(tiny_vl: Path) -> Any:
 @pytest.fixture(scope="module")
 def swift_train(tiny_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, SwiftEncode]:
     """(template, encode_rows): rows encoded exactly as ``swift sft`` encodes its dataset rows."""
-    pytest.importorskip("swift")
+    import swift  # noqa: F401  (`make setup` installs ms-swift)
     from swift import SftArguments
     from swift.dataset import load_dataset
 
@@ -265,7 +265,7 @@ print("GRIDS=" + json.dumps([template.encode(r)["image_grid_thw"].tolist() for r
 
 @pytest.mark.e2e
 def test_row_budget_wins_over_max_pixels_env(pages, tiny_vl: Path, tmp_path: Path) -> None:
-    pytest.importorskip("swift")
+    import swift  # noqa: F401  (`make setup` installs ms-swift)
     prompt = make_prompt(SMOKE, "figure_only", pages)  # budget 100352
     with_budget = to_swift_row(prompt, ANSWER)
     without = {k: v for k, v in with_budget.items() if k != "chat_template_kwargs"}

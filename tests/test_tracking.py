@@ -264,8 +264,7 @@ def test_real_swift_sft_logs_into_the_run(env: Path, tiny_vl: Path) -> None:
     from PIL import Image
 
     swift = Path(sys.executable).with_name("swift")
-    if not swift.exists():
-        pytest.skip("the `swift` command (ms-swift) is not installed")
+    assert swift.exists(), f"the `swift` command (ms-swift) is missing from {swift.parent}: run `make setup`"
     rows = []
     for i in range(4):
         Image.new("RGB", (112, 112), (60 * i, 255 - 60 * i, 128)).save(image := env / f"p{i}.png")
