@@ -156,12 +156,11 @@ def recall_table(cfg: DictConfig, pages: dict, questions: list[Question], docume
 
 def train_chains(cfg: DictConfig, data_dir: Path, questions: list[Question]) -> dict[str, str]:
     """Reasoning chains of training questions: the synthetic truth's, else ``python -m patentqa.data.chains``'s cache."""
-    from patentqa.data.chains import cache_path, cached_chains, chain_spec, synthetic_chains
+    from patentqa.data.chains import asking_config, cache_path, cached_chains, chain_spec, synthetic_chains
 
     if (data_dir / cfg.data.train_split / "truth").is_dir():
         return synthetic_chains(data_dir, cfg.data.train_split, [q.id for q in questions])
-    plain = OmegaConf.merge(cfg, {"prompt": {"target": "answer"}})  # the rows the chains were asked from
-    path = cache_path(Path(cfg.paths.cache_dir), dataset_key(plain), chain_spec(cfg))
+    path = cache_path(Path(cfg.paths.cache_dir), dataset_key(asking_config(cfg)), chain_spec(cfg))
     if not path.is_file():
         raise DataError(f"prompt.target=cot needs reasoning chains: run `python -m patentqa.data.chains` with this "
                         f"experiment first (expected {path})")

@@ -88,6 +88,13 @@ def synthetic_chains(data_dir: Path, split: str, question_ids: list[str]) -> dic
     return chains
 
 
+def asking_config(cfg: Any) -> Any:
+    """The config of the rows chains are asked from and cached under: the run's, with plain answer targets."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(cfg, {"prompt": {"target": "answer"}})
+
+
 def cache_path(cache_dir: Path, dataset_key: str, spec: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Path(cache_dir) / "chains" / f"{dataset_key}-{digest}" / "chains.jsonl"
@@ -114,8 +121,6 @@ def cached_chains(path: Path) -> dict[str, str]:
 
 def generate_chains(cfg: Any) -> dict[str, Any]:
     """Ask the configured engine for a chain per training question; cache; report acceptance by kind."""
-    from omegaconf import OmegaConf
-
     from patentqa.data.build import build_dataset
     from patentqa.data.prompts import PromptConfig, with_chain_request
     from patentqa.data.questions import parse_question
@@ -124,8 +129,7 @@ def generate_chains(cfg: Any) -> dict[str, Any]:
     from patentqa.infer.engines import make_engine
     from patentqa.tracking import atomic_write
 
-    plain = OmegaConf.merge(cfg, {"prompt": {"target": "answer"}})  # the rows to ask from: no chains needed yet
-    build = build_dataset(plain)
+    build = build_dataset(asking_config(cfg))  # the rows to ask from: no chains needed yet
     train = [q for q in build.questions["train"] if q.answer]
     config = PromptConfig.from_cfg(cfg.prompt)
     settings = cfg.data.chains

@@ -17,6 +17,11 @@ LETTERS = "ABCDEFGH"
 _OPTION = re.compile(r"^\s*([A-Ha-h])\s*[.．、:：)）]\s*(.*\S)?\s*$", re.S)
 
 
+def normalize_letter(text: str) -> str:
+    """An answer letter as stored and compared: NFKC, trimmed, upper case, no trailing dot (" b. " -> "B")."""
+    return unicodedata.normalize("NFKC", text).strip().upper().rstrip(".")
+
+
 def split_option(option: str) -> tuple[str, str] | None:
     """("B", "在12的下方") of "B. 在12的下方"; None when it does not start with a letter and a separator."""
     match = _OPTION.match(unicodedata.normalize("NFKC", option))
@@ -34,7 +39,7 @@ def check_options(options: Sequence[str], answer: Optional[str]) -> str | None:
     letters = [p[0] for p in parsed if p]
     if letters != list(LETTERS[:len(letters)]):
         return f"option letters must be {', '.join(LETTERS[:len(letters)])} in order, got {', '.join(letters)}"
-    if answer is not None and unicodedata.normalize("NFKC", answer).strip().upper().rstrip(".") not in letters:
+    if answer is not None and normalize_letter(answer) not in letters:
         return f"answer {answer!r} is not one of the option letters {', '.join(letters)}"
     return None
 

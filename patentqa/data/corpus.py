@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pymupdf
 
+from patentqa.data.choices import check_options, normalize_letter
 from patentqa.data.questions import asked_page
 
 MAX_QUESTION_CHARS = 2000  # longest real question is ~150 characters
@@ -156,8 +156,6 @@ def _check_row(row: Any, require_answer: bool) -> str | None:
     if options is not None:
         if not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
             return "field 'options' must be a list of strings"
-        from patentqa.data.choices import check_options
-
         return check_options(options, row.get("answer"))  # round A: letters A, B, C... and the answer among them
     return None
 
@@ -212,7 +210,7 @@ def _read_row(line: str, line_no: int, file: str, require_answer: bool, doc_dir:
     options = tuple(row["options"]) if row.get("options") is not None else None
     answer = row.get("answer")
     if options is not None and answer is not None:  # round A: "B." / " b " -> "B"
-        answer = unicodedata.normalize("NFKC", answer).strip().upper().rstrip(".")
+        answer = normalize_letter(answer)
     extra = {k: v for k, v in row.items() if k not in _KNOWN_FIELDS}
     result.questions.append(Question(qid, row["question"], name, answer, options, line_no, extra))
     return None

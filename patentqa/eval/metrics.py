@@ -175,8 +175,9 @@ def exact_match(prediction: str, answer: str) -> float:
 @register_metric("accuracy")
 def accuracy(prediction: str, answer: str) -> float:
     """Round A: the parsed option letter equals the gold letter (an unparsed reply is "" and scores 0)."""
-    return float(unicodedata.normalize("NFKC", prediction).strip().upper()
-                 == unicodedata.normalize("NFKC", answer).strip().upper().rstrip("."))
+    from patentqa.data.choices import normalize_letter
+
+    return float(normalize_letter(prediction) == normalize_letter(answer))
 
 
 @register_metric("exact_match_agcut")
@@ -289,6 +290,12 @@ def composite(scores: Mapping[str, float], weights: Mapping[str, float]) -> floa
     return sum(w * scores[name] for name, w in weights.items()) / total
 
 
+def metrics_for(items: Sequence[Mapping[str, Any]], metric_names: Iterable[str]) -> list[str]:
+    """The metrics reported for ``items``: those asked for, plus ``accuracy`` when a round-A item is among them."""
+    names = list(metric_names)
+    return names + (["accuracy"] if "accuracy" not in names and any(i.get("round") == "a" for i in items) else [])
+
+
 def score_items(items: Sequence[Mapping[str, Any]], metric_names: Iterable[str],
                 weights: Mapping[str, float] | None = None,
                 keep: Iterable[str] = ("id", "kind")) -> list[dict[str, Any]]:
@@ -299,7 +306,7 @@ def score_items(items: Sequence[Mapping[str, Any]], metric_names: Iterable[str],
     """
     metric_names = list(metric_names)
     choice = [item.get("round") == "a" for item in items]
-    names = list(dict.fromkeys([*metric_names, *(weights or {}), *(["accuracy"] if any(choice) else [])]))
+    names = list(dict.fromkeys([*metrics_for(items, metric_names), *(weights or {})]))
     metrics = [get_metric(name) for name in names]
     predictions = [str(item["prediction"]) for item in items]
     answers = [str(item["answer"]) for item in items]

@@ -25,8 +25,8 @@ from omegaconf import MISSING, OmegaConf
 
 from patentqa.cli import parse_args
 from patentqa.config import CONF_DIR
-from patentqa.eval.metrics import (COMPOSITE, MetricUnavailable, aggregate, configure_bertscore, resolve_weights,
-                                   score_items)
+from patentqa.eval.metrics import (COMPOSITE, MetricUnavailable, aggregate, configure_bertscore, metrics_for,
+                                   resolve_weights, score_items)
 from patentqa.tracking import atomic_write, package_versions, write_json_atomic
 
 KEEP = ("id", "kind", "round")  # fields copied from a prediction line into its scores line
@@ -99,12 +99,10 @@ def score_file(path: str | Path, metrics: Sequence[str] | None = None,
         conf = eval_defaults()
         metrics = conf["metrics"] if metrics is None else metrics
         weights = conf["composite"] if weights is None else weights
-    metric_names = list(metrics)
     resolved = resolve_weights(weights)
     items, bad = read_items(path, strict)
-    per_item = score_items(items, metric_names, resolved, keep=("line", *KEEP, *([by] if by else [])))
-    if any(item.get("round") == "a" for item in items) and "accuracy" not in metric_names:
-        metric_names.append("accuracy")
+    per_item = score_items(items, list(metrics), resolved, keep=("line", *KEEP, *([by] if by else [])))
+    metric_names = metrics_for(items, metrics)  # what the record lists: accuracy too when round A is in the file
     for row, item in zip(per_item, items):
         row["prediction"], row["answer"] = item["prediction"], item["answer"]
     default_scores, default_metrics = output_paths(path)

@@ -31,27 +31,28 @@ STUDY_AXES = ("seed", "data.fold")  # members of one variant differ only in thes
 FINAL_RULE = "the fold model with the highest best-on-dev score"
 
 
+def _expand(targets: list[str | Path]) -> list[Path]:
+    """Each target, or the paths its glob matches."""
+    return [Path(m) for target in targets for m in (sorted(glob.glob(str(target))) or [str(target)])]
+
+
 def find_runs(targets: list[str | Path]) -> tuple[list[Path], list[str]]:
     """Run dirs (with ``eval/sweep.json``) named by ``targets``: run dirs, multirun/search dirs or globs;
     plus a note for each dir found without a sweep (a failed or killed member)."""
     runs: list[Path] = []
     skipped: list[str] = []
-    for target in targets:
-        matches = sorted(glob.glob(str(target))) or [str(target)]
-        for match in map(Path, matches):
-            if (match / "eval" / "sweep.json").is_file():
-                runs.append(match)
-                continue
-            members = sorted((p for p in match.iterdir() if p.is_dir()), key=_member_order) if match.is_dir() else []
-            members = [m for m in members if (m / "manifest.json").is_file() or (m / "eval").is_dir()
-                       or (m / ".hydra").is_dir()]
-            if not members and not match.exists():
-                raise FileNotFoundError(f"{target}: no such run dir, multirun dir or glob match")
-            for member in members:
-                if (member / "eval" / "sweep.json").is_file():
-                    runs.append(member)
-                else:
-                    skipped.append(f"{member}: no eval/sweep.json (failed, killed or not evaluated)")
+    for match in _expand(targets):
+        if (match / "eval" / "sweep.json").is_file():
+            runs.append(match)
+            continue
+        if not match.exists():
+            raise FileNotFoundError(f"{match}: no such run dir, multirun dir or glob match")
+        members = sorted((p for p in match.iterdir() if p.is_dir()), key=_member_order) if match.is_dir() else []
+        for member in members:
+            if (member / "eval" / "sweep.json").is_file():
+                runs.append(member)
+            elif (member / "manifest.json").is_file() or (member / "eval").is_dir() or (member / ".hydra").is_dir():
+                skipped.append(f"{member}: no eval/sweep.json (failed, killed or not evaluated)")
     return list(dict.fromkeys(p.resolve() for p in runs)), skipped
 
 
@@ -277,12 +278,7 @@ def _seed_cells(seeds: dict[str, Any] | None) -> list[str]:
 
 def search_dbs(targets: list[str | Path]) -> list[Path]:
     """``optuna.db`` files of the search dirs among ``targets`` (globs expanded)."""
-    found = []
-    for target in targets:
-        for match in map(Path, sorted(glob.glob(str(target))) or [str(target)]):
-            if (match / "optuna.db").is_file():
-                found.append(match / "optuna.db")
-    return found
+    return [match / "optuna.db" for match in _expand(targets) if (match / "optuna.db").is_file()]
 
 
 def load_trials(db: Path) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from patentqa.data.corpus import Question
 from patentqa.eval.metrics import configure_bertscore, headline
 from patentqa.eval.score import score_file
 from patentqa.infer.engine import Engine
-from patentqa.infer.engines import make_engine
+from patentqa.infer.engines import full_checkpoint_model, make_engine
 from patentqa.infer.pipeline import PipelineSettings, answer_questions
 from patentqa.infer.run import answer_context
 from patentqa.tracking import Checkpoint, Tracker, checkpoints, write_json_atomic
@@ -39,15 +39,11 @@ def eval_key(cfg: DictConfig, build: DatasetBuild) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def is_full_checkpoint(checkpoint: Checkpoint | None) -> bool:
-    return checkpoint is not None and checkpoint.full
-
-
 def checkpoint_hash(checkpoint: Checkpoint | None) -> str:
     """Content hash of an adapter or a full checkpoint's weights (``base`` for the untuned model)."""
     if checkpoint is None:
         return BASE
-    patterns = ("config.json", "model*.safetensors") if is_full_checkpoint(checkpoint) else ("adapter_*",)
+    patterns = ("config.json", "model*.safetensors") if checkpoint.full else ("adapter_*",)
     digest = hashlib.sha256()
     for path in sorted({p for pattern in patterns for p in checkpoint.path.glob(pattern)}):
         digest.update(path.name.encode())
@@ -66,7 +62,7 @@ class Engines:
 
     def for_checkpoint(self, checkpoint: Checkpoint | None) -> tuple[Engine, str | None]:
         """(engine, adapter dir or None) that answers as ``checkpoint``."""
-        if not is_full_checkpoint(checkpoint):
+        if checkpoint is None or not checkpoint.full:
             if self.base is None:
                 self.base = make_engine(self.cfg.infer, self.cfg.model)
             return self.base, str(checkpoint.path) if checkpoint else None
@@ -74,8 +70,8 @@ class Engines:
         if path != checkpoint.path:
             if engine is not None:
                 engine.close()
-            model = OmegaConf.merge(self.cfg.model, {"path": str(checkpoint.path), "build_tiny": False})
-            self.full = (checkpoint.path, make_engine(self.cfg.infer, model))
+            self.full = (checkpoint.path, make_engine(self.cfg.infer, full_checkpoint_model(self.cfg.model,
+                                                                                          checkpoint.path)))
             self.full_loads += 1
         return self.full[1], None
 
@@ -214,7 +210,7 @@ def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None) -> dic
                  "baseline": best_name in baselines,
                  "dev": results[best_name]["headline"],
                  "test": on_test[best_name]["headline"] if best_name in on_test else None},
-        "full_checkpoints": sum(is_full_checkpoint(c) for _, c in targets),
+        "full_checkpoints": sum(c is not None and c.full for _, c in targets),
     }
     write_json_atomic(out_root / "sweep.json", report)
     if tracker is not None:

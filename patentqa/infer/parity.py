@@ -164,7 +164,7 @@ def engine_configs(cfg: DictConfig, tensor_parallel_size: int) -> tuple[DictConf
 def run_parity(args: ParityArgs) -> dict[str, Any]:
     """Load both engines for the run, compare, write the report."""
     from patentqa.data.build import build_dataset
-    from patentqa.infer.engines import make_engine
+    from patentqa.infer.engines import full_checkpoint_model, make_engine
 
     run_dir = Path(args.run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -176,7 +176,7 @@ def run_parity(args: ParityArgs) -> dict[str, Any]:
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
     # one pair of engines for the base model and its adapters, one pair per full checkpoint (its own weights)
     groups = [(cfg.model, [(BASE, None)] + adapters)] if args.base or adapters else []
-    groups += [(OmegaConf.merge(cfg.model, {"path": str(c.path), "build_tiny": False}), [(c.path.name, None)])
+    groups += [(full_checkpoint_model(cfg.model, c.path), [(c.path.name, None)])
                for c in picked if c.full]
     cases: list[dict[str, Any]] = []
     for model, targets in groups:

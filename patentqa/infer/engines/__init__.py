@@ -27,3 +27,10 @@ def make_engine(infer_cfg: Any, model_cfg: Any) -> Engine:
 
         return OpenAIEngine.from_config(infer_cfg, model_cfg)
     raise ValueError(f"unknown infer.name {name!r} (expected one of {', '.join(ENGINES)})")
+
+
+def full_checkpoint_model(model_cfg: Any, path: Any) -> Any:
+    """The model config that loads a full fine-tuning checkpoint dir as the model (weights from ``path``)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(model_cfg, {"path": str(path), "build_tiny": False})

@@ -184,8 +184,8 @@ class OpenAIEngine:
             content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError) as error:
             raise ServerError(self._scrub(f"unexpected chat completion response: {str(response)[:500]}")) from error
-        return Reply(content or "", truncated=choice.get("finish_reason") == "length" if choice.get("finish_reason")
-                     else None)
+        reason = choice.get("finish_reason")  # "length": cut at max_tokens; absent on some servers
+        return Reply(content or "", truncated=None if reason is None else reason == "length")
 
     def generate(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None = None) -> list[str]:
         """One answer per prompt, in order; at most ``concurrency`` requests in flight."""
