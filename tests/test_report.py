@@ -24,7 +24,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from patentqa.eval.metrics import headline
-from patentqa.eval.report import NO_TEST, build_report, fmt_ci, main
+from patentqa.eval.render import fmt_ci
+from patentqa.eval.report import build_report, main
+from patentqa.eval.runs import NO_TEST
 from patentqa.eval.score import score_file
 from patentqa.tracking import write_json_atomic
 
@@ -246,3 +248,27 @@ def test_same_experiment_twice_gets_distinct_labels(layout: dict[str, Path], tmp
     build_report([layout["baseline"], twin], layout["baseline"], tmp_path / "out", resamples=200)
     labels = [r["label"] for r in json.loads((tmp_path / "out" / "report.json").read_text())["runs"]]
     assert len(set(labels)) == 2 and all(label.startswith("baseline/") for label in labels)
+
+
+def test_html_in_headless_chromium(report: Path) -> None:
+    """The page a person opens: it renders (not blank), every plot loads, the console shows no error."""
+    from browser import open_page
+
+    page = open_page(report / "report.html")
+    assert page.ink > 0.05, f"screenshot nearly blank: {page.ink:.1%} of pixels inked"
+    assert len(page.images) == 3 and not page.broken_images, page.images
+    assert page.console_errors == []
+
+
+def test_browser_checks_can_fail(tmp_path: Path) -> None:
+    """The three checks catch what they look for: a blank page, a broken image, a console error."""
+    from browser import open_page
+
+    (tmp_path / "blank.html").write_text("<!DOCTYPE html><html><body></body></html>", encoding="utf-8")
+    (tmp_path / "broken.html").write_text(
+        '<!DOCTYPE html><html><body><h1>t</h1><img alt="x" src="data:image/png;base64,AAAA">'
+        "<script>console.error('boom')</script></body></html>", encoding="utf-8")
+    assert open_page(tmp_path / "blank.html").ink < 0.001
+    broken = open_page(tmp_path / "broken.html")
+    assert len(broken.broken_images) == 1
+    assert any("boom" in message for message in broken.console_errors)

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from patentqa.eval.metrics import COMPOSITE, bootstrap_ci, paired_bootstrap
+from patentqa.eval.render import Block, fmt, fmt_p, png, write_document
+from patentqa.eval.runs import IGNORED_CONFIG, Run, differing_keys, get
 
 STUDY_AXES = ("seed", "data.fold")  # members of one variant differ only in these
 FINAL_RULE = "the fold model with the highest best-on-dev score"
@@ -65,7 +67,7 @@ def _member_order(path: Path) -> tuple[int, str]:
 class Member:
     """One run of a variant: its place in the design and its scores."""
 
-    run: Any                    # report.Run
+    run: Run
     seed: int
     fold: int | None
     folds: int | None
@@ -80,21 +82,13 @@ class Variant:
     members: list[Member] = field(default_factory=list)
 
 
-def _value(run: Any, dotted: str) -> Any:
-    from patentqa.eval.report import _get
-
-    return _get(run.config, dotted)
+def _value(run: Run, dotted: str) -> Any:
+    return get(run.config, dotted)
 
 
-def group_variants(runs: list[Any]) -> list[Variant]:
+def group_variants(runs: list[Run]) -> list[Variant]:
     """Runs grouped by the config keys that differ, the study axes left out (first-seen order)."""
-    from patentqa.eval.report import IGNORED_CONFIG, _flatten
-
-    flat = [_flatten(run.config) for run in runs]
-    keys = sorted({k for f in flat for k in f})
-    ignored = (*IGNORED_CONFIG, *STUDY_AXES)
-    differ = [k for k in keys if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in ignored)
-              and len({f.get(k) for f in flat}) > 1]
+    flat, differ = differing_keys([run.config for run in runs], (*IGNORED_CONFIG, *STUDY_AXES))
     variants: dict[tuple, Variant] = {}
     for run, f in zip(runs, flat):
         values = tuple(f.get(k, "–") for k in differ)
@@ -149,7 +143,7 @@ def fold_summary(variant: Variant, resamples: int) -> dict[str, Any] | None:
     return out
 
 
-def _leakage(run: Any) -> dict[str, Any] | None:
+def _leakage(run: Run) -> dict[str, Any] | None:
     """The leakage checks of the dataset a run trained on (its dataset manifest)."""
     import json
 
@@ -211,14 +205,12 @@ def paired_variants(variants: list[Variant], resamples: int) -> list[dict[str, A
 
 # ---------------------------------------------------------------- the report's study section
 
-def study_section(runs: list[Any], resamples: int) -> tuple[list[tuple], dict[str, Any]]:
+def study_section(runs: list[Run], resamples: int) -> tuple[list[Block], dict[str, Any]]:
     """Blocks and numbers for the variants of a study (empty when no variant has several members)."""
-    from patentqa.eval.report import fmt, fmt_p
-
     variants = group_variants(runs)
     if all(len(v.members) < 2 for v in variants):
         return [], {}
-    blocks: list[tuple] = [("h", 2, "Study: variants over folds and seeds"),
+    blocks: list[Block] = [("h", 2, "Study: variants over folds and seeds"),
                            ("p", f"Runs grouped by the config keys that differ ({', '.join(STUDY_AXES)} are the "
                                  "study's axes, not variants). Scores are each run's `eval.select_by` on its best "
                                  "checkpoint.")]
@@ -266,8 +258,6 @@ def _leak_cell(leakage: dict[str, Any] | None) -> str:
 
 
 def _seed_cells(seeds: dict[str, Any] | None) -> list[str]:
-    from patentqa.eval.report import fmt
-
     if not seeds:
         return ["–", "one seed", "–", "–"]
     return [seeds["split"], f"{fmt(seeds['mean'])} ± {fmt(seeds['sd'])} ({len(seeds['per_seed'])} seeds)",
@@ -302,16 +292,12 @@ def load_trials(db: Path) -> list[dict[str, Any]]:
 
 def plot_params(trials: list[dict[str, Any]]) -> bytes:
     """The objective against each searched parameter (complete trials; the best one starred)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from patentqa.eval.report import _png
+    from matplotlib.figure import Figure
 
     done = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
     names = sorted({k for t in trials for k in t["params"]})
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.2 * max(len(names), 1), 3.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * max(len(names), 1), 3.4))
+    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
     best = max(done, key=lambda t: t["value"]) if done else None
     for ax, name in zip(axes[0], names):
         points = [(t["params"][name], t["value"]) for t in done if name in t["params"]]
@@ -326,13 +312,12 @@ def plot_params(trials: list[dict[str, Any]]) -> bytes:
         ax.grid(alpha=0.3)
     fig.suptitle("Search: objective against each parameter")
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def search_page(db: Path, out: Path) -> Path:
     """Write ``study.md``, ``study.html`` and ``study_params.png`` for one search into ``out``."""
-    from patentqa.eval.report import fmt, to_html, to_markdown
-    from patentqa.tracking import atomic_write, write_json_atomic
+    from patentqa.tracking import write_json_atomic
 
     trials = load_trials(db)
     names = sorted({k for t in trials for k in t["params"]})
@@ -340,7 +325,7 @@ def search_page(db: Path, out: Path) -> Path:
     best = max(done, key=lambda t: t["value"]) if done else None
     counts = {state: sum(t["state"] == state for t in trials) for state in sorted({t["state"] for t in trials})}
     title = f"Search: {', '.join(sorted({t['study'] for t in trials})) or db.parent.name}"
-    blocks: list[tuple] = [
+    blocks: list[Block] = [
         ("h", 1, title),
         ("p", f"Optuna study in `{db}` (Hydra's Optuna sweeper, resumable: a killed trial is marked FAIL as "
               "`interrupted` and rerun with its parameters). Objective: the best checkpoint's dev score."),
@@ -358,9 +343,6 @@ def search_page(db: Path, out: Path) -> Path:
              for k in names), fmt(t["value"]), Path(t["run_dir"]).name if t["run_dir"] else "–"] for t in trials]),
         ("h", 2, "Objective against each parameter"),
         ("img", "study_params.png", "objective against each parameter", plot_params(trials))]
-    out = Path(out)
-    atomic_write(out / "study_params.png", blocks[-1][3])
-    atomic_write(out / "study.md", to_markdown(blocks).encode("utf-8"))
-    atomic_write(out / "study.html", to_html(blocks, title).encode("utf-8"))
-    write_json_atomic(out / "study.json", {"db": str(db), "trials": trials, "best": best})
-    return out / "study.md"
+    path = write_document(Path(out), "study", blocks, title)
+    write_json_atomic(Path(out) / "study.json", {"db": str(db), "trials": trials, "best": best})
+    return path

@@ -1,0 +1,121 @@
+"""The report's plots (matplotlib's object API, no pyplot state; ASCII labels: no CJK font is assumed)."""
+from __future__ import annotations
+
+from typing import Any
+
+from patentqa.eval.metrics import COMPOSITE
+from patentqa.eval.render import ascii_label, png
+from patentqa.eval.runs import Run, stat
+
+
+def plot_dev_curves(runs: list[Run], metrics: list[str]) -> bytes:
+    """Dev score vs step per metric, one line per run, best checkpoint starred, base model dashed."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    cols = 2 if len(metrics) > 1 else 1
+    rows = (len(metrics) + cols - 1) // cols
+    fig = Figure(figsize=(6.2 * cols + 2.5, 3.8 * rows))
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for k, metric in enumerate(metrics):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for i, run in enumerate(runs):
+            points = sorted((c["step"], c["dev"].get(metric)) for c in run.sweep["checkpoints"]
+                            if c["dev"].get(metric) is not None)
+            if not points:
+                continue
+            name = ascii_label(run.label, f"run {i + 1}")
+            ax.plot([s for s, _ in points], [v for _, v in points], marker="o", color=colors[i], label=name)
+            best = run.sweep["best"]
+            if best["dev"].get(metric) is not None:
+                ax.plot([best["step"]], [best["dev"][metric]], marker="*", markersize=15, color=colors[i],
+                        markeredgecolor="black", linestyle="none")
+            base = (run.sweep.get("base") or {}).get("dev") or {}
+            if base.get(metric) is not None:
+                ax.axhline(base[metric], color=colors[i], linestyle="--", linewidth=1.2,
+                           label=f"{name}: base model")
+        ax.set_title(f"dev: {metric} per checkpoint", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{metric} (dev)")
+        steps = sorted({c["step"] for run in runs for c in run.sweep["checkpoints"]})
+        if 0 < len(steps) <= 12:
+            ax.set_xticks(steps)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        top = max(ax.get_ylim()[1], 0.05)  # scores are >= 0; a flat-zero metric gets a readable 0..0.05 axis
+        ax.set_ylim(-0.02 * top, top)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.grid(alpha=0.3)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    select = runs[0].sweep.get("select_by", COMPOSITE)
+    handles.append(Line2D([], [], marker="*", markersize=12, color="grey", markeredgecolor="black", linestyle="none"))
+    labels.append(f"checkpoint chosen on dev ({select})")
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.8, 0.97), fontsize=8, frameon=False)
+    return png(fig)
+
+
+def _bar_style(entry: dict[str, Any]) -> dict[str, Any]:
+    """Run colour; base models grey; hatched when the numbers come from dev (no test split)."""
+    return {"color": "#b0b0b0" if entry["is_base"] else entry["color"], "edgecolor": "black", "alpha": 0.9,
+            "hatch": "//" if entry["split"] != "test" else None}
+
+
+def plot_composite_bars(entries: list[dict[str, Any]]) -> bytes:
+    """Composite of each run's best checkpoint with its 95% CI (hatched: dev, no test split)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(4.5, 1.3 * len(entries) + 2), 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    highs = [e["stats"][COMPOSITE]["ci_high"] for e in entries if e["stats"].get(COMPOSITE)]
+    top = max(highs + [0.0]) * 1.12 or 1.0  # room for the value labels; all zero → 0..1
+    for i, entry in enumerate(entries):
+        stats = entry["stats"].get(COMPOSITE)
+        if stats is None:
+            continue
+        err = [[stats["mean"] - stats["ci_low"]], [stats["ci_high"] - stats["mean"]]]
+        ax.bar(i, stats["mean"], yerr=err, capsize=6, **_bar_style(entry))
+        ax.text(i, stats["ci_high"] + 0.01 * top, f"{stats['mean']:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(entries)), [e["plot_label"].replace(": ", "\n") + ("\n(test)" if e["split"] == "test"
+                                                                                 else "\n(dev: no test split)")
+                                        for e in entries], fontsize=8, rotation=25, ha="right")
+    ax.set_ylabel("composite (95% CI)")
+    ax.set_title("composite of the best checkpoint (chosen on dev) on test\n"
+                 "grey: base model; hatched: dev, the run has no test split", fontsize=9)
+    ax.set_ylim(0, top)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return png(fig)
+
+
+def plot_per_kind(entries: list[dict[str, Any]], kinds: list[str]) -> bytes:
+    """Composite per question kind, one bar per run in each group, with 95% CIs."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6.0, 1.1 * len(kinds) * max(1, len(entries)) * 0.6 + 3), 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(entries))
+    for j, entry in enumerate(entries):
+        xs, means, errs = [], [], [[], []]
+        for k, kind in enumerate(kinds):
+            stats = stat(entry["groups"].get(kind, {}), COMPOSITE)
+            if stats is None:
+                continue
+            xs.append(k - 0.4 + width * (j + 0.5))
+            means.append(stats["mean"])
+            errs[0].append(stats["mean"] - stats["ci_low"])
+            errs[1].append(stats["ci_high"] - stats["mean"])
+        split = "test" if entry["split"] == "test" else "dev: no test"
+        ax.bar(xs, means, width=width, yerr=errs, capsize=3, label=f"{entry['plot_label']} ({split})",
+               **_bar_style(entry))
+    ax.set_xticks(range(len(kinds)), [ascii_label(k, f"kind {i + 1}") for i, k in enumerate(kinds)], fontsize=8)
+    ax.set_ylabel("composite (95% CI)")
+    ax.set_title("composite per question kind (best checkpoint; split in legend)", fontsize=10)
+    highs = [s["ci_high"] for e in entries for g in e["groups"].values() if (s := stat(g, COMPOSITE))]
+    ax.set_ylim(0, max(highs + [0.0]) * 1.05 or 1.0)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    return png(fig)
+
