@@ -104,7 +104,7 @@ _ENV = _environment()
 
 def _named(block: Block) -> dict[str, Any]:
     kind = block[0]
-    fields = {"h": ("level", "text"), "p": ("text",), "ul": ("items",), "table": ("header", "rows"),
+    fields = {"h": ("level", "text"), "p": ("text",), "ul": ("entries",), "table": ("header", "rows"),
               "img": ("file", "alt", "png")}[kind]
     return {"kind": kind, **dict(zip(fields, block[1:]))}
 

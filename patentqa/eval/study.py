@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from patentqa.eval.metrics import COMPOSITE, bootstrap_ci, paired_bootstrap
-from patentqa.eval.render import Block, fmt, fmt_p, png, write_document
+from patentqa.eval.render import Block, ascii_label, fmt, fmt_p, png, write_document
 from patentqa.eval.runs import IGNORED_CONFIG, Run, differing_keys, get
 
 STUDY_AXES = ("seed", "data.fold")  # members of one variant differ only in these
@@ -236,6 +236,10 @@ def study_section(runs: list[Run], resamples: int) -> tuple[list[Block], dict[st
                 f"test, mean ± sd over fold models: {fmt(f['test_mean'])} ± {fmt(f['test_sd'])}",
                 f"final choice ({f['final']['rule']}): fold {f['final']['fold']}, test **{fmt(f['final']['test'])}**"]))
         rows.append([v.label, len(v.members), *_seed_cells(seeds)])
+    folded = [(v["label"], seed, f) for v in numbers["variants"] for seed, f in (v["folds"] or {}).items()]
+    if folded:
+        blocks.append(("img", "study_folds.png", "per-fold scores and the pooled out-of-fold score",
+                       plot_folds(folded)))
     blocks.append(("h", 3, "Seeds"))
     blocks.append(("table", ["variant", "runs", "split", "mean ± sd over seeds", "mean bootstrap 95% width",
                              "wider"], rows))
@@ -248,6 +252,36 @@ def study_section(runs: list[Run], resamples: int) -> tuple[list[Block], dict[st
                          f"[{fmt(p['ci_low'], True)}, {fmt(p['ci_high'], True)}]", fmt_p(p["p_value"])]
                         for p in paired]))
     return blocks, numbers
+
+
+def plot_folds(folded: list[tuple[str, int, dict[str, Any]]]) -> bytes:
+    """Per variant and seed: each fold's best-on-dev and test score, the pooled out-of-fold score with
+    its 95% CI, and the final choice's test score (starred)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(5.0, 1.8 * len(folded) + 2.5), 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (label, seed, f) in enumerate(folded):
+        dev = [p["dev"] for p in f["per_fold"] if p["dev"] is not None]
+        test = [p["test"] for p in f["per_fold"] if p["test"] is not None]
+        ax.scatter([i - 0.22] * len(dev), dev, color="C0", label="best on dev, per fold" if i == 0 else None)
+        ax.scatter([i + 0.22] * len(test), test, color="C1", marker="^", label="its test score" if i == 0 else None)
+        oof = f["oof"]
+        if oof["mean"] is not None:
+            ax.errorbar([i], [oof["mean"]], yerr=[[oof["mean"] - oof["ci_low"]], [oof["ci_high"] - oof["mean"]]],
+                        fmt="s", color="black", capsize=6, label="pooled out-of-fold, 95% CI" if i == 0 else None)
+        if f["final"]["test"] is not None:
+            ax.scatter([i + 0.22], [f["final"]["test"]], marker="*", s=240, color="C3", edgecolor="black",
+                       zorder=3, label="final choice on test" if i == 0 else None)
+    ax.set_xticks(range(len(folded)), [ascii_label(f"{label}\nseed {seed}", f"variant {i + 1}\nseed {seed}")
+                                       for i, (label, seed, _) in enumerate(folded)], fontsize=8)
+    ax.set_xlim(-0.6, len(folded) - 0.4)
+    ax.set_ylabel("score (eval.select_by; pooled: composite)")
+    ax.set_title(f"{folded[0][2]['k']}-fold by document: per fold, pooled, final choice", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    return png(fig)
 
 
 def _leak_cell(leakage: dict[str, Any] | None) -> str:

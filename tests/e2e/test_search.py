@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from browser import open_page
 from conftest import cache_root
 
 pytestmark = pytest.mark.e2e
@@ -54,6 +55,7 @@ def test_search_survives_kill_9_and_completes_exactly_3_trials(tmp_path: Path, t
     second = subprocess.run(search_command(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "1 of 3 trials complete" in second.stdout + second.stderr
+    assert "multirun: 2 job(s) (Optuna search: 2 trial(s) to run of n_trials=3 (1 complete))" in second.stdout
     states = trial_states(db)
     assert [s for _, s in states].count("COMPLETE") == 3, states  # not 4 or 5
     assert states[1] == (1, "FAIL")  # the interrupted trial, rerun as trial 2 with the same parameters
@@ -74,3 +76,5 @@ def test_search_survives_kill_9_and_completes_exactly_3_trials(tmp_path: Path, t
     study = (out / "study.md").read_text(encoding="utf-8")
     assert "Best trial" in study and "train.learning_rate" in study and "interrupted" in study
     assert (out / "study_params.png").is_file()
+    page = open_page(out / "study.html")  # the page a person opens renders, with its plot, without errors
+    assert page.ink > 0.02 and len(page.images) == 1 and not page.broken_images and not page.console_errors

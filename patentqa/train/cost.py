@@ -1,0 +1,196 @@
+"""What a multirun will do, printed before it starts: training runs, evaluations, and on SLURM GPU-hours.
+
+Hydra calls ``MultirunCost.on_multirun_start`` (``conf/hydra/default.yaml``, ``hydra.callbacks``)
+before the sweeper launches anything. Each job's config is composed as the sweeper would compose
+it (the basic sweeper's cartesian product; an Optuna search's trials still to run), then per job:
+
+- **training runs**: 1 unless ``train.enabled=false`` or ``dry_run=true``;
+- **steps and checkpoints**: ``train.max_steps``, else the built dataset's rows × epochs over the
+  global batch; swift saves every ``save_steps`` and at the last step;
+- **evaluations** (one model answering one split) with ``eval.after_train``: every checkpoint on dev,
+  the best on test, and the base model and baselines on both; a base model already scored for the
+  same data is reused, so this is an upper bound;
+- **GPU-hours** (SLURM launcher only): the dry-run plan's parameters and prompt tokens per row,
+  training FLOPs of ``6 N`` per token for LoRA (forward, recomputed forward under gradient
+  checkpointing, activation gradients), ``8 N`` for full fine-tuning, at ``launcher.gpu_tflops`` ×
+  ``launcher.mfu`` per GPU. Evaluation time is not included.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+MAX_COMPOSED = 64  # jobs composed one by one; a larger sweep is estimated from its first MAX_COMPOSED
+
+
+@dataclass
+class JobCost:
+    """One job of the multirun."""
+
+    trains: bool
+    steps: int | None
+    checkpoints: int | None
+    evaluations: int | None
+    gpu_hours: float | None = None
+    why_no_hours: str | None = None
+
+
+def job_overrides(config: DictConfig) -> tuple[list[list[str]], str]:
+    """The override list of each job still to run, and how they were counted (for the printout)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    sweeper = config.hydra.sweeper
+    target = str(sweeper.get("_target_", ""))
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    if "Optuna" in target:
+        fixed = [o for o in task if not parser.parse_override(o).is_sweep_override()]
+        todo, done = optuna_trials_left(sweeper)
+        return [fixed] * todo, f"Optuna search: {todo} trial(s) to run of n_trials={sweeper.n_trials}" + (
+            f" ({done} complete)" if done else "")
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(params + task), None)
+    return [job for batch in batches for job in batch], "the sweep's cartesian product"
+
+
+def optuna_trials_left(sweeper: DictConfig) -> tuple[int, int]:
+    """(trials still to run, trials complete) of a search; read only, the study is not touched."""
+    from patentqa.train.search import sqlite_path
+
+    n_trials = int(sweeper.n_trials)
+    path = sqlite_path(sweeper.get("storage"))
+    if sweeper.get("storage") is None or (path is not None and not path.is_file()):
+        return n_trials, 0
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=str(sweeper.study_name), storage=str(sweeper.storage))
+    except KeyError:
+        return n_trials, 0
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    resumable = "Resumable" in str(sweeper.get("_target_", ""))
+    return (max(0, n_trials - complete) if resumable else n_trials), complete
+
+
+def train_rows(cfg: DictConfig) -> int | None:
+    """Rows of the built training set for this job's config; None before it is built."""
+    from patentqa.data.build import dataset_dir
+
+    rows = dataset_dir(cfg) / "train.jsonl"
+    if not rows.is_file():
+        return None
+    with rows.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def world_size(cfg: DictConfig) -> int:
+    return int(cfg.launcher.get("nnodes") or 1) * int(cfg.launcher.get("nproc_per_node") or 1)
+
+
+def steps_of(cfg: DictConfig, rows: int | None) -> int | None:
+    """Optimizer steps: ``train.max_steps``, else rows × epochs over the global batch."""
+    if cfg.train.get("max_steps"):
+        return int(cfg.train.max_steps)
+    if rows is None:
+        return None
+    batch = int(cfg.train.per_device_train_batch_size) * int(cfg.train.gradient_accumulation_steps) * world_size(cfg)
+    return math.ceil(math.ceil(rows / batch) * float(cfg.train.num_train_epochs))
+
+
+def evaluations_of(cfg: DictConfig, checkpoints: int | None) -> int | None:
+    """Evaluations (one model, one split) of a job's checkpoint sweep; 0 without ``eval.after_train``."""
+    if cfg.dry_run or not cfg.eval.after_train:
+        return 0
+    extra = (1 if cfg.eval.include_base else 0) + len(cfg.eval.get("baselines") or [])
+    splits = 2 if float(cfg.data.split.get("test") or 0) > 0 else 1
+    if checkpoints is None:
+        return None
+    return checkpoints + (splits - 1) * min(checkpoints, 1) + splits * extra  # + the best one on test
+
+
+def gpu_hours(cfg: DictConfig, steps: int, rows_file: Path, plans: dict[str, Any]) -> float:
+    """Training GPU-hours from the dry-run plan (see module doc); plans cached by model/prompt/train/launcher."""
+    from patentqa.train.plan import make_plan
+
+    key = json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "prompt", "train", "launcher")},
+                     sort_keys=True, default=str)
+    if key not in plans:
+        plans[key] = make_plan(cfg, rows_file)
+    plan = plans[key]
+    forms = plan.tokens.values()
+    tokens = sum(f["tokens"] * f["rows"] for f in forms) / max(sum(f["rows"] for f in forms), 1)
+    per_token = (8 if cfg.train.tuner_type == "full" else 6) * plan.params["total"]
+    batch = int(cfg.train.per_device_train_batch_size) * int(cfg.train.gradient_accumulation_steps) * plan.gpus
+    flops = per_token * tokens * batch * steps
+    return flops / (float(cfg.launcher.gpu_tflops) * 1e12 * float(cfg.launcher.mfu)) / 3600
+
+
+def job_cost(cfg: DictConfig, slurm: bool, plans: dict[str, Any]) -> JobCost:
+    from patentqa.data.build import dataset_dir
+
+    trains = bool(cfg.train.enabled) and not cfg.dry_run
+    rows = train_rows(cfg)
+    steps = steps_of(cfg, rows) if trains else 0
+    save = int(cfg.train.save_steps or 0)
+    checkpoints = None if steps is None else math.ceil(steps / save) if save and steps else min(steps, 1)
+    cost = JobCost(trains, steps, checkpoints, evaluations_of(cfg, checkpoints))
+    if slurm and trains:
+        if steps is None:
+            cost.why_no_hours = "the dataset is not built yet (python -m patentqa.data +exp=NAME builds it)"
+        elif not cfg.launcher.get("gpu_tflops") or not cfg.launcher.get("mfu"):
+            cost.why_no_hours = f"launcher={cfg.launcher.name} sets no gpu_tflops / mfu"
+        else:
+            cost.gpu_hours = gpu_hours(cfg, steps, dataset_dir(cfg) / "train.jsonl", plans)
+    return cost
+
+
+def _total(values: list[int | float | None]) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "unknown"
+    text = f"{sum(known):,.1f}" if any(isinstance(v, float) for v in known) else f"{sum(known):,}"
+    return text if len(known) == len(values) else f"{text} + {len(values) - len(known)} job(s) unknown"
+
+
+def estimate(config: DictConfig) -> str:
+    """The lines printed before a multirun (see module doc)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    jobs, how = job_overrides(config)
+    slurm = "slurm" in str(config.hydra.launcher.get("_target_", "")).lower()
+    loader = GlobalHydra.instance().config_loader()
+    plans: dict[str, Any] = {}
+    costs = [job_cost(loader.load_sweep_config(config, list(job)), slurm, plans) for job in jobs[:MAX_COMPOSED]]
+    costs += costs[-1:] * (len(jobs) - len(costs)) if costs else []  # the rest estimated like the last composed
+    lines = [f"multirun: {len(jobs)} job(s) ({how})",
+             f"  training runs: {sum(c.trains for c in costs)}; optimizer steps: {_total([c.steps for c in costs])}",
+             f"  checkpoints: {_total([c.checkpoints for c in costs])}; evaluations (a model answering one split, "
+             f"base model reused where already scored): up to {_total([c.evaluations for c in costs])}"
+             + ("" if any(c.evaluations for c in costs) or not costs or config.eval.after_train else
+                " (eval.after_train=false: `python -m patentqa.eval run_dir=RUN` scores a run later)")]
+    if slurm:
+        hours = [c.gpu_hours for c in costs if c.trains]
+        why = sorted({c.why_no_hours for c in costs if c.why_no_hours})
+        lines.append(f"  GPU-hours (training, from the dry-run plan; evaluation not included): {_total(hours)}"
+                     + (f": {'; '.join(why)}" if why else ""))
+    return "\n".join(lines)
+
+
+class MultirunCost(Callback):
+    """Prints ``estimate`` when a multirun starts; an estimate that fails says so and the run goes on."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            print(estimate(config), flush=True)
+        except Exception as error:  # the estimate must never stop the sweep
+            print(f"multirun: cost not estimated ({type(error).__name__}: {error})", flush=True)

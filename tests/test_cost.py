@@ -1,0 +1,60 @@
+"""The cost a multirun prints before it starts (patentqa/train/cost.py), on configs composed by Hydra itself."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from patentqa.config import CONF_DIR
+from patentqa.train.cost import estimate, gpu_hours
+
+SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+
+
+def _multirun(task: list[str], launcher: str | None = None):
+    """The config Hydra hands ``on_multirun_start``: sweep overrides in ``hydra.overrides.task``."""
+    fixed = [o for o in task if "," not in o]
+    cfg = compose("config", overrides=fixed, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.overrides.task = task
+        if launcher:
+            cfg.hydra.launcher = {"_target_": launcher}
+    return cfg
+
+
+@pytest.fixture
+def hydra_conf():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield
+
+
+def test_fold_by_seed_study_counts_runs_and_evaluations(hydra_conf, tmp_path: Path) -> None:
+    text = estimate(_multirun(["+exp=smoke", f"paths.cache_dir={tmp_path}", "data.folds=3", "data.fold=0,1,2",
+                               "seed=0,1"]))
+    assert "multirun: 6 job(s)" in text
+    assert "training runs: 6; optimizer steps: 5,400" in text          # 900 steps each
+    # per job: checkpoints 225/450/675/900 on dev, the best on test, the base model on dev and test
+    assert "checkpoints: 24;" in text and "up to 42" in text
+    assert "GPU-hours" not in text                                    # not a SLURM launcher
+
+
+def test_unbuilt_dataset_and_base_only_runs(hydra_conf, tmp_path: Path) -> None:
+    text = estimate(_multirun(["+exp=lora_r8", f"paths.cache_dir={tmp_path}", "train.lora_rank=8,16"], SLURM))
+    assert "multirun: 2 job(s)" in text and "training runs: 2" in text
+    assert "optimizer steps: unknown" in text and "the dataset is not built yet" in text   # max_steps: from rows
+    base = estimate(_multirun(["+exp=smoke", f"paths.cache_dir={tmp_path}", "train.enabled=false",
+                               "retrieval=gme,none"]))
+    assert "training runs: 0" in base and "checkpoints: 0" in base and "up to 4" in base   # base: dev + test
+
+
+def test_gpu_hours_reproduce_the_seed_run(hydra_conf, tmp_path: Path) -> None:
+    """The seed's recipe (32B LoRA, 781 rows × 5 epochs, batch 8 × 16) took ~7 h on 8 A100s: ~56 GPU-hours."""
+    cfg = compose("config", overrides=["+exp=lora_r8", f"paths.cache_dir={tmp_path}"])
+    steps = -(-781 // (8 * 16)) * 5
+    hours = gpu_hours(cfg, steps, tmp_path / "no_rows.jsonl", {})
+    assert 40 < hours < 80, hours
+    with open_dict(cfg):
+        cfg.launcher.gpu_tflops = 989  # H100
+    assert gpu_hours(cfg, steps, tmp_path / "no_rows.jsonl", {}) == pytest.approx(hours * 312 / 989)
