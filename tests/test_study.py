@@ -39,9 +39,18 @@ def make_member(root: Path, job: int, rank: int, seed: int, fold: int) -> Path:
     """Job ``job`` of a multirun: a sweep with checkpoint-10 (worse) and checkpoint-20 (best on dev)."""
     run_dir = root / f"{job}_smoke-main"
     run_dir.mkdir(parents=True)
-    config = {"name": "smoke", "seed": seed, "data": {"folds": K, "fold": fold}, "train": {"lora_rank": rank},
-              "paths": {"root": str(root)}, "infer": {"max_new_tokens": 16}}
+    def config_of(synth_seed: Any, data_dir: str) -> dict[str, Any]:
+        return {"name": "smoke", "seed": seed, "train": {"lora_rank": rank}, "paths": {"root": str(root)},
+                "data": {"folds": K, "fold": fold, "dir": data_dir, "synth": {"seed": synth_seed}},
+                "infer": {"max_new_tokens": 16}}
+
+    # config.yaml is resolved: the synthetic set's seed and dir follow the run's seed; Hydra's
+    # .hydra/config.yaml keeps the interpolations, which are the same in every run
+    config = config_of(seed, f"{root}/data/synthetic-s{seed}")
     OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(
+        config_of("${seed}", "${paths.root}/data/synthetic-s${data.synth.seed}"))), encoding="utf-8")
     leakage = {"documents_disjoint": True, "no_heldout_question_in_train": True, "same_text_other_documents": 0}
     write_json_atomic(run_dir / "manifest.json", {"state": "succeeded", "name": "smoke", "config": config,
                                                   "dataset": {"leakage": leakage}})

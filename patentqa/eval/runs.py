@@ -49,6 +49,14 @@ class Run:
     main: Scored                             # best checkpoint on test, else on dev
     dev: Scored                              # best checkpoint on dev
     base: Scored | None = None               # base model on the main split
+    source_config: dict[str, Any] | None = None  # as composed, interpolations unresolved (Hydra's .hydra/config.yaml)
+
+    @property
+    def design_config(self) -> dict[str, Any]:
+        """The config runs are told apart by: unresolved where Hydra kept it, so a value derived from
+        a study axis (``data.synth.seed: ${seed}``, a data dir named after it) does not count as a
+        difference of its own."""
+        return self.source_config if self.source_config is not None else self.config
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -101,7 +109,9 @@ def load_run(run_dir: Path) -> Run:
     label = str(sweep.get("name") or manifest.get("name") or config.get("name") or run_dir.name)
     if sweep["best"].get("baseline"):  # a baseline-only run: name the row after the baseline
         label = str((sweep.get("baselines") or {}).get(best, {}).get("label") or best)
-    return Run(run_dir, label, manifest, config, sweep, main, dev, base)
+    source = run_dir / ".hydra" / "config.yaml"
+    source_config = OmegaConf.to_container(OmegaConf.load(source), resolve=False) if source.is_file() else None
+    return Run(run_dir, label, manifest, config, sweep, main, dev, base, source_config)
 
 
 def unique_labels(runs: list[Run]) -> None:

@@ -114,7 +114,7 @@ def provenance(runs: list[Run]) -> list[Block]:
         row("best checkpoint", lambda r: f"{r.sweep['best']['name']} (step {r.sweep['best']['step']})"),
     ]
     blocks: list[Block] = [("h", 2, "Provenance"), ("table", ["", *(r.label for r in runs)], rows)]
-    flat, keys = differing_keys([r.config for r in runs])
+    flat, keys = differing_keys([r.design_config for r in runs])
     if len(runs) > 1:
         blocks.append(("p", "Config keys that differ between the runs (paths, logging and placement left out):"
                        if keys else "The runs' configs do not differ (paths, logging and placement left out)."))

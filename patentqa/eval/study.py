@@ -88,7 +88,7 @@ def _value(run: Run, dotted: str) -> Any:
 
 def group_variants(runs: list[Run]) -> list[Variant]:
     """Runs grouped by the config keys that differ, the study axes left out (first-seen order)."""
-    flat, differ = differing_keys([run.config for run in runs], (*IGNORED_CONFIG, *STUDY_AXES))
+    flat, differ = differing_keys([run.design_config for run in runs], (*IGNORED_CONFIG, *STUDY_AXES))
     variants: dict[tuple, Variant] = {}
     for run, f in zip(runs, flat):
         values = tuple(f.get(k, "–") for k in differ)
