@@ -34,8 +34,8 @@ def test_fold_by_seed_study_counts_runs_and_evaluations(hydra_conf, tmp_path: Pa
     text = estimate(_multirun(["+exp=smoke", f"paths.cache_dir={tmp_path}", "data.folds=3", "data.fold=0,1,2",
                                "seed=0,1"]))
     assert "multirun: 6 job(s)" in text
-    assert "training runs: 6; optimizer steps: 5,400" in text          # 900 steps each
-    # per job: checkpoints 225/450/675/900 on dev, the best on test, the base model on dev and test
+    assert "training runs: 6; optimizer steps: 7,200" in text          # 1200 steps each
+    # per job: checkpoints 300/600/900/1200 on dev, the best on test, the base model on dev and test
     assert "checkpoints: 24;" in text and "up to 42" in text
     assert "GPU-hours" not in text                                    # not a SLURM launcher
 
