@@ -58,3 +58,15 @@ def test_gpu_hours_reproduce_the_seed_run(hydra_conf, tmp_path: Path) -> None:
     with open_dict(cfg):
         cfg.launcher.gpu_tflops = 989  # H100
     assert gpu_hours(cfg, steps, tmp_path / "no_rows.jsonl", {}) == pytest.approx(hours * 312 / 989)
+
+
+def test_steps_come_from_the_built_rows_when_max_steps_is_unset(hydra_conf, tmp_path: Path) -> None:
+    from patentqa.data.build import dataset_dir
+
+    task = ["+exp=lora_r8", f"paths.cache_dir={tmp_path}", "seed=0"]
+    rows = dataset_dir(compose("config", overrides=task)) / "train.jsonl"
+    rows.parent.mkdir(parents=True)
+    rows.write_text("{}\n" * 781, encoding="utf-8")   # the seed's 781 rows
+    text = estimate(_multirun([*task[:-1], "train.lora_rank=8,16"]))
+    # batch 1 x 16 accumulation x 8 GPUs = 128 rows a step: 7 steps an epoch x 5 epochs; a save every 50
+    assert "training runs: 2; optimizer steps: 70" in text and "checkpoints: 2;" in text

@@ -82,14 +82,11 @@ def optuna_trials_left(sweeper: DictConfig) -> tuple[int, int]:
     return (max(0, n_trials - complete) if resumable else n_trials), complete
 
 
-def train_rows(cfg: DictConfig) -> int | None:
-    """Rows of the built training set for this job's config; None before it is built."""
-    from patentqa.data.build import dataset_dir
-
-    rows = dataset_dir(cfg) / "train.jsonl"
-    if not rows.is_file():
+def train_rows(rows_file: Path) -> int | None:
+    """Rows of a built training set; None before it is built."""
+    if not rows_file.is_file():
         return None
-    with rows.open("rb") as handle:
+    with rows_file.open("rb") as handle:
         return sum(1 for line in handle if line.strip())
 
 
@@ -139,8 +136,8 @@ def job_cost(cfg: DictConfig, slurm: bool, plans: dict[str, Any]) -> JobCost:
     from patentqa.data.build import dataset_dir
 
     trains = bool(cfg.train.enabled) and not cfg.dry_run
-    rows = train_rows(cfg)
-    steps = steps_of(cfg, rows) if trains else 0
+    rows_file = dataset_dir(cfg) / "train.jsonl"
+    steps = steps_of(cfg, train_rows(rows_file)) if trains else 0
     save = int(cfg.train.save_steps or 0)
     checkpoints = None if steps is None else math.ceil(steps / save) if save and steps else min(steps, 1)
     cost = JobCost(trains, steps, checkpoints, evaluations_of(cfg, checkpoints))
@@ -150,7 +147,7 @@ def job_cost(cfg: DictConfig, slurm: bool, plans: dict[str, Any]) -> JobCost:
         elif not cfg.launcher.get("gpu_tflops") or not cfg.launcher.get("mfu"):
             cost.why_no_hours = f"launcher={cfg.launcher.name} sets no gpu_tflops / mfu"
         else:
-            cost.gpu_hours = gpu_hours(cfg, steps, dataset_dir(cfg) / "train.jsonl", plans)
+            cost.gpu_hours = gpu_hours(cfg, steps, rows_file, plans)
     return cost
 
 
