@@ -61,8 +61,7 @@ def open_page(page: Path) -> PageCheck:
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
-        driver.get(Path(page).resolve().as_uri())
-        driver.execute_script("return document.readyState")
+        driver.get(Path(page).resolve().as_uri())  # returns once the page has loaded
         images = driver.execute_script(IMAGES_JS)
         errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"))

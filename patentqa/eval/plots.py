@@ -1,4 +1,5 @@
-"""The report's plots (matplotlib's object API, no pyplot state; ASCII labels: no CJK font is assumed)."""
+"""The report's and the study's plots (matplotlib's object API, no pyplot state; ASCII labels: no CJK
+font is assumed)."""
 from __future__ import annotations
 
 from typing import Any
@@ -119,3 +120,57 @@ def plot_per_kind(entries: list[dict[str, Any]], kinds: list[str]) -> bytes:
     fig.tight_layout()
     return png(fig)
 
+
+def plot_folds(folded: list[tuple[str, int, dict[str, Any]]]) -> bytes:
+    """Per variant and seed: each fold's best-on-dev and test score, the pooled out-of-fold score with
+    its 95% CI, and the final choice's test score (starred)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(5.0, 1.8 * len(folded) + 2.5), 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (label, seed, f) in enumerate(folded):
+        dev = [p["dev"] for p in f["per_fold"] if p["dev"] is not None]
+        test = [p["test"] for p in f["per_fold"] if p["test"] is not None]
+        ax.scatter([i - 0.22] * len(dev), dev, color="C0", label="best on dev, per fold" if i == 0 else None)
+        ax.scatter([i + 0.22] * len(test), test, color="C1", marker="^", label="its test score" if i == 0 else None)
+        oof = f["oof"]
+        if oof["mean"] is not None:
+            ax.errorbar([i], [oof["mean"]], yerr=[[oof["mean"] - oof["ci_low"]], [oof["ci_high"] - oof["mean"]]],
+                        fmt="s", color="black", capsize=6, label="pooled out-of-fold, 95% CI" if i == 0 else None)
+        if f["final"]["test"] is not None:
+            ax.scatter([i + 0.22], [f["final"]["test"]], marker="*", s=240, color="C3", edgecolor="black",
+                       zorder=3, label="final choice on test" if i == 0 else None)
+    ax.set_xticks(range(len(folded)), [ascii_label(f"{label}\nseed {seed}", f"variant {i + 1}\nseed {seed}")
+                                       for i, (label, seed, _) in enumerate(folded)], fontsize=8)
+    ax.set_xlim(-0.6, len(folded) - 0.4)
+    ax.set_ylabel("score (eval.select_by; pooled: composite)")
+    ax.set_title(f"{folded[0][2]['k']}-fold by document: per fold, pooled, final choice", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    return png(fig)
+
+
+def plot_params(trials: list[dict[str, Any]]) -> bytes:
+    """The objective against each searched parameter (complete trials; the best one starred)."""
+    from matplotlib.figure import Figure
+
+    done = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
+    names = sorted({k for t in trials for k in t["params"]})
+    fig = Figure(figsize=(4.2 * max(len(names), 1), 3.4))
+    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
+    best = max(done, key=lambda t: t["value"]) if done else None
+    for ax, name in zip(axes[0], names):
+        points = [(t["params"][name], t["value"]) for t in done if name in t["params"]]
+        ax.scatter([p[0] for p in points], [p[1] for p in points], color="C0")
+        if best and name in best["params"]:
+            ax.scatter([best["params"][name]], [best["value"]], marker="*", s=220, color="C3", label="best")
+            ax.legend(loc="best", fontsize=8)
+        if any(name in t["log_params"] for t in trials):
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel("objective (best dev score)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Search: objective against each parameter")
+    fig.tight_layout()
+    return png(fig)

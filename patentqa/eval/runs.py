@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from patentqa.eval.score import read_items
 
-BASE = "base"            # the sweep's name for the untuned model
+BASE = "base"            # the sweep's name for the untuned model (eval.include_base)
 NO_TEST = "dev — no test split"
 # Config keys that never make two runs differ in a way worth listing.
 IGNORED_CONFIG = ("paths.", "name", "tags", "hydra.", "logger.", "dry_run", "resume", "checkpoint", "split",
@@ -121,7 +121,6 @@ def unique_labels(runs: list[Run]) -> None:
         for i, run in enumerate(runs):
             if counts[run.label] > 1:
                 run.label += suffix(i, run)
-
 
 
 # ---------------------------------------------------------------- configs

@@ -72,7 +72,6 @@ def item_deltas(baseline: Scored, run: Scored) -> list[tuple[float, str]]:
     return sorted(deltas)
 
 
-
 # ---------------------------------------------------------------- sections
 
 def provenance(runs: list[Run]) -> list[Block]:

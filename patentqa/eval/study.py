@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from patentqa.eval.metrics import COMPOSITE, bootstrap_ci, paired_bootstrap
-from patentqa.eval.render import Block, ascii_label, fmt, fmt_p, png, write_document
+from patentqa.eval.plots import plot_folds, plot_params
+from patentqa.eval.render import Block, fmt, fmt_p, write_document
 from patentqa.eval.runs import IGNORED_CONFIG, Run, differing_keys, get
 
 STUDY_AXES = ("seed", "data.fold")  # members of one variant differ only in these
@@ -254,36 +255,6 @@ def study_section(runs: list[Run], resamples: int) -> tuple[list[Block], dict[st
     return blocks, numbers
 
 
-def plot_folds(folded: list[tuple[str, int, dict[str, Any]]]) -> bytes:
-    """Per variant and seed: each fold's best-on-dev and test score, the pooled out-of-fold score with
-    its 95% CI, and the final choice's test score (starred)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(5.0, 1.8 * len(folded) + 2.5), 4.0))
-    ax = fig.add_subplot(1, 1, 1)
-    for i, (label, seed, f) in enumerate(folded):
-        dev = [p["dev"] for p in f["per_fold"] if p["dev"] is not None]
-        test = [p["test"] for p in f["per_fold"] if p["test"] is not None]
-        ax.scatter([i - 0.22] * len(dev), dev, color="C0", label="best on dev, per fold" if i == 0 else None)
-        ax.scatter([i + 0.22] * len(test), test, color="C1", marker="^", label="its test score" if i == 0 else None)
-        oof = f["oof"]
-        if oof["mean"] is not None:
-            ax.errorbar([i], [oof["mean"]], yerr=[[oof["mean"] - oof["ci_low"]], [oof["ci_high"] - oof["mean"]]],
-                        fmt="s", color="black", capsize=6, label="pooled out-of-fold, 95% CI" if i == 0 else None)
-        if f["final"]["test"] is not None:
-            ax.scatter([i + 0.22], [f["final"]["test"]], marker="*", s=240, color="C3", edgecolor="black",
-                       zorder=3, label="final choice on test" if i == 0 else None)
-    ax.set_xticks(range(len(folded)), [ascii_label(f"{label}\nseed {seed}", f"variant {i + 1}\nseed {seed}")
-                                       for i, (label, seed, _) in enumerate(folded)], fontsize=8)
-    ax.set_xlim(-0.6, len(folded) - 0.4)
-    ax.set_ylabel("score (eval.select_by; pooled: composite)")
-    ax.set_title(f"{folded[0][2]['k']}-fold by document: per fold, pooled, final choice", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    fig.tight_layout()
-    return png(fig)
-
-
 def _leak_cell(leakage: dict[str, Any] | None) -> str:
     if not leakage:
         return "–"
@@ -322,31 +293,6 @@ def load_trials(db: Path) -> list[dict[str, Any]]:
                          "interrupted": bool(trial.user_attrs.get("interrupted")),
                          "run_dir": str(run_dir) if run_dir else None})
     return rows
-
-
-def plot_params(trials: list[dict[str, Any]]) -> bytes:
-    """The objective against each searched parameter (complete trials; the best one starred)."""
-    from matplotlib.figure import Figure
-
-    done = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
-    names = sorted({k for t in trials for k in t["params"]})
-    fig = Figure(figsize=(4.2 * max(len(names), 1), 3.4))
-    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
-    best = max(done, key=lambda t: t["value"]) if done else None
-    for ax, name in zip(axes[0], names):
-        points = [(t["params"][name], t["value"]) for t in done if name in t["params"]]
-        ax.scatter([p[0] for p in points], [p[1] for p in points], color="C0")
-        if best and name in best["params"]:
-            ax.scatter([best["params"][name]], [best["value"]], marker="*", s=220, color="C3", label="best")
-            ax.legend(loc="best", fontsize=8)
-        if any(name in t["log_params"] for t in trials):
-            ax.set_xscale("log")
-        ax.set_xlabel(name)
-        ax.set_ylabel("objective (best dev score)")
-        ax.grid(alpha=0.3)
-    fig.suptitle("Search: objective against each parameter")
-    fig.tight_layout()
-    return png(fig)
 
 
 def search_page(db: Path, out: Path) -> Path:

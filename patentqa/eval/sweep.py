@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from patentqa.data.build import DatasetBuild, build_dataset
 from patentqa.data.corpus import Question
 from patentqa.eval.metrics import configure_bertscore, headline
+from patentqa.eval.runs import BASE
 from patentqa.eval.score import score_file
 from patentqa.infer.engine import Engine
 from patentqa.infer.engines import full_checkpoint_model, make_engine
@@ -26,7 +27,6 @@ from patentqa.infer.pipeline import PipelineSettings, answer_questions
 from patentqa.infer.run import answer_context
 from patentqa.tracking import Checkpoint, Tracker, checkpoints, write_json_atomic
 
-BASE = "base"  # the untuned model, evaluated beside the checkpoints when eval.include_base
 
 
 def eval_key(cfg: DictConfig, build: DatasetBuild) -> str:

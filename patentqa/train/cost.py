@@ -90,8 +90,11 @@ def train_rows(rows_file: Path) -> int | None:
         return sum(1 for line in handle if line.strip())
 
 
-def world_size(cfg: DictConfig) -> int:
-    return int(cfg.launcher.get("nnodes") or 1) * int(cfg.launcher.get("nproc_per_node") or 1)
+def global_batch(cfg: DictConfig) -> int:
+    """Rows per optimizer step: per-device batch × accumulation × training processes."""
+    from patentqa.train.launch import world_size
+
+    return int(cfg.train.per_device_train_batch_size) * int(cfg.train.gradient_accumulation_steps) * world_size(cfg)
 
 
 def steps_of(cfg: DictConfig, rows: int | None) -> int | None:
@@ -100,8 +103,7 @@ def steps_of(cfg: DictConfig, rows: int | None) -> int | None:
         return int(cfg.train.max_steps)
     if rows is None:
         return None
-    batch = int(cfg.train.per_device_train_batch_size) * int(cfg.train.gradient_accumulation_steps) * world_size(cfg)
-    return math.ceil(math.ceil(rows / batch) * float(cfg.train.num_train_epochs))
+    return math.ceil(math.ceil(rows / global_batch(cfg)) * float(cfg.train.num_train_epochs))
 
 
 def evaluations_of(cfg: DictConfig, checkpoints: int | None) -> int | None:
@@ -127,8 +129,7 @@ def gpu_hours(cfg: DictConfig, steps: int, rows_file: Path, plans: dict[str, Any
     forms = plan.tokens.values()
     tokens = sum(f["tokens"] * f["rows"] for f in forms) / max(sum(f["rows"] for f in forms), 1)
     per_token = (8 if cfg.train.tuner_type == "full" else 6) * plan.params["total"]
-    batch = int(cfg.train.per_device_train_batch_size) * int(cfg.train.gradient_accumulation_steps) * plan.gpus
-    flops = per_token * tokens * batch * steps
+    flops = per_token * tokens * global_batch(cfg) * steps
     return flops / (float(cfg.launcher.gpu_tflops) * 1e12 * float(cfg.launcher.mfu)) / 3600
 
 
@@ -167,7 +168,11 @@ def estimate(config: DictConfig) -> str:
     slurm = "slurm" in str(config.hydra.launcher.get("_target_", "")).lower()
     loader = GlobalHydra.instance().config_loader()
     plans: dict[str, Any] = {}
-    costs = [job_cost(loader.load_sweep_config(config, list(job)), slurm, plans) for job in jobs[:MAX_COMPOSED]]
+    composed: dict[tuple[str, ...], JobCost] = {}  # an Optuna search's trials share one override list
+    for job in map(tuple, jobs[:MAX_COMPOSED]):
+        if job not in composed:
+            composed[job] = job_cost(loader.load_sweep_config(config, list(job)), slurm, plans)
+    costs = [composed[tuple(job)] for job in jobs[:MAX_COMPOSED]]
     costs += costs[-1:] * (len(jobs) - len(costs)) if costs else []  # the rest estimated like the last composed
     lines = [f"multirun: {len(jobs)} job(s) ({how})",
              f"  training runs: {sum(c.trains for c in costs)}; optimizer steps: {_total([c.steps for c in costs])}",

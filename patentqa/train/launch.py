@@ -14,6 +14,11 @@ from omegaconf import DictConfig
 LAUNCH_VARS = ("NPROC_PER_NODE", "CUDA_VISIBLE_DEVICES", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+def world_size(cfg: DictConfig) -> int:
+    """Training processes of the whole job: nodes × processes per node."""
+    return int(cfg.launcher.get("nnodes") or 1) * int(cfg.launcher.get("nproc_per_node") or 1)
+
+
 def launch_env(cfg: DictConfig) -> dict[str, str]:
     """The environment that decides how swift runs: processes, devices, nodes, image budget."""
     launcher = cfg.launcher

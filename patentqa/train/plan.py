@@ -228,7 +228,9 @@ def make_plan(cfg: DictConfig, rows_file: Path | None = None) -> Plan:
     params = tower_params(model)
     largest = largest_layer_params(model)
     trainable, modules, tuner = trainable_params(model, str(cfg.model.model_type), cfg.train)
-    gpus = int(cfg.launcher.get("nnodes") or 1) * int(cfg.launcher.get("nproc_per_node") or 1)
+    from patentqa.train.launch import world_size
+
+    gpus = world_size(cfg)
     tokenizer, note = plan_tokenizer(cfg)
     return Plan(model=str(cfg.model.path), source=source, params=params, trainable=trainable,
                 trainable_modules=modules, tuner=tuner, gpus=gpus,

@@ -21,7 +21,7 @@ from patentqa.data.corpus import DataError
 from patentqa.tracking import Checkpoint, Tracker, checkpoints, run_manifest, scrub, update_manifest, write_json_atomic
 from patentqa.train import swift_args
 from patentqa.train.launch import (RANKS_APART, child_env, launch_env, ranks_trained_apart, run_streaming,
-                                   swift_executable, swift_summary)
+                                   swift_executable, swift_summary, world_size)
 
 
 class TrainFailed(RuntimeError):
@@ -67,11 +67,6 @@ def find_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Checkpoint, dict[
 def node_rank(cfg: DictConfig) -> int:
     """This node's rank in a multi-node job (0 when the launcher has none)."""
     return int(cfg.launcher.get("node_rank") or 0)
-
-
-def world_size(cfg: DictConfig) -> int:
-    """Training processes of the whole job: nodes × processes per node."""
-    return int(cfg.launcher.get("nnodes") or 1) * int(cfg.launcher.get("nproc_per_node") or 1)
 
 
 def wait_for_rank0(cfg: DictConfig, run_dir: Path, poll_s: float = 2.0) -> Path:
