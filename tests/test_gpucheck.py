@@ -1,0 +1,37 @@
+"""The node check's own logic: the GPU form refuses a machine without CUDA; the memory rule catches an overlap."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from patentqa.gpucheck import Check, Context, environment_check, format_table, one_model_at_a_time
+
+
+def test_gpu_form_fails_on_this_cpu_machine_and_names_the_cause(tmp_path: Path) -> None:
+    ok, detail = environment_check(Context(out=tmp_path, form="gpu", ranks=8, steps=2, timeout_s=1))
+    assert not ok
+    assert "sees no GPU" in detail or "CPU-only build" in detail
+    assert "vLLM is not on its CUDA platform" in detail
+    assert environment_check(Context(out=tmp_path, form="cpu", ranks=2, steps=2, timeout_s=1))[0]
+
+
+def write_log(path: Path, events: list[tuple[str, str, int]]) -> Path:
+    path.write_text("".join(json.dumps({"event": e, "kind": "engine", "name": n, "pid": pid}) + "\n"
+                            for e, n, pid in events))
+    return path
+
+
+def test_memory_rule_passes_in_turn_and_fails_on_an_overlap(tmp_path: Path) -> None:
+    in_turn = write_log(tmp_path / "a.jsonl", [("load", "hf", 1), ("release", "hf", 1), ("load", "vllm", 1),
+                                               ("release", "vllm", 1), ("load", "gme", 2)])
+    assert one_model_at_a_time(in_turn) == (True, "3 loads, never two alive at once")
+    overlap = write_log(tmp_path / "b.jsonl", [("load", "hf", 1), ("load", "vllm", 1), ("release", "vllm", 1)])
+    ok, detail = one_model_at_a_time(overlap)
+    assert not ok and "engine:vllm loaded while engine:hf alive" in detail
+    assert not one_model_at_a_time(tmp_path / "missing.jsonl")[0]
+    assert not one_model_at_a_time(write_log(tmp_path / "c.jsonl", []))[0]
+
+
+def test_table_marks_failures_and_points_at_the_log() -> None:
+    table = format_table([Check("environment", True, 1.0, "ok"), Check("sft_1_rank", False, 2.0, "exit 1", "/x.log")])
+    assert "PASS" in table.splitlines()[1] and "FAIL" in table.splitlines()[2] and "log: /x.log" in table
