@@ -368,10 +368,49 @@ def _build_qwen2_5_vl(out: Path, recipe: dict[str, Any]) -> None:
     _build(out, recipe, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor)
 
 
+# The key layout of the published GME checkpoints (Alibaba-NLP/gme-Qwen2-VL-{2B,7B}-Instruct): they
+# were saved by transformers < 4.52's Qwen2VLForConditionalGeneration, whose modules are ``visual``
+# (tower + merger), ``model`` (the text decoder) and ``lm_head``; the repos' own gme_inference.py
+# reads them as ``self.base.visual`` and ``self.base.model.embed_tokens`` (read in the copy at
+# TIGER-AI-Lab/VLM2Vec src/model/vlm_backbone/gme/gme_inference.py). vLLM 0.32's qwen2_vl.py maps
+# the same prefixes ("mapping for original checkpoint"), and transformers 5 renames them on load
+# (conversion_mapping.py, Qwen2VLForConditionalGeneration: ^visual -> model.visual, ^model ->
+# model.language_model). The tiny embedder is written in this layout, so it loads by GME's path.
+GME_LAYOUT = {"visual.": "model.visual.", "model.": "model.language_model.", "lm_head.": "lm_head."}
+
+
+def gme_layout(keys: list[str]) -> dict[str, str]:
+    """``{transformers 5 key: GME key}`` for a Qwen2-VL state dict saved in either layout."""
+    renamed = {}
+    for key in keys:
+        for ours, theirs in GME_LAYOUT.items():
+            if key.startswith(theirs):
+                renamed[key] = ours + key[len(theirs):]
+                break
+        else:
+            renamed[key] = key
+    return renamed
+
+
+def _to_gme_layout(out: Path) -> None:
+    """Rewrite ``out/model.safetensors`` in GME's key layout (a no-op when transformers saved it so)."""
+    from safetensors.torch import load_file, save_file
+
+    path = out / "model.safetensors"
+    weights = load_file(path)
+    renamed = gme_layout(list(weights))
+    if any(k != v for k, v in renamed.items()):
+        save_file({renamed[k]: v for k, v in weights.items()}, path, metadata={"format": "pt"})
+    unknown = sorted(k for k in renamed.values() if not k.startswith(tuple(GME_LAYOUT)))
+    if unknown:
+        raise RuntimeError(f"tiny embedder: keys outside GME's layout: {unknown[:5]}")
+
+
 def _build_qwen2_vl(out: Path, recipe: dict[str, Any]) -> None:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
     _build(out, recipe, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor)
+    _to_gme_layout(out)
 
 
 def main(argv: list[str]) -> None:

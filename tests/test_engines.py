@@ -130,7 +130,7 @@ def test_images_are_sent_at_their_budget(processor: Any, prompts: list[Prompt]) 
 def test_llm_kwargs_for_the_vllm_config() -> None:
     infer_cfg = OmegaConf.load(REPO / "conf/infer/vllm.yaml")
     model_cfg = OmegaConf.load(REPO / "conf/model/qwen2_5_vl_32b.yaml")
-    kwargs = llm_kwargs(infer_cfg, model_cfg, max_lora_rank=infer_cfg.max_lora_rank)
+    kwargs = llm_kwargs(infer_cfg, model_cfg, max_lora_rank=8)  # an r8 adapter served (served_lora_rank)
     assert set(kwargs) == {"model", "dtype", "tensor_parallel_size", "max_num_seqs", "max_model_len",
                            "enable_prefix_caching", "limit_mm_per_prompt", "mm_processor_kwargs", "enable_lora",
                            "max_lora_rank", "max_loras"}  # gpu_memory_utilization null: vLLM's default
@@ -140,7 +140,7 @@ def test_llm_kwargs_for_the_vllm_config() -> None:
     assert kwargs["enable_prefix_caching"] is True and kwargs["enable_lora"] is True
     assert kwargs["limit_mm_per_prompt"] == {"image": 4}
     assert kwargs["mm_processor_kwargs"] == {"do_resize": False}
-    assert kwargs["max_lora_rank"] == 64 and kwargs["max_loras"] == 1
+    assert kwargs["max_lora_rank"] == 8 and kwargs["max_loras"] == 1
     assert llm_kwargs(infer_cfg, model_cfg, max_lora_rank=12)["max_lora_rank"] == 16
     infer_cfg.gpu_memory_utilization = 0.85
     assert llm_kwargs(infer_cfg, model_cfg, 8)["gpu_memory_utilization"] == 0.85

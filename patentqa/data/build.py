@@ -5,6 +5,7 @@ it too (it is cached: a second run renders nothing and reads the manifest it wro
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -167,6 +168,12 @@ def train_chains(cfg: DictConfig, data_dir: Path, questions: list[Question]) -> 
     return cached_chains(path)
 
 
+def gme_embedders(retriever: Any) -> list[Any]:
+    """The GME embedders a retriever holds (gme: its own; hybrid: its GME part's); none for the others."""
+    parts = [retriever, getattr(retriever, "gme", None)]
+    return [part.embedder for part in parts if part is not None and hasattr(part, "embedder")]
+
+
 def build_dataset(cfg: DictConfig) -> DatasetBuild:
     """Run the data stage for ``cfg`` and return what it built (cached parts are reused)."""
     started = time.perf_counter()
@@ -195,12 +202,16 @@ def build_dataset(cfg: DictConfig) -> DatasetBuild:
     if layout is not None and cfg.strict and layout.ocr.problems:
         raise DataError("\n".join(str(p) for p in layout.ocr.problems))
     retriever = make_retriever(cfg.retrieval, pages.paths, Path(cfg.paths.cache_dir) / "embeddings", layout)
-    retriever.prepare(labelled.questions + (unlabelled.questions if unlabelled else []), documents)
     config = PromptConfig.from_cfg(cfg.prompt)
-    items = {name: prompted(config, qs, documents, pages.paths, retriever, layout) for name, qs in questions.items()}
-    train_pool = [item.question for item in items["train"]]
-    style = style_examples([i.question for n in ("dev", "test") for i in items[n]], train_pool,
-                           cfg.retrieval.style_examples, retriever.similarity)
+    with contextlib.ExitStack() as loaded:  # GME stays loaded while the stage embeds, and is released after
+        for embedder in gme_embedders(retriever):
+            loaded.enter_context(embedder)
+        retriever.prepare(labelled.questions + (unlabelled.questions if unlabelled else []), documents)
+        items = {name: prompted(config, qs, documents, pages.paths, retriever, layout)
+                 for name, qs in questions.items()}
+        train_pool = [item.question for item in items["train"]]
+        style = style_examples([i.question for n in ("dev", "test") for i in items[n]], train_pool,
+                               cfg.retrieval.style_examples, retriever.similarity)
     with_context = cfg.data.sft.all_page_questions_with_context
     chains = train_chains(cfg, data_dir, [i.question for i in items["train"]]) if config.target == "cot" else {}
     outputs = {f"{name}.jsonl": sft_rows(config, items[name], documents, pages.paths, retriever, with_context, layout,

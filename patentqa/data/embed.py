@@ -17,14 +17,17 @@ Cache: ``cache_dir/<encoder key>/{pages,queries}/<xx>/<key>.npy``, one float32 v
 file, written atomically. The encoder key hashes the model (config.json + weight file
 names and sizes, or the hub id), dtype and position mode; a page key hashes the image
 file's sha256, pixel budget and instruction; a query key the instruction and text.
-The model is loaded only when something is missing from the cache.
+The model is loaded only when something is missing from the cache, strictly (``load_gme``: a
+missing, unexpected or misshapen key fails, naming it), and released again when that
+computation ends, unless the caller keeps it for a while in a ``with embedder:`` block (the
+data stage does, see data/build.py). Either way it holds the process's model slot
+(patentqa/residency.py) only while loaded, so training and inference never start with GME resident.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import logging
-
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from patentqa import residency
 from patentqa.tracking import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,63 @@ def load_vector(path: Path) -> np.ndarray | None:
         return None
 
 
+# GME's published checkpoints keep the LM head of the Qwen2-VL-Instruct they were tuned from (the
+# transformers < 4.52 ``Qwen2VLForConditionalGeneration`` layout, see patentqa/tiny.py); an
+# embedding never reads it. Every other key must match the model exactly.
+GME_UNUSED_KEYS = frozenset({"lm_head.weight"})
+
+
+class GmeLoadError(RuntimeError):
+    """A GME checkpoint whose weights do not match the model (missing, unexpected or misshapen keys)."""
+
+
+def _listed(keys: Any, limit: int = 8) -> str:
+    keys = sorted(str(k) for k in keys)
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def loading_problems(info: dict[str, Any], allowed_unexpected: frozenset[str] = GME_UNUSED_KEYS) -> list[str]:
+    """What ``from_pretrained(..., output_loading_info=True)`` reports wrong, one line per kind (empty: none).
+
+    Missing keys would be randomly initialised (random retrieval that nothing downstream notices);
+    unexpected keys mean the checkpoint is another model or another key layout.
+    """
+    missing = set(info.get("missing_keys") or [])
+    unexpected = set(info.get("unexpected_keys") or []) - allowed_unexpected
+    mismatched = [str(m[0]) if isinstance(m, (tuple, list)) else str(m) for m in info.get("mismatched_keys") or []]
+    problems = []
+    if missing:
+        problems.append(f"missing keys (would be random): {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys (not used by the model): {_listed(unexpected)}")
+    if mismatched:
+        problems.append(f"keys of another shape: {_listed(mismatched)}")
+    problems += [str(message) for message in info.get("error_msgs") or []]
+    return problems
+
+
+def load_gme(model_path: str, dtype: str, device: str) -> Any:
+    """``Qwen2VLModel`` (no LM head) of a GME checkpoint on ``device``, in eval mode; raises
+    ``GmeLoadError`` naming the keys when the checkpoint's weights do not match the model exactly."""
+    import torch
+    from transformers import Qwen2VLModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the loading info is checked below instead of logged
+    try:
+        # Qwen2VLModel loads GME's layout (visual.*, model.*) and transformers 5's alike.
+        model, info = Qwen2VLModel.from_pretrained(model_path, dtype=getattr(torch, dtype), device_map=device,
+                                                   output_loading_info=True)  # straight onto the device
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    problems = loading_problems(info)
+    if problems:
+        del model
+        raise GmeLoadError(f"GME checkpoint {model_path} does not match Qwen2VLModel: " + "; ".join(problems))
+    return model.eval()
+
+
 class GmeEmbedder:
     """Page and query embeddings from a gme-Qwen2-VL checkpoint, batched and cached."""
 
@@ -108,6 +169,8 @@ class GmeEmbedder:
         self.last_rate: float | None = None  # pages/s of the last page batch run
         self._model: Any = None
         self._processor: Any = None
+        self._held: residency.Hold | None = None  # the process's model slot while the model is loaded
+        self._sessions = 0  # open `with` blocks: the model stays loaded between calls
         self._file_sha: dict[tuple[str, int, int], str] = {}
 
     # ---- public API -------------------------------------------------------------------------
@@ -154,6 +217,13 @@ class GmeEmbedder:
 
     def _compute(self, todo: dict[str, Any], kind: str) -> dict[str, np.ndarray]:
         self._load()
+        try:
+            return self._compute_loaded(todo, kind)
+        finally:
+            if not self._sessions:  # outside a `with` block the model lives for one computation
+                self.close()
+
+    def _compute_loaded(self, todo: dict[str, Any], kind: str) -> dict[str, np.ndarray]:
         if not self._meta_written():
             self._write_meta()
         keys = list(todo)
@@ -188,24 +258,37 @@ class GmeEmbedder:
         write_json_atomic(self.cache_dir / "encoder.json", meta)
 
     # ---- model --------------------------------------------------------------------------------
+    def __enter__(self) -> GmeEmbedder:
+        """Keep the model loaded across calls until the block ends (outside one: loaded per computation)."""
+        self._sessions += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._sessions -= 1
+        if self._sessions <= 0:
+            self._sessions = 0
+            self.close()
+
+    def close(self) -> None:
+        """Drop the model and release its residency hold; the next cache miss loads it again."""
+        self._model = self._processor = None
+        if self._held is not None:
+            self._held.release()  # gc.collect() + torch.cuda.empty_cache()
+            self._held = None
+
     def _load(self) -> None:
         if self._model is not None:
             return
-        import torch
-        from transformers import AutoProcessor, Qwen2VLModel
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoProcessor
 
         started = time.perf_counter()
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # an lm_head in the checkpoint is reported as unexpected: harmless
-        try:
-            # Qwen2VLModel (no lm_head) loads both GME's layout (visual.*, model.*) and transformers 5's.
-            model = Qwen2VLModel.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype),
-                                                 device_map=self.device)  # straight onto the device
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        self._model = model.eval()
-        self._processor = AutoProcessor.from_pretrained(self.model_path)  # pixel budget: per call (_forward)
+        path = self.model_path
+        with residency.loading("gme", path) as held:  # no other model may be alive
+            model = load_gme(path, self.dtype, self.device)
+            processor = AutoProcessor.from_pretrained(path)  # pixel budget: per call (_forward)
+        self._held = held.bind(self)
+        self._model = model
+        self._processor = processor
         self._processor.tokenizer.padding_side = "right"  # as gme_inference.py; pooling reads the mask anyway
         log.info("gme: loaded %s on %s (%s) in %.1fs", self.model_path, self.device, self.dtype,
                  time.perf_counter() - started)

@@ -1,7 +1,8 @@
 """Checkpoint sweep: every checkpoint of a run answered and scored on dev, the best one once on test.
 
 One base model is loaded and LoRA adapters are swapped on it (no merging); a full fine-tuning
-checkpoint is a whole model and is loaded as the model, once, with the same engine kind. Results
+checkpoint is a whole model and is loaded as the model, once, with the same engine kind, after
+the engine before it is closed (one model alive at a time). Results
 are cached per (checkpoint content hash, evaluation config hash), so a second call evaluates only
 new checkpoints and loads no model for cached ones. Every number names its split:
 ``eval/{dev,test}/{checkpoint-N,base}/``.
@@ -54,32 +55,37 @@ def checkpoint_hash(checkpoint: Checkpoint | None) -> str:
 
 
 class Engines:
-    """Engines made on first need: one for the base model (adapters swapped on it) and one per full
-    checkpoint, loaded from its dir and closed before the next (one whole model in memory at a time)."""
+    """One engine alive at a time, made on first need: the base model's (LoRA adapters swapped on it,
+    sized for ``adapters``) or a full checkpoint's (loaded from its dir). Switching closes the engine
+    it holds before loading the next (patentqa/residency.py), so a ``train=full`` sweep never holds
+    the base model and a checkpoint at once."""
 
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg, self.base, self.full, self.full_loads = cfg, None, (None, None), 0
+    def __init__(self, cfg: DictConfig, adapters: list[str] | None = None) -> None:
+        self.cfg, self.adapters = cfg, list(adapters or [])
+        self.engine: Engine | None = None
+        self.model: Path | None = None  # the full checkpoint the engine holds; None: the base model
+        self.loads = self.full_loads = 0
 
     def for_checkpoint(self, checkpoint: Checkpoint | None) -> tuple[Engine, str | None]:
         """(engine, adapter dir or None) that answers as ``checkpoint``."""
-        if checkpoint is None or not checkpoint.full:
-            if self.base is None:
-                self.base = make_engine(self.cfg.infer, self.cfg.model)
-            return self.base, str(checkpoint.path) if checkpoint else None
-        path, engine = self.full
-        if path != checkpoint.path:
-            if engine is not None:
-                engine.close()
-            self.full = (checkpoint.path, make_engine(self.cfg.infer, full_checkpoint_model(self.cfg.model,
-                                                                                          checkpoint.path)))
-            self.full_loads += 1
-        return self.full[1], None
+        full = checkpoint.path if checkpoint is not None and checkpoint.full else None
+        if self.engine is None or full != self.model:
+            self.close()
+            model = self.cfg.model if full is None else full_checkpoint_model(self.cfg.model, full)
+            self.engine = make_engine(self.cfg.infer, model, self.adapters if full is None else [])
+            self.model, self.loads, self.full_loads = full, self.loads + 1, self.full_loads + (full is not None)
+        return self.engine, str(checkpoint.path) if checkpoint is not None and full is None else None
 
     def close(self) -> None:
-        for engine in (self.base, self.full[1]):
-            if engine is not None:
-                engine.close()
-        self.base, self.full = None, (None, None)
+        if self.engine is not None:
+            self.engine.close()
+        self.engine, self.model = None, None
+
+    def __enter__(self) -> Engines:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def evaluate(cfg: DictConfig, build: DatasetBuild, engines: Engines, questions: list[Question], split: str,
@@ -178,8 +184,7 @@ def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None) -> dic
         print(f"dev  {name:>16}: {select} = {results[name]['headline'].get(select):.4f} (baseline)")
     best_name = None
     if targets:
-        engines = Engines(cfg)
-        try:
+        with Engines(cfg, [str(c.path) for _, c in targets if c is not None and not c.full]) as engines:
             for name, checkpoint in targets:
                 results[name] = evaluate(cfg, build, engines, dev, "dev", name, checkpoint, out_root, key)
                 _log(tracker, results[name])
@@ -192,8 +197,6 @@ def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None) -> dic
                 if test:
                     on_test[name] = evaluate(cfg, build, engines, test, "test", name, checkpoint, out_root, key)
                     _log(tracker, on_test[name])
-        finally:
-            engines.close()
     else:  # baselines only
         best_name = max(baselines, key=lambda n: results[n]["headline"].get(select) or 0.0)
     best = dict(targets).get(best_name)

@@ -6,7 +6,8 @@ Prompts are the run's dev prompts (up to ``per_form`` of each prompt form, image
 plus the pipeline's two text-only calls (the seed's classifier and style prompts). Each target
 (the base model and ``checkpoints`` of the run's LoRA checkpoints, the last one included) is
 answered greedily by both engines from one loaded base model each: peft adapter swap in
-transformers, a ``LoRARequest`` per checkpoint in vLLM. Where the token ids differ, the report
+transformers, a ``LoRARequest`` per checkpoint in vLLM. One model is alive at a time
+(patentqa/residency.py): transformers answers every target and is closed before vLLM starts. Where the token ids differ, the report
 gives the first differing position and both engines' logit margins there (best minus
 second-best log-probability; a margin near 0 is a near-tie that rounding may flip).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -68,15 +70,23 @@ def compare(target: str, index: int, form: str, ours: Trace, theirs: Trace) -> P
                       vllm_margin=None if diff is None else theirs.margin(diff))
 
 
-def check_parity(transformers_engine: Any, vllm_engine: Any, prompts: list[Prompt],
-                 targets: list[tuple[str, Optional[str]]], sampling: Sampling) -> dict[str, Any]:
-    """Greedy traces of every prompt for every (name, adapter dir or None) target from both engines."""
-    cases: list[ParityCase] = []
-    for name, adapter in targets:
-        ours = transformers_engine.generate_traced(prompts, sampling, adapter)
-        theirs = vllm_engine.generate_traced(prompts, sampling, adapter)
-        cases += [compare(name, i, p.form, a, b) for i, (p, a, b) in enumerate(zip(prompts, ours, theirs))]
-    return summarize(cases, sampling)
+def collect_traces(engine: Any, prompts: list[Prompt], targets: list[tuple[str, Optional[str]]],
+                   sampling: Sampling) -> dict[str, list[Trace]]:
+    """One engine's greedy traces of every prompt for every (name, adapter dir or None) target."""
+    return {name: engine.generate_traced(prompts, sampling, adapter) for name, adapter in targets}
+
+
+def compare_traces(ours: dict[str, list[Trace]], theirs: dict[str, list[Trace]],
+                   prompts: list[Prompt]) -> list[ParityCase]:
+    """The parity cases of every target: ``ours`` from transformers, ``theirs`` from vLLM."""
+    return [compare(name, i, p.form, a, b) for name in ours
+            for i, (p, a, b) in enumerate(zip(prompts, ours[name], theirs[name]))]
+
+
+def check_parity(ours: dict[str, list[Trace]], theirs: dict[str, list[Trace]], prompts: list[Prompt],
+                 sampling: Sampling) -> dict[str, Any]:
+    """The parity report of two engines' traces (``collect_traces``), collected one engine at a time."""
+    return summarize(compare_traces(ours, theirs, prompts), sampling)
 
 
 def summarize(cases: list[ParityCase], sampling: Sampling) -> dict[str, Any]:
@@ -162,7 +172,7 @@ def engine_configs(cfg: DictConfig, tensor_parallel_size: int) -> tuple[DictConf
 
 
 def run_parity(args: ParityArgs) -> dict[str, Any]:
-    """Load both engines for the run, compare, write the report."""
+    """Both engines for the run, one after the other (never both loaded), compared; writes the report."""
     from patentqa.data.build import build_dataset
     from patentqa.infer.engines import full_checkpoint_model, make_engine
 
@@ -178,18 +188,14 @@ def run_parity(args: ParityArgs) -> dict[str, Any]:
     groups = [(cfg.model, [(BASE, None)] + adapters)] if args.base or adapters else []
     groups += [(full_checkpoint_model(cfg.model, c.path), [(c.path.name, None)])
                for c in picked if c.full]
-    cases: list[dict[str, Any]] = []
-    for model, targets in groups:
-        hf = make_engine(hf_cfg, model)
-        try:
-            vllm = make_engine(vllm_cfg, model)
-            try:
-                cases += check_parity(hf, vllm, prompts, targets, sampling)["cases"]
-            finally:
-                vllm.close()
-        finally:
-            hf.close()
-    report = summarize([ParityCase(**c) for c in cases], sampling)
+    cases: list[ParityCase] = []
+    for model, targets in groups:  # one model alive at a time: transformers' traces first, then vLLM's
+        with closing(make_engine(hf_cfg, model)) as hf:
+            ours = collect_traces(hf, prompts, targets, sampling)
+        with closing(make_engine(vllm_cfg, model, [adapter for _, adapter in targets if adapter])) as vllm:
+            theirs = collect_traces(vllm, prompts, targets, sampling)
+        cases += compare_traces(ours, theirs, prompts)
+    report = summarize(cases, sampling)
     report.update(run_dir=str(run_dir), prompts=len(prompts), targets=[t for _, ts in groups for t, _ in ts],
                   full_checkpoints=sum(c.full for c in picked), tensor_parallel_size=args.tensor_parallel_size)
     write_json_atomic(Path(args.out) if args.out else run_dir / "eval" / "parity.json", report)

@@ -4,15 +4,16 @@ Each backend is imported only when it is asked for (vLLM is heavy and optional).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from patentqa.infer.engine import Engine
 
 ENGINES = ("transformers", "vllm", "openai")
 
 
-def make_engine(infer_cfg: Any, model_cfg: Any) -> Engine:
-    """The engine named by ``infer_cfg.name``."""
+def make_engine(infer_cfg: Any, model_cfg: Any, adapters: Sequence[Any] = ()) -> Engine:
+    """The engine named by ``infer_cfg.name``; ``adapters``: the LoRA checkpoint dirs it will serve
+    (vLLM sizes ``max_lora_rank`` from them and refuses vision-tower LoRA before it starts)."""
     name = infer_cfg.name
     if name == "transformers":
         from patentqa.infer.engines.transformers_engine import TransformersEngine
@@ -21,7 +22,7 @@ def make_engine(infer_cfg: Any, model_cfg: Any) -> Engine:
     if name == "vllm":
         from patentqa.infer.engines.vllm_engine import VllmEngine
 
-        return VllmEngine.from_config(infer_cfg, model_cfg)
+        return VllmEngine.from_config(infer_cfg, model_cfg, adapters)
     if name == "openai":
         from patentqa.infer.engines.openai_engine import OpenAIEngine
 

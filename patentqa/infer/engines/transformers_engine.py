@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from patentqa import residency
 from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt
 from patentqa.infer.engine import Reply, Sampling, Trace, model_dir
@@ -114,16 +115,22 @@ class TransformersEngine:
     adapter_deletes: int = 0
     _adapters: OrderedDict[tuple[str, int], str] = field(default_factory=OrderedDict)  # key → peft name, LRU order
     _next_id: int = 0
+    _held: residency.Hold | None = field(default=None, repr=False)  # the model slot, from from_config
 
     @classmethod
     def from_config(cls, infer_cfg: Any, model_cfg: Any) -> TransformersEngine:
-        """Load ``model_cfg.path`` once (building the tiny model when ``model.build_tiny``)."""
-        model, processor = load_base(model_dir(model_cfg), dtype=str(cfg_get(infer_cfg, "dtype", "auto")),
-                                     device=str(cfg_get(infer_cfg, "device", "auto")),
-                                     attn_implementation=cfg_get(infer_cfg, "attn_implementation"))
-        return cls(model=model, processor=processor, batch_size=int(cfg_get(infer_cfg, "batch_size", 8)),
-                   factor=int(cfg_get(model_cfg, "image_factor", 28)),
-                   max_loaded_adapters=int(cfg_get(infer_cfg, "max_loaded_adapters", 4)))
+        """Load ``model_cfg.path`` once (building the tiny model when ``model.build_tiny``); the model
+        takes the process's model slot (patentqa/residency.py) until ``close``."""
+        path = model_dir(model_cfg)
+        with residency.loading("transformers", path) as held:  # no other model may be alive
+            model, processor = load_base(path, dtype=str(cfg_get(infer_cfg, "dtype", "auto")),
+                                         device=str(cfg_get(infer_cfg, "device", "auto")),
+                                         attn_implementation=cfg_get(infer_cfg, "attn_implementation"))
+        engine = cls(model=model, processor=processor, batch_size=int(cfg_get(infer_cfg, "batch_size", 8)),
+                     factor=int(cfg_get(model_cfg, "image_factor", 28)),
+                     max_loaded_adapters=int(cfg_get(infer_cfg, "max_loaded_adapters", 4)))
+        engine._held = held.bind(engine)
+        return engine
 
     # --- adapters -------------------------------------------------------------------------------
 
@@ -240,13 +247,17 @@ class TransformersEngine:
         return self._batched(prompts, sampling, adapter, top=max(1, top))
 
     def close(self) -> None:
-        """Drop the model; frees GPU memory once no other reference holds it."""
-        import gc
-
-        import torch
-
+        """Drop the model and release its model slot (``gc.collect()``, ``torch.cuda.empty_cache()``)."""
         self.model = None
         self._adapters.clear()
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if self._held is not None:
+            self._held.release()
+            self._held = None
+        else:
+            residency.free_memory()
+
+    def __enter__(self) -> TransformersEngine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -2,8 +2,21 @@
 
 One ``vllm.LLM`` holds the base model; each LoRA checkpoint is served without merging as a
 ``LoRARequest(name, int_id, path)`` (``enable_lora=True``). ``max_lora_rank`` must cover every
-adapter's rank and be one of vLLM's allowed values, so the configured rank is rounded up to
-that set and each adapter's ``adapter_config.json`` rank is checked against it.
+adapter's rank and be one of vLLM's allowed values; a larger one reserves LoRA memory for
+nothing. ``infer.max_lora_rank: null`` derives it from the adapters the caller says it will
+serve (``make_engine(..., adapters=[...])``: each ``adapter_config.json``'s largest rank, rounded
+up to the allowed set); an int is taken as given (rounded up). With no adapters declared and
+null, LoRA is off and the engine serves the base model only. Each adapter's rank is checked again
+when it is requested.
+
+vLLM applies LoRA to the language model only: the ``visual.*`` LoRA weights an adapter trained
+with ``freeze_vit=false`` carries are dropped with a log line, no error (vllm #26991, #28186),
+and its answers silently differ from transformers'. ``check_tower_lora`` refuses such an
+adapter (before vLLM starts for declared ones, else at its first request), naming the file;
+``infer.tower_lora=true`` instead turns on vLLM's experimental ``enable_tower_connector_lora``
+(present in the installed vLLM 0.32, Qwen2.5-VL among the models it supports) and serves them.
+
+The model takes the process's model slot (patentqa/residency.py) from start to ``close``.
 
 Requests come from ``to_vllm_request``: the chat-templated prompt string plus the images,
 already resized to their training budget by ``load_images``; ``mm_processor_kwargs=
@@ -20,10 +33,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from patentqa import residency
 from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt, to_vllm_request
 from patentqa.infer.engine import Reply, Sampling, Trace, model_dir
@@ -49,6 +64,60 @@ def lora_rank(adapter_dir: str | Path) -> int:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     ranks = [int(config.get("r") or 0), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
     return round_lora_rank(max(ranks))
+
+
+def served_lora_rank(configured: Any, adapters: Sequence[str | Path] = ()) -> int | None:
+    """``max_lora_rank`` for an engine serving ``adapters``: ``configured`` rounded up when it is set,
+    else the largest rank among the adapters (None: no adapters, so no LoRA)."""
+    if configured is not None:
+        return round_lora_rank(int(configured))
+    return max((lora_rank(adapter) for adapter in adapters), default=None)
+
+
+class TowerLoraError(ValueError):
+    """An adapter with vision-tower LoRA weights, which this vLLM engine would silently drop."""
+
+
+TOWER_KEY = re.compile(r"(^|\.)visual\.")  # Qwen-VL's vision tower and merger: visual.blocks.*, visual.merger.*
+
+
+def adapter_weights_file(adapter_dir: str | Path) -> Path | None:
+    """The adapter's weights file (safetensors preferred), or None."""
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (Path(adapter_dir) / name).is_file():
+            return Path(adapter_dir) / name
+    return None
+
+
+def tower_lora_keys(adapter_dir: str | Path) -> list[str]:
+    """Names of the adapter's LoRA weights on the vision tower or merger (``visual.*`` modules)."""
+    weights = adapter_weights_file(adapter_dir)
+    if weights is None:
+        return []
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as handle:  # the header only: no tensor is read
+            keys = list(handle.keys())
+    else:
+        import torch
+
+        keys = list(torch.load(weights, map_location="meta", weights_only=True))
+    return sorted(k for k in keys if TOWER_KEY.search(k))
+
+
+def check_tower_lora(adapter_dir: str | Path, tower_lora: bool = False) -> None:
+    """Raise ``TowerLoraError`` when the adapter has vision-tower LoRA weights and ``tower_lora`` is off."""
+    keys = tower_lora_keys(adapter_dir)
+    if keys and not tower_lora:
+        raise TowerLoraError(
+            f"{adapter_weights_file(adapter_dir)} holds {len(keys)} LoRA weights of the vision tower "
+            f"(e.g. {keys[0]}): it was trained with freeze_vit=false. vLLM applies LoRA to the language model "
+            "only and drops these without an error (vllm #26991, #28186), so its answers would silently differ "
+            "from transformers'. Answer with infer=transformers, or serve the merged model (python -m "
+            "patentqa.train.merge checkpoint=DIR), or retrain with train.freeze_vit=true, or set "
+            "infer.tower_lora=true (vLLM's experimental enable_tower_connector_lora; check the answers with "
+            "python -m patentqa.infer.parity)")
 
 
 def tensor_parallel_size(value: Any) -> int:
@@ -77,8 +146,8 @@ def cpu_env(tp: int, kvcache_gib: int, environ: dict[str, str] | None = None,
     return env
 
 
-def llm_kwargs(infer_cfg: Any, model_cfg: Any, max_lora_rank: int, model: str | None = None) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.LLM`` for these configs (``max_lora_rank`` rounded up)."""
+def llm_kwargs(infer_cfg: Any, model_cfg: Any, max_lora_rank: int | None, model: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for these configs (``max_lora_rank`` rounded up; None: no LoRA)."""
     kwargs: dict[str, Any] = {
         "model": model or str(model_cfg.path),
         "dtype": str(cfg_get(model_cfg, "torch_dtype", "auto")),
@@ -88,10 +157,12 @@ def llm_kwargs(infer_cfg: Any, model_cfg: Any, max_lora_rank: int, model: str | 
         "enable_prefix_caching": bool(cfg_get(infer_cfg, "enable_prefix_caching", True)),
         "limit_mm_per_prompt": {"image": int(cfg_get(infer_cfg, "max_images_per_prompt", 4))},
         "mm_processor_kwargs": {"do_resize": False},  # images come at their training budget (load_images)
-        "enable_lora": True,
-        "max_lora_rank": round_lora_rank(int(max_lora_rank)),
-        "max_loras": int(cfg_get(infer_cfg, "max_loras", 1)),
     }
+    if max_lora_rank is not None:
+        kwargs.update(enable_lora=True, max_lora_rank=round_lora_rank(int(max_lora_rank)),
+                      max_loras=int(cfg_get(infer_cfg, "max_loras", 1)))
+        if bool(cfg_get(infer_cfg, "tower_lora", False)):
+            kwargs["enable_tower_connector_lora"] = True
     memory = cfg_get(infer_cfg, "gpu_memory_utilization")
     if memory is not None:
         kwargs["gpu_memory_utilization"] = float(memory)
@@ -132,23 +203,34 @@ class VllmEngine:
 
     llm: Any
     processor: Any
-    max_lora_rank: int
+    max_lora_rank: int | None  # None: started without LoRA (base model only)
     factor: int = 28
+    tower_lora: bool = False  # enable_tower_connector_lora: adapters' visual.* LoRA weights are served
     name: str = "vllm"
     _lora_ids: dict[str, int] = field(default_factory=dict)  # resolved checkpoint dir → LoRA int id
+    _held: residency.Hold | None = field(default=None, repr=False)  # the model slot, from from_config
 
     @classmethod
-    def from_config(cls, infer_cfg: Any, model_cfg: Any) -> VllmEngine:
+    def from_config(cls, infer_cfg: Any, model_cfg: Any, adapters: Sequence[str | Path] = ()) -> VllmEngine:
+        """Start vLLM for ``model_cfg`` to serve ``adapters`` (LoRA checkpoint dirs; see module doc)."""
+        tower_lora = bool(cfg_get(infer_cfg, "tower_lora", False))
+        for adapter in adapters:  # refuse before the (minutes long) start, not at the first request
+            check_tower_lora(adapter, tower_lora)
         vllm = import_vllm()
         from transformers import AutoProcessor
         from vllm.platforms import current_platform
 
-        kwargs = llm_kwargs(infer_cfg, model_cfg, int(cfg_get(infer_cfg, "max_lora_rank", 64)), model_dir(model_cfg))
+        kwargs = llm_kwargs(infer_cfg, model_cfg, served_lora_rank(cfg_get(infer_cfg, "max_lora_rank"), adapters),
+                            model_dir(model_cfg))
         if current_platform.is_cpu():
             os.environ.update(cpu_env(kwargs["tensor_parallel_size"], int(cfg_get(infer_cfg, "cpu_kvcache_gib", 2))))
         processor = AutoProcessor.from_pretrained(kwargs["model"])
-        return cls(llm=vllm.LLM(**kwargs), processor=processor, max_lora_rank=kwargs["max_lora_rank"],
-                   factor=int(cfg_get(model_cfg, "image_factor", 28)))
+        with residency.loading("vllm", kwargs["model"]) as held:  # no other model may be alive
+            llm = vllm.LLM(**kwargs)
+        engine = cls(llm=llm, processor=processor, max_lora_rank=kwargs.get("max_lora_rank"),
+                     factor=int(cfg_get(model_cfg, "image_factor", 28)), tower_lora=tower_lora)
+        engine._held = held.bind(engine)
+        return engine
 
     def _lora_request(self, adapter: str | None) -> Any:
         if adapter is None:
@@ -157,10 +239,15 @@ class VllmEngine:
 
         path = str(Path(adapter).resolve())
         rank = lora_rank(path)
+        if self.max_lora_rank is None:
+            raise ValueError(f"adapter {adapter}: this vLLM engine was started without LoRA (no adapters declared "
+                             "and infer.max_lora_rank null); pass the adapters to make_engine or set "
+                             f"infer.max_lora_rank={rank}")
         if rank > self.max_lora_rank:
             raise ValueError(f"adapter {adapter} has LoRA rank {rank} > max_lora_rank {self.max_lora_rank}; "
                              f"set infer.max_lora_rank={rank} or more")
         if path not in self._lora_ids:
+            check_tower_lora(path, self.tower_lora)
             self._lora_ids[path] = len(self._lora_ids) + 1  # vLLM LoRA ids start at 1
         lora_id = self._lora_ids[path]
         return LoRARequest(f"lora_{lora_id}", lora_id, path)
@@ -189,10 +276,19 @@ class VllmEngine:
         return traces
 
     def close(self) -> None:
-        """Stop vLLM's engine process (and its workers) and drop the model."""
+        """Stop vLLM's engine process (and its workers), drop the model, release the model slot."""
         if self.llm is not None:
             try:
                 self.llm.llm_engine.engine_core.shutdown()
             except Exception:  # noqa: BLE001 - already gone
                 pass
         self.llm = None
+        if self._held is not None:
+            self._held.release()  # gc.collect() + torch.cuda.empty_cache()
+            self._held = None
+
+    def __enter__(self) -> VllmEngine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
