@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from patentqa.config import CONF_DIR, compose
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "exp").glob("*.yaml"))
+ABLATIONS = sorted(p.stem for p in (CONF_DIR / "exp" / "ablate").glob("*.yaml"))
 GROUPS = ["paths", "data", "retrieval", "prompt", "model", "train", "launcher", "infer", "eval", "logger", "hydra"]
 
 
@@ -27,6 +28,19 @@ def test_experiment_composes(exp: str) -> None:
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert cfg.name == exp
     assert max(cfg.prompt.max_pixels.values()) > 0
+
+
+@pytest.mark.parametrize("preset", ABLATIONS)
+@pytest.mark.parametrize("exp", ["smoke", "lora_r8"])
+def test_ablation_preset_composes_and_changes_what_it_says(preset: str, exp: str) -> None:
+    base = compose([f"+exp={exp}"])
+    cfg = compose([f"+exp={exp}", f"+exp/ablate={preset}"])
+    OmegaConf.resolve(cfg)
+    assert cfg.variant == preset and cfg.name == exp
+    changed = {k for k in cfg if k != "variant" and OmegaConf.select(cfg, k) != OmegaConf.select(base, k)}
+    # `full` is the reference row; smoke already has no style pass, so that preset changes nothing there
+    expect_none = preset == "full" or (preset == "no_style_pass" and exp == "smoke")
+    assert (not changed) == expect_none, f"+exp={exp} +exp/ablate={preset} changes {sorted(changed) or 'nothing'}"
 
 
 def test_every_yaml_says_how_to_use_it() -> None:

