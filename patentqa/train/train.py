@@ -156,14 +156,7 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
             print("train.enabled=false: no swift sft run (the base model is what gets evaluated)")
             result.exit_code, tail = 0, []
         result.checkpoints = checkpoints(run_dir / "swift")
-        result.summary = {**swift_summary(run_dir / "swift"), "checkpoints": len(result.checkpoints),
-                          "swift_world_size": logged_world_size(log_path),
-                          "wall_seconds": round(time.perf_counter() - started, 1)}
-        if world_size(cfg) > 1 and ranks_trained_apart(log_path):
-            result.summary["ranks_trained_apart"] = True
-            print(f"WARNING: swift ran {world_size(cfg)} ranks but transformers trained each alone (no gradient "
-                  f"all-reduce): '{RANKS_APART}' in {log_path}; on a CPU set launcher.cpu_ranks=true",
-                  file=sys.stderr)
+        result.summary = run_summary(cfg, run_dir, log_path, wall_seconds=time.perf_counter() - started)
         failed = result.exit_code != 0
         cause = next((line for line in reversed(tail) if re.search(r"\w(Error|Exception)\b", line)), None)
         update_manifest(manifest_path, state="failed" if failed else "succeeded", exit_code=result.exit_code,
@@ -182,6 +175,18 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
             update_manifest(manifest_path, best_checkpoint=result.sweep["best"], report=str(report))
             print(f"report: {report}")
     return result
+
+
+def run_summary(cfg: DictConfig, run_dir: Path, log_path: Path, wall_seconds: float) -> dict[str, Any]:
+    """What swift's output says about the run: losses, checkpoints, world size, and whether its ranks
+    trained apart (``ranks_trained_apart``, with a warning on stderr)."""
+    summary: dict[str, Any] = {**swift_summary(run_dir / "swift"), "checkpoints": len(checkpoints(run_dir / "swift")),
+                               "swift_world_size": logged_world_size(log_path), "wall_seconds": round(wall_seconds, 1)}
+    if world_size(cfg) > 1 and ranks_trained_apart(log_path):
+        summary["ranks_trained_apart"] = True
+        print(f"WARNING: swift ran {world_size(cfg)} ranks but transformers trained each alone (no gradient "
+              f"all-reduce): '{RANKS_APART}' in {log_path}; on a CPU set launcher.cpu_ranks=true", file=sys.stderr)
+    return summary
 
 
 def dry_run_plan(cfg: DictConfig, rows_file: Path) -> str:
