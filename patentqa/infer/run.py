@@ -56,7 +56,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     questions = split_questions(build, cfg.split)
     out = output_dir(cfg)
     ctx = answer_context(cfg, build, questions)
-    engine = make_engine(cfg.infer, cfg.model)
+    engine = make_engine(cfg.infer, cfg.model, [cfg.checkpoint] if cfg.checkpoint else [])  # vLLM sizes its LoRA
     try:
         summary = answer_questions(questions, ctx, engine, PipelineSettings.from_cfg(cfg.pipeline, cfg.infer),
                                    out / "predictions.jsonl", adapter=cfg.checkpoint)

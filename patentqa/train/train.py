@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from patentqa import residency
 from patentqa.data.build import build_dataset, dataset_dir
 from patentqa.data.corpus import DataError
 from patentqa.tracking import Checkpoint, Tracker, checkpoints, run_manifest, scrub, update_manifest, write_json_atomic
@@ -150,7 +151,8 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
     started = time.perf_counter()
     with tracker:
         if cfg.train.enabled:
-            with tracker.handoff() as wandb_env:  # swift's trainer logs into this same W&B run
+            # swift's trainer logs into this same W&B run; no model of ours may be alive meanwhile (GME released)
+            with tracker.handoff() as wandb_env, residency.holding("swift sft", str(cfg.model.path)):
                 result.exit_code, tail = run_streaming(command, child_env(launch, wandb_env), log_path)
         else:
             print("train.enabled=false: no swift sft run (the base model is what gets evaluated)")
