@@ -7,7 +7,7 @@ import pytest
 
 from patentqa.config import compose
 from patentqa.train import swift_args
-from patentqa.train.launch import launch_env
+from patentqa.train.launch import child_env, launch_env
 
 SEED_RECIPE = {"tuner_type": "lora", "lora_rank": 8, "lora_alpha": 32, "lorap_lr_ratio": 10, "learning_rate": 1e-4,
                "num_train_epochs": 5, "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "adam_beta1": 0.9,
@@ -66,3 +66,21 @@ def test_config_file_form_round_trips(tmp_path: Path) -> None:
     swift_args.write_config_file(tmp_path / "swift_args.yaml", args, {"MAX_PIXELS": "2352000"})
     loaded = yaml.safe_load((tmp_path / "swift_args.yaml").read_text())
     assert loaded.pop("ENV") == {"MAX_PIXELS": "2352000"} and loaded == args
+
+USER_ENV = {"PATH": "/usr/bin", "CUDA_VISIBLE_DEVICES": "3", "MASTER_ADDR": "10.0.0.9", "MASTER_PORT": "29611",
+            "NCCL_SOCKET_IFNAME": "ib0", "NCCL_DEBUG": "INFO", "NPROC_PER_NODE": "8", "NNODES": "2", "NODE_RANK": "1"}
+
+
+def test_child_env_keeps_the_users_devices_ports_and_nccl() -> None:
+    """launcher=local sets none of them: the user's GPU choice, port and NCCL tuning reach swift; an
+    inherited NPROC_PER_NODE/NNODES/NODE_RANK is dropped (it would turn one process into a torchrun job)."""
+    env = child_env(launch_env(compose(["+exp=lora_r8", "launcher=local"])), {"WANDB_RUN_ID": "r1"}, USER_ENV)
+    kept = ("PATH", "CUDA_VISIBLE_DEVICES", "MASTER_ADDR", "MASTER_PORT", "NCCL_SOCKET_IFNAME", "NCCL_DEBUG")
+    assert {k: env[k] for k in kept} == {k: USER_ENV[k] for k in kept}
+    assert not {"NPROC_PER_NODE", "NNODES", "NODE_RANK"} & set(env) and env["WANDB_RUN_ID"] == "r1"
+
+
+def test_child_env_launcher_values_win() -> None:
+    env = child_env(launch_env(compose(["+exp=lora_r8", "launcher=8gpu"])), {}, USER_ENV)
+    assert (env["CUDA_VISIBLE_DEVICES"], env["NPROC_PER_NODE"]) == ("0,1,2,3,4,5,6,7", "8")
+    assert "NNODES" not in env and env["MASTER_PORT"] == "29611" and env["NCCL_SOCKET_IFNAME"] == "ib0"

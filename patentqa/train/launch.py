@@ -7,11 +7,19 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
+from typing import Mapping
 
 from omegaconf import DictConfig
 
-# variables the launcher decides; inherited values are dropped unless the launcher sets them
+# variables the launcher sets from its config (launcher.<var lower>) when it has a value
 LAUNCH_VARS = ("NPROC_PER_NODE", "CUDA_VISIBLE_DEVICES", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+# of those, the ones that decide how many processes swift starts: an inherited value the launcher does not set
+# is dropped, or e.g. NPROC_PER_NODE=8 left in a shell would silently turn launcher=local into an 8-rank
+# torchrun whose world size, global batch and steps differ from the plan (train.launch.world_size)
+TOPOLOGY_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK")
+# the others are the user's, kept unless the launcher sets a value: CUDA_VISIBLE_DEVICES=3 picks the GPU of a
+# launcher=local run, MASTER_ADDR/MASTER_PORT keep two jobs on one node off each other's port (torchrun's
+# default 29500), and NCCL_* (NCCL_SOCKET_IFNAME, NCCL_IB_DISABLE, ...) tune the interconnect
 
 
 def world_size(cfg: DictConfig) -> int:
@@ -36,9 +44,12 @@ def swift_executable() -> str:
     return str(beside) if beside.exists() else "swift"
 
 
-def child_env(launch: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
-    """os.environ less the launcher's variables it does not set, plus ``launch`` and ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+def child_env(launch: dict[str, str], extra: dict[str, str],
+              environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default os.environ) less inherited ``TOPOLOGY_VARS``, plus ``launch`` and ``extra``:
+    everything else the user set (CUDA_VISIBLE_DEVICES, MASTER_PORT, NCCL_*, ...) passes through unless
+    the launcher sets a value of its own."""
+    env = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in TOPOLOGY_VARS}
     env.update(launch)
     env.update(extra)
     return env
