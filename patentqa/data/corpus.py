@@ -1,8 +1,10 @@
 """Reading and validating a dataset in the CCKS layout.
 
 ``DIR/{split}/{split}.jsonl`` holds one question per line (``question``, ``document``,
-``answer`` in train, optional ``id`` and ``options``); ``DIR/{split}/documents/*.pdf`` the
-scanned patents. ``read_split`` returns the valid questions, the documents they use and
+``answer`` in train, optional ``id`` or ``question_idx`` and ``options``); ``DIR/{split}/documents/*.pdf``
+the scanned patents. A row's id is its ``id``, else its ``question_idx`` (the real round-B files
+number their rows so), else a hash of document and question; ``submission_ids`` gives a
+submission line the fields the input named its question by. ``read_split`` returns the valid questions, the documents they use and
 every problem found, each with its file, line and reason. By default bad rows are
 skipped and counted; ``strict=True`` raises ``DataError`` listing all of them.
 """
@@ -21,6 +23,7 @@ from patentqa.data.questions import asked_page
 
 MAX_QUESTION_CHARS = 2000  # longest real question is ~150 characters
 _KNOWN_FIELDS = {"id", "question", "document", "answer", "options"}
+ID_FIELDS = ("id", "question_idx")  # what names a question in the input, first present wins; kept in submissions
 
 
 class DataError(ValueError):
@@ -93,6 +96,19 @@ def question_id(document: str, question: str) -> str:
     return hashlib.sha1(f"{document}\n{question}".encode()).hexdigest()[:16]
 
 
+def row_id(row: dict[str, Any]) -> str | None:
+    """The id a row carries (``id``, else ``question_idx``) as a string, or None."""
+    return next((str(row[name]) for name in ID_FIELDS if row.get(name) is not None), None)
+
+
+def submission_ids(question: Question) -> dict[str, Any]:
+    """A submission line's id fields: ``id``, plus ``question_idx`` as the input wrote it (an int) when it had one."""
+    ids: dict[str, Any] = {"id": question.id}
+    if "question_idx" in question.extra:
+        ids["question_idx"] = question.extra["question_idx"]
+    return ids
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -146,8 +162,9 @@ def _check_row(row: Any, require_answer: bool) -> str | None:
     document = row["document"]
     if not document or Path(document).name != document or document in (".", ".."):
         return f"document must be a bare file name, got {document!r}"
-    if "id" in row and not isinstance(row["id"], (str, int)):
-        return f"field 'id' must be a string or integer, got {type(row['id']).__name__}"
+    for name in ID_FIELDS:
+        if name in row and (isinstance(row[name], bool) or not isinstance(row[name], (str, int))):
+            return f"field '{name}' must be a string or integer, got {type(row[name]).__name__}"
     if require_answer and "answer" not in row:
         return "missing answer (required in this split)"
     if "answer" in row and not isinstance(row["answer"], str):
@@ -192,8 +209,8 @@ def _read_row(line: str, line_no: int, file: str, require_answer: bool, doc_dir:
         return Problem(file, f"invalid JSON ({error.msg} at column {error.colno})", line_no)
     reason = _check_row(row, require_answer)
     if reason:
-        return Problem(file, reason, line_no, str(row.get("id")) if isinstance(row, dict) and "id" in row else None)
-    qid = str(row["id"]) if "id" in row else question_id(row["document"], row["question"])
+        return Problem(file, reason, line_no, row_id(row) if isinstance(row, dict) else None)
+    qid = row_id(row) or question_id(row["document"], row["question"])
     if qid in seen_ids:
         return Problem(file, f"duplicate id {qid!r} (first on line {seen_ids[qid]})", line_no, qid)
     seen_ids[qid] = line_no

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from patentqa.data.chains import final_answer
 from patentqa.data.choices import parse_choice
-from patentqa.data.corpus import Document, Question
+from patentqa.data.corpus import Document, Question, submission_ids
 from patentqa.data.prompts import (PromptConfig, classifier_prompt, parse_classifier_answer, prompt_form,
                                    style_prompt)
 from patentqa.data.questions import parse_question
@@ -193,10 +193,11 @@ def answer_questions(questions: list[Question], ctx: AnswerContext, engine: Engi
 
 
 def write_submission(path: Path, questions: list[Question], records: list[dict[str, Any]]) -> None:
-    """The competition's form: one {"id", "answer"} per input question, in input order, none missing."""
+    """The competition's form: one {"id", "answer"} per input question, in input order, none missing
+    (with ``question_idx`` too where the input named its questions so: ``corpus.submission_ids``)."""
     by_id = {r["id"]: r["prediction"] for r in records}
     missing = [q.id for q in questions if q.id not in by_id]
     if missing:
         raise ValueError(f"{len(missing)} question(s) have no prediction, e.g. {missing[:5]}")
-    lines = [json.dumps({"id": q.id, "answer": by_id[q.id]}, ensure_ascii=False) for q in questions]
+    lines = [json.dumps({**submission_ids(q), "answer": by_id[q.id]}, ensure_ascii=False) for q in questions]
     atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
