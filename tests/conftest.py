@@ -22,6 +22,24 @@ def cache_root() -> Path:
     return Path(os.environ.get("PATENTQA_CACHE", REPO / ".cache"))
 
 
+# Fake keys set for the whole session: every run, Hydra/submitit dir, node log, cache and output the
+# tests make is searched for them at the end (tests/test_zz_no_secrets.py)
+SESSION_SECRETS = {"WANDB_API_KEY": "wandb-fake-session-3f9a1c7e5b2d4086", "OPENAI_API_KEY": "sk-fake-session-7c1e9b3a5d"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_secrets() -> dict[str, str]:
+    """Fake API keys in the environment of every test and every subprocess it starts."""
+    saved = {name: os.environ.get(name) for name in SESSION_SECRETS}
+    os.environ.update(SESSION_SECRETS)
+    yield SESSION_SECRETS
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def reference() -> Path:
     """The seed's prompts and SFT rows, the 600 real questions and the metric oracle (tests/fixtures)."""
