@@ -30,7 +30,7 @@ WANDB = {"name": "wandb", "project": "patentqa-test", "entity": None, "mode": "o
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """Offline, silent W&B with every W&B directory under tmp and two fake secrets set."""
-    for name in [k for k in os.environ if k.startswith("WANDB_")] + ["NODE_RANK"]:
+    for name in [k for k in os.environ if k.startswith("WANDB_")] + ["NODE_RANK", "OPENAI_API_KEY"]:
         monkeypatch.delenv(name, raising=False)
     home = tmp_path / "wandb-home"
     monkeypatch.setenv("WANDB_MODE", "offline")
