@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> None:
     try:
         build = build_dataset(cfg)
     except DataError as error:
-        print(f"data error (strict mode):\n{error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     summary = {k: build.manifest[k] for k in ("questions", "kinds", "pages")}
     summary["problems"] = build.manifest["problems"]["count"]

@@ -179,6 +179,9 @@ def build_dataset(cfg: DictConfig) -> DatasetBuild:
     started = time.perf_counter()
     data_dir = ensure_corpus(cfg)
     labelled = read_split(data_dir, cfg.data.train_split, strict=cfg.strict)
+    if not labelled.questions:  # nothing to train or evaluate on: stop here, before anything is written
+        reason = labelled.problems[0] if labelled.problems else "the question file holds no rows"
+        raise DataError(f"no usable {cfg.data.train_split} question in {data_dir}: {reason}")
     unlabelled = read_split(data_dir, cfg.data.test_split, strict=cfg.strict, require_answer=False) \
         if (data_dir / cfg.data.test_split).is_dir() else None
     rounds = set(cfg.data.get("rounds") or ["a", "b"])

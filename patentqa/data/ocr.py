@@ -332,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m patentqa.data.ocr dir=DIR split=train [truth=true]", file=sys.stderr)
         return 2
     data = read_split(args.dir, args.split, require_answer=False)
+    if not data.documents:  # nothing to read: say why in one line, write nothing
+        reason = data.problems[0] if data.problems else f"{Path(args.dir) / args.split}: no readable document"
+        print(f"error: no document to OCR in dir={args.dir} split={args.split}: {reason}", file=sys.stderr)
+        return 2
     for problem in data.problems:
         print(f"problem: {problem}", file=sys.stderr)
     spec = OcrSpec(dpi=args.dpi)

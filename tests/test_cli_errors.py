@@ -1,0 +1,80 @@
+"""Bad input to the data commands: one clear error line with the path and the reason, a non-zero exit,
+and nothing half-written (the rest of the work goes on where it can)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import fitz
+from PIL import Image, ImageDraw
+
+from conftest import REPO
+
+
+def run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *argv], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def error_lines(done: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in done.stderr.splitlines() if line.startswith("error:")]
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def test_data_stage_on_a_missing_dataset_says_which_file(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-set"
+    done = run("patentqa.data", "data=ccks2025", f"data.dir={missing}", f"paths.root={tmp_path}",
+               f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert done.returncode == 1
+    assert error_lines(done) == [f"error: no usable train question in {missing}: "
+                                 f"{missing}/train/train.jsonl: question file not found"]
+    assert files_under(tmp_path / "cache" / "datasets") == []  # no dataset half-built
+
+
+def test_ocr_on_a_missing_dataset_says_which_file(tmp_path: Path) -> None:
+    done = run("patentqa.data.ocr", f"dir={tmp_path / 'nope'}", "split=train", f"cache_dir={tmp_path / 'cache'}",
+               cwd=tmp_path)
+    assert done.returncode == 2
+    assert error_lines(done) == [f"error: no document to OCR in dir={tmp_path / 'nope'} split=train: "
+                                 f"{tmp_path / 'nope'}/train/train.jsonl: question file not found"]
+    assert files_under(tmp_path / "cache") == []
+
+
+def test_ccitt_refuses_a_missing_src_and_an_out_inside_src(tmp_path: Path) -> None:
+    done = run("patentqa.data.ccitt", f"src={tmp_path / 'nope'}", f"out={tmp_path / 'g4'}", cwd=tmp_path)
+    assert done.returncode == 2 and error_lines(done) == [f"error: src={tmp_path / 'nope'}: no such directory"]
+    (tmp_path / "set").mkdir()
+    done = run("patentqa.data.ccitt", f"src={tmp_path / 'set'}", f"out={tmp_path / 'set' / 'g4'}", cwd=tmp_path)
+    assert done.returncode == 2 and "inside src=" in error_lines(done)[0]
+    assert not (tmp_path / "g4").exists() and not (tmp_path / "set" / "g4").exists()
+
+
+def test_ccitt_reports_a_corrupt_pdf_and_writes_the_rest(tmp_path: Path) -> None:
+    docs = tmp_path / "set" / "train" / "documents"
+    docs.mkdir(parents=True)
+    scan = tmp_path / "scan.png"
+    image = Image.new("L", (200, 280), 255)
+    ImageDraw.Draw(image).rectangle((20, 20, 120, 60), fill=0)
+    image.save(scan)
+    with fitz.open() as pdf:
+        pdf.new_page(width=200, height=280).insert_image(fitz.Rect(0, 0, 200, 280), filename=str(scan))
+        pdf.save(docs / "good.pdf")
+    with fitz.open() as pdf:  # a text page, no scan
+        pdf.new_page(width=200, height=280).insert_text((20, 40), "typed")
+        pdf.save(docs / "typed.pdf")
+    (docs / "bad.pdf").write_bytes(b"%PDF-1.4\n this is not a pdf")
+    (tmp_path / "set" / "train" / "train.jsonl").write_text('{"question": "q", "document": "good.pdf", "answer": "a"}\n')
+    out = tmp_path / "g4"
+    done = run("patentqa.data.ccitt", f"src={tmp_path / 'set'}", f"out={out}", cwd=REPO)
+    assert done.returncode == 1, done.stderr
+    problems = [line for line in done.stderr.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 2 and all(p.endswith("(left out)") for p in problems), problems
+    assert problems[0].startswith(f"problem: {docs / 'bad.pdf'}: ")
+    assert problems[1] == f"problem: {docs / 'typed.pdf'}: ValueError: page 1 holds no scanned image (a text page is no scan) (left out)"
+    assert "wrote 1 CCITT G4 PDFs" in done.stdout
+    assert [p.relative_to(out).as_posix() for p in files_under(out)] == ["train/documents/good.pdf", "train/train.jsonl"]
+    with fitz.open(out / "train" / "documents" / "good.pdf") as g4:
+        assert g4.page_count == 1
