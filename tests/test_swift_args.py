@@ -15,16 +15,19 @@ SEED_RECIPE = {"tuner_type": "lora", "lora_rank": 8, "lora_alpha": 32, "lorap_lr
                "per_device_train_batch_size": 1, "freeze_vit": True, "deepspeed": "zero3"}
 
 
+SNAPSHOT = "/hf/hub/models--Qwen--Qwen2.5-VL-32B-Instruct/snapshots/rev"  # what patentqa.hub resolves the id to
+
+
 def render(*overrides: str) -> dict:
     cfg = compose(["+exp=lora_r8", *overrides])
-    return swift_args.render(cfg, Path("/d/train.jsonl"), Path("/d/dev.jsonl"), Path("/r/swift"), "wandb")
+    return swift_args.render(cfg, Path("/d/train.jsonl"), Path("/d/dev.jsonl"), Path("/r/swift"), "wandb", SNAPSHOT)
 
 
 def test_seed_recipe_on_8_gpus_is_valid() -> None:
     args = render("model=qwen2_5_vl_32b", "launcher=8gpu")
     assert {k: args[k] for k in SEED_RECIPE} == SEED_RECIPE
     assert args["val_dataset"] == ["/d/dev.jsonl"] and args["split_dataset_ratio"] == 0.0
-    assert "device_map" not in args and args["model"] == "Qwen/Qwen2.5-VL-32B-Instruct"
+    assert "device_map" not in args and args["model"] == SNAPSHOT and args["check_model"] is False
     swift_args.validate(args)
     env = launch_env(compose(["+exp=lora_r8", "launcher=8gpu"]))
     assert env["NPROC_PER_NODE"] == "8" and env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"

@@ -150,7 +150,7 @@ class GmeEmbedder:
     def __init__(self, model_path: str | Path, cache_dir: str | Path, *, min_pixels: int, max_pixels: int,
                  query_instruction: str, document_instruction: str = DEFAULT_INSTRUCTION, batch_size: int = 8,
                  device: str | None = None, dtype: str | None = None, positions: str = "sequential",
-                 progress: bool = True) -> None:
+                 progress: bool = True, hub: str = "huggingface") -> None:
         if positions not in POSITION_MODES:
             raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
         if not 0 < min_pixels <= max_pixels:
@@ -160,7 +160,8 @@ class GmeEmbedder:
         self.query_instruction, self.document_instruction = query_instruction, document_instruction
         self.batch_size = max(1, int(batch_size))
         self.positions, self.progress = positions, progress
-        self.device = device or _default_device()
+        self.hub = hub  # where a hub id is fetched from when the model is first needed (patentqa/hub.py)
+        self.device = _default_device(device, self.model_path, hub)
         self.dtype = dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
         self.key = _sha(model_key(model_path), self.dtype, positions)[:16]
         self.cache_dir = Path(cache_dir) / self.key
@@ -281,8 +282,10 @@ class GmeEmbedder:
             return
         from transformers import AutoProcessor
 
+        from patentqa.hub import resolve_model
+
         started = time.perf_counter()
-        path = self.model_path
+        path = resolve_model(self.model_path, self.hub)  # a hub id: its local snapshot (patentqa/hub.py)
         with residency.loading("gme", path) as held:  # no other model may be alive
             model = load_gme(path, self.dtype, self.device)
             processor = AutoProcessor.from_pretrained(path)  # pixel budget: per call (_forward)
@@ -336,7 +339,14 @@ class GmeEmbedder:
         return list(pooled.cpu().numpy())
 
 
-def _default_device() -> str:
+def _default_device(device: str | None = None, model_path: str = "", hub: str = "huggingface") -> str:
+    """``device`` as given (cpu, cuda:1); None or auto: cuda when a GPU works, else cpu, but a GME that is not
+    a tiny test model stops there instead (``patentqa.device.require_gpu``: device=cpu means the CPU on purpose)."""
+    if device not in (None, "auto"):
+        return str(device)
     import torch
 
+    from patentqa.device import require_gpu
+
+    require_gpu(model_path or "the GME model", "auto", stage="GME embedder", hub=hub)
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -249,7 +249,8 @@ def make_retriever(retrieval_cfg: Mapping[str, Any], pages: Mapping[PageKey, Pat
             query_instruction=retrieval_cfg["query_instruction"],
             document_instruction=retrieval_cfg.get("document_instruction", DEFAULT_INSTRUCTION),
             batch_size=int(retrieval_cfg.get("batch_size", 8)), device=retrieval_cfg.get("device"),
-            dtype=retrieval_cfg.get("dtype"), positions=retrieval_cfg.get("positions", "sequential"))
+            dtype=retrieval_cfg.get("dtype"), positions=retrieval_cfg.get("positions", "sequential"),
+            hub=retrieval_cfg.get("hub") or "huggingface")
         return GmeRetriever(k, pages, embedder)
     raise ValueError(f"unknown retrieval.name {name!r} (expected one of {', '.join(RETRIEVERS)})")
 

@@ -9,11 +9,10 @@ builder's renderers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt
+from patentqa.hub import model_dir  # noqa: F401 - the one model resolver, re-exported for the engines
 
 
 @dataclass(frozen=True)
@@ -69,13 +68,3 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release the model / client."""
         ...
-
-
-def model_dir(model_cfg: Any) -> str:
-    """``model.path``, building the tiny test model there first when ``model.build_tiny``."""
-    path = str(model_cfg.path)
-    if cfg_get(model_cfg, "build_tiny", False):
-        from patentqa.tiny import tiny_qwen2_5_vl
-
-        path = str(tiny_qwen2_5_vl(Path(path).parent))
-    return path

@@ -93,12 +93,29 @@ def validate(args: dict[str, Any]) -> None:
         raise SwiftArgError("--device_map cannot be combined with --deepspeed (swift and ZeRO-3 both refuse it)")
 
 
-def render(cfg: DictConfig, train_file: Path, val_file: Path, output_dir: Path, report_to: str) -> dict[str, Any]:
-    """The ``swift sft`` arguments for a run, from the ``model``, ``train`` and ``launcher`` groups."""
+def model_for_swift(cfg: DictConfig) -> str:
+    """The local model dir ``swift sft`` gets (``patentqa.hub.model_dir``: a hub id fetched once, into the
+    cache every stage reads). A dry run downloads nothing: a snapshot not fetched yet shows as its id."""
+    from patentqa.hub import ModelNotFound, model_dir
+
+    try:
+        return model_dir(cfg.model, download=not cfg.dry_run)
+    except ModelNotFound as error:
+        if not cfg.dry_run:
+            raise
+        print(f"dry run: {error}; a real run downloads it once and gives swift that snapshot dir")
+        return str(cfg.model.path)
+
+
+def render(cfg: DictConfig, train_file: Path, val_file: Path, output_dir: Path, report_to: str,
+           model_path: str) -> dict[str, Any]:
+    """The ``swift sft`` arguments for a run, from the ``model``, ``train`` and ``launcher`` groups;
+    ``model_path`` is the local model dir (``model_for_swift``)."""
     model = cfg.model
-    local = Path(str(model.path)).is_dir()
     args: dict[str, Any] = {
-        "model": str(Path(str(model.path)).resolve()) if local else str(model.path),  # adapters record it
+        # a local dir, so swift loads it as it is: no hub, so its use_hf (ModelScope by default) never matters
+        "model": model_path,  # adapters record it as their base
+        "check_model": False,  # no hub calls for a local dir (offline nodes)
         "model_type": model.model_type,
         "template": model.template,
         "torch_dtype": model.torch_dtype,
@@ -112,8 +129,6 @@ def render(cfg: DictConfig, train_file: Path, val_file: Path, output_dir: Path, 
         "report_to": [report_to],
         "run_name": cfg.name,  # W&B run name (swift's default is its output dir)
     }
-    if local:
-        args["check_model"] = False  # local weights: no hub calls
     train = OmegaConf.to_container(cfg.train, resolve=True)
     assert isinstance(train, dict)
     for key, value in train.items():

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from patentqa import residency
 from patentqa.data.build import build_dataset, dataset_dir
 from patentqa.data.corpus import DataError
+from patentqa.device import require_gpu
 from patentqa.tracking import Checkpoint, Tracker, checkpoints, run_manifest, scrub, update_manifest, write_json_atomic
 from patentqa.train import swift_args
 from patentqa.train.launch import (RANKS_APART, child_env, launch_env, ranks_trained_apart, run_streaming,
@@ -107,7 +108,8 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)), encoding="utf-8")
     if cfg.dry_run:
         data_dir = dataset_dir(cfg)
-    else:
+    else:  # a real model on a machine without a working GPU stops here, before anything loads (patentqa/device.py)
+        require_gpu(cfg.model, cfg.get("device"), stage="training (swift sft)")
         data_dir = build_dataset(cfg).out_dir if rank == 0 else wait_for_rank0(cfg, run_dir)
     resume = find_resume_point(cfg, run_dir) if cfg.resume else None
     if cfg.resume:
@@ -117,7 +119,8 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
                       name=cfg.name, group=group or cfg.name, tags=list(cfg.tags), config=config,
                       run_id=((resume[1].get("wandb") or {}).get("id") if resume else None))
     args = swift_args.render(cfg, data_dir / "train.jsonl", data_dir / "dev.jsonl", run_dir / "swift",
-                             report_to="wandb" if tracker.enabled else "none")
+                             report_to="wandb" if tracker.enabled else "none",
+                             model_path=swift_args.model_for_swift(cfg))
     if resume:
         args["resume_from_checkpoint"] = str(resume[0].path)
     swift_args.validate(args)

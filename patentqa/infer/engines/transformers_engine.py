@@ -25,15 +25,24 @@ from typing import Any, Iterator
 from patentqa import residency
 from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt
+from patentqa.device import require_gpu
 from patentqa.infer.engine import Reply, Sampling, Trace, model_dir
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` → ``auto`` (all GPUs, via accelerate) with CUDA, else ``cpu``; anything else as given."""
+def resolve_device(device: str = "auto", model: Any = None) -> str:
+    """``auto`` → ``auto`` (all GPUs, via accelerate) with CUDA, else ``cpu``; anything else as given.
+
+    Given the ``model`` about to be loaded (its config, dir or id), ``auto`` follows ``model.device`` (the root
+    ``device``; cpu = the CPU on purpose) and stops a model that is not tiny from loading on the CPU
+    by accident (``patentqa.device.require_gpu`` names the likely cause).
+    """
     import torch
 
+    if device == "auto" and model is not None:
+        device = str(cfg_get(model, "device", "auto"))
+        require_gpu(model, device, stage="transformers engine")
     if device == "auto":
         return "auto" if torch.cuda.is_available() else "cpu"
     return device
@@ -121,10 +130,10 @@ class TransformersEngine:
     def from_config(cls, infer_cfg: Any, model_cfg: Any) -> TransformersEngine:
         """Load ``model_cfg.path`` once (building the tiny model when ``model.build_tiny``); the model
         takes the process's model slot (patentqa/residency.py) until ``close``."""
+        device = resolve_device(str(cfg_get(infer_cfg, "device", "auto")), model_cfg)  # before anything loads
         path = model_dir(model_cfg)
         with residency.loading("transformers", path) as held:  # no other model may be alive
-            model, processor = load_base(path, dtype=str(cfg_get(infer_cfg, "dtype", "auto")),
-                                         device=str(cfg_get(infer_cfg, "device", "auto")),
+            model, processor = load_base(path, dtype=str(cfg_get(infer_cfg, "dtype", "auto")), device=device,
                                          attn_implementation=cfg_get(infer_cfg, "attn_implementation"))
         engine = cls(model=model, processor=processor, batch_size=int(cfg_get(infer_cfg, "batch_size", 8)),
                      factor=int(cfg_get(model_cfg, "image_factor", 28)),

@@ -40,6 +40,7 @@ from typing import Any, Sequence
 
 from patentqa import residency
 from patentqa.config import cfg_get
+from patentqa.device import require_gpu
 from patentqa.data.prompts import Prompt, to_vllm_request
 from patentqa.infer.engine import Reply, Sampling, Trace, model_dir
 
@@ -220,6 +221,7 @@ class VllmEngine:
         from transformers import AutoProcessor
         from vllm.platforms import current_platform
 
+        require_gpu(model_cfg, cfg_get(model_cfg, "device"), stage="vLLM engine", vllm_platform=current_platform)
         kwargs = llm_kwargs(infer_cfg, model_cfg, served_lora_rank(cfg_get(infer_cfg, "max_lora_rank"), adapters),
                             model_dir(model_cfg))
         if current_platform.is_cpu():

