@@ -98,3 +98,34 @@ def test_build_finds_the_gme_embedders_of_a_retriever() -> None:
         gme = Gme()
 
     assert gme_embedders(Gme()) == ["e"] and gme_embedders(Hybrid()) == ["e"] and gme_embedders(object()) == []
+
+
+def test_the_sweep_holds_one_engine_at_a_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, log: Path) -> None:
+    """A train=full sweep closes the base engine before it loads a checkpoint as the model, and back."""
+    from omegaconf import OmegaConf
+
+    from patentqa.eval import sweep
+    from patentqa.tracking import Checkpoint
+
+    class Engine:
+        def __init__(self, model_cfg, adapters) -> None:
+            self.held, self.adapters = residency.hold("fake", str(model_cfg.path)), list(adapters)
+
+        def close(self) -> None:
+            self.held.release()
+
+    monkeypatch.setattr(sweep, "make_engine", lambda infer_cfg, model_cfg, adapters=(): Engine(model_cfg, adapters))
+    cfg = OmegaConf.create({"infer": {"name": "fake"}, "model": {"path": "/base", "build_tiny": False}})
+    full = [Checkpoint(path=tmp_path / f"checkpoint-{s}", step=s) for s in (2, 4)]
+    for checkpoint in full:  # a whole model: config + weights, no adapter_config.json
+        checkpoint.path.mkdir()
+        (checkpoint.path / "config.json").write_text("{}")
+    with sweep.Engines(cfg, ["/lora/checkpoint-1"]) as engines:
+        base, adapter = engines.for_checkpoint(None)
+        assert adapter is None and base.adapters == ["/lora/checkpoint-1"]  # vLLM sizes max_lora_rank from them
+        for checkpoint in full + [None]:
+            engine, adapter = engines.for_checkpoint(checkpoint)
+            assert adapter is None and residency.alive() == [f"fake:{checkpoint.path if checkpoint else '/base'}"]
+        assert engines.for_checkpoint(None)[0] is engine  # the same model: no reload
+    assert residency.alive() == [] and engines.loads == 4 and engines.full_loads == 2
+    assert residency.overlaps(residency.read_log(log)) == []

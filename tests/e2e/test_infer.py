@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cache_root
+from patentqa import residency
 from patentqa.config import compose
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +34,8 @@ def infer_cmd(root: Path, out: Path, *extra: str) -> list[str]:
 def uninterrupted(tmp_path_factory, tiny_vl, tiny_embedder) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("infer")
     out = root / "full"
-    done = subprocess.run(infer_cmd(root, out), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(infer_cmd(root, out), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, residency.LOG_ENV: str(root / "residency.jsonl")})
     assert done.returncode == 0, done.stderr[-3000:]
     return root, out
 
@@ -54,6 +56,15 @@ def test_every_question_answered_and_submission_complete(uninterrupted) -> None:
     assert [s["id"] for s in submission] == [q["id"] for q in questions]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["questions"] == len(questions) and set(summary["stage_seconds"]) >= {"answer", "shorten"}
+
+
+def test_inference_starts_after_the_data_stage_released_gme(uninterrupted) -> None:
+    root, _ = uninterrupted
+    events = residency.read_log(root / "residency.jsonl")
+    assert residency.overlaps(events) == [], events
+    kinds = [(e["event"], e["kind"]) for e in events]
+    assert kinds[-2:] == [("load", "transformers"), ("release", "transformers")], kinds
+    assert ("release", "gme") in kinds[:-2] and events[-2]["alive"] == [f"transformers:{events[-2]['name']}"]
 
 
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(uninterrupted) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cache_root
+from patentqa import residency
 from patentqa.config import compose
 from patentqa.train.train import TrainFailed, train
 
@@ -32,6 +33,7 @@ def wandb_pieces(run_dir: Path) -> list[Path]:
 def first_run(tmp_path_factory, tiny_vl, tiny_embedder, monkeypatch_module):
     tmp = tmp_path_factory.mktemp("train")
     run_dir = tmp / "runs" / "smoke" / "a"
+    monkeypatch_module.setenv(residency.LOG_ENV, str(tmp / "residency.jsonl"))  # every model load and release
     result = train(smoke(tmp), run_dir)
     return tmp, run_dir, result
 
@@ -60,6 +62,16 @@ def test_training_leaves_checkpoints_manifest_and_one_wandb_run(first_run) -> No
     assert len(pieces) >= 2 and all(p.name.endswith(run_id) for p in pieces)
     history = b"".join(f.read_bytes() for p in pieces for f in p.glob("*.wandb"))
     assert b"train/loss" in history, "swift's trainer logged into the same W&B run"
+
+
+def test_gme_is_released_before_swift_sft_starts(first_run) -> None:
+    tmp, _, _ = first_run
+    events = residency.read_log(tmp / "residency.jsonl")
+    assert residency.overlaps(events) == [], events
+    kinds = [(e["event"], e["kind"]) for e in events]
+    sft = kinds.index(("load", "swift sft"))
+    assert ("load", "gme") in kinds[:sft] and kinds[sft - 1] == ("release", "gme"), kinds
+    assert events[sft]["alive"] == [f"swift sft:{events[sft]['name']}"]
 
 
 def test_no_secret_in_any_file(first_run) -> None:
