@@ -55,6 +55,11 @@ def modelscope_cache_dir() -> Path:
     return Path(os.environ.get("MODELSCOPE_CACHE") or "~/.cache/modelscope/hub").expanduser()
 
 
+def cache_dir(hub: str = "huggingface") -> Path:
+    """Where ``hub``'s snapshots are kept."""
+    return hf_cache_dir() if hub == "huggingface" else modelscope_cache_dir()
+
+
 def is_local(ref: str) -> bool:
     """A path rather than a hub id: an existing directory, or written as a path (/, ./, ../, ~)."""
     return Path(ref).expanduser().is_dir() or ref.startswith(("/", "./", "../", "~"))
@@ -75,9 +80,9 @@ def resolve_model(ref: str | Path, hub: str = "huggingface", *, download: bool =
     if hub not in HUBS:
         raise ValueError(f"model.hub must be one of {', '.join(HUBS)}, got {hub!r}")
     local_only = offline() or not download
+    cache = str(cache_dir(hub))
     if hub == "huggingface":
-        return _snapshot(ref, hub, local_only, str(hf_cache_dir()))
-    cache = str(modelscope_cache_dir())
+        return _snapshot(ref, hub, local_only, cache)
     try:  # cached under the id as written: no registry lookup needed
         return _snapshot(ref, hub, True, cache)
     except ModelNotFound:

@@ -96,14 +96,17 @@ def validate(args: dict[str, Any]) -> None:
 def model_for_swift(cfg: DictConfig) -> str:
     """The local model dir ``swift sft`` gets (``patentqa.hub.model_dir``: a hub id fetched once, into the
     cache every stage reads). A dry run downloads nothing: a snapshot not fetched yet shows as its id."""
-    from patentqa.hub import ModelNotFound, model_dir
+    from patentqa.hub import ModelNotFound, cache_dir, model_dir, offline
 
     try:
         return model_dir(cfg.model, download=not cfg.dry_run)
     except ModelNotFound as error:
         if not cfg.dry_run:
             raise
-        print(f"dry run: {error}; a real run downloads it once and gives swift that snapshot dir")
+        hub = cfg.model.get("hub") or "huggingface"
+        print(f"dry run: {error} (a real run stops here)" if offline() else
+              f"dry run: {cfg.model.path} is not in the {hub} cache {cache_dir(hub)} yet; a real run downloads it "
+              f"there once and gives swift that snapshot dir")
         return str(cfg.model.path)
 
 
