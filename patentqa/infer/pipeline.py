@@ -135,8 +135,9 @@ def answer_chunk(chunk: list[Question], ctx: AnswerContext, engine: Engine, sett
     return records
 
 
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """Finished records; a torn last line (killed mid-write) is cut off the file."""
+def read_predictions(path: Path, repair: bool = True) -> list[dict[str, Any]]:
+    """Finished records; a torn last line (killed mid-write) is cut off the file (``repair``), or only
+    skipped (``repair=False``: for readers of a file another process may still be appending to)."""
     if not path.is_file():
         return []
     data = path.read_bytes()
@@ -144,20 +145,20 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
     records = []
     for line in data[:end].splitlines():
         records.append(json.loads(line))
-    if end != len(data):
+    if repair and end != len(data):
         with open(path, "r+b") as handle:
             handle.truncate(end)
     return records
 
 
-def _line(record: dict[str, Any]) -> str:
+def record_line(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
 
 
 def append_records(path: Path, records: list[dict[str, Any]]) -> None:
     """Append whole lines in one write and fsync: a chunk is either on disk or not."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(_line(r) for r in records).encode("utf-8")
+    data = "".join(record_line(r) for r in records).encode("utf-8")
     with open(path, "ab") as handle:
         handle.write(data)
         handle.flush()
@@ -176,7 +177,7 @@ def answer_questions(questions: list[Question], ctx: AnswerContext, engine: Engi
     # chunk boundaries are fixed from the start of the list, so a resumed run batches exactly as a fresh one
     first = (len(done) // settings.chunk_size) * settings.chunk_size
     if first != len(done):  # killed inside a chunk's write: redo that whole chunk
-        atomic_write(predictions, "".join(_line(r) for r in done[:first]).encode("utf-8"))
+        atomic_write(predictions, "".join(record_line(r) for r in done[:first]).encode("utf-8"))
         done = done[:first]
     with tqdm(total=len(questions), initial=len(done), unit="q", desc="answer", disable=not progress) as bar:
         for start in range(first, len(questions), settings.chunk_size):
@@ -189,7 +190,12 @@ def answer_questions(questions: list[Question], ctx: AnswerContext, engine: Engi
     return {"questions": len(records), "resumed_after": len(done), "answered_now": answered,
             "seconds": round(seconds, 2), "questions_per_s": round(answered / seconds, 3) if answered else None,
             "stage_seconds": {k: round(v, 2) for k, v in timings.items()},
-            "kinds": dict(Counter(r["kind"] for r in records)), "forms": dict(Counter(r["form"] for r in records))}
+            **record_counts(records)}
+
+
+def record_counts(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """How many answers of each question kind and prompt form (the summary's breakdown)."""
+    return {"kinds": dict(Counter(r["kind"] for r in records)), "forms": dict(Counter(r["form"] for r in records))}
 
 
 def write_submission(path: Path, questions: list[Question], records: list[dict[str, Any]]) -> None:

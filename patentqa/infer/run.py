@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from patentqa.data.build import DatasetBuild, build_dataset
 from patentqa.data.corpus import Question
@@ -16,8 +17,10 @@ from patentqa.data.prompts import PromptConfig
 from patentqa.data.retrieval import style_examples
 from patentqa.infer.engines import make_engine
 from patentqa.infer.pipeline import AnswerContext, PipelineSettings, answer_questions, read_predictions, \
-    write_submission
-from patentqa.tracking import write_json_atomic
+    record_counts, record_line, write_submission
+from patentqa.infer.shards import PARTS_DIR, ShardLayout, UnfinishedParts, merge_parts, part_done, part_path, \
+    part_questions, run_replicas
+from patentqa.tracking import atomic_write, write_json_atomic
 
 SPLITS = {"test": "the competition's test split (unlabelled)", "dev": "our labelled dev split",
           "heldout": "our labelled test split"}
@@ -51,19 +54,78 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def infer(cfg: DictConfig) -> dict[str, Any]:
-    """Answer every question of ``cfg.split``; write predictions.jsonl, submission.jsonl and summary.json."""
+    """Answer ``cfg.split`` (all of it, or this job's shard); write predictions.jsonl, submission.jsonl and
+    summary.json once every question is answered (``patentqa.infer.shards`` for parts and replicas)."""
+    layout = ShardLayout.from_cfg(cfg.infer)
     build = build_dataset(cfg)
     questions = split_questions(build, cfg.split)
     out = output_dir(cfg)
+    if layout.parts == 1:
+        summary = answer_part(cfg, build, questions, out / "predictions.jsonl")
+        return finish(cfg, out, questions, read_predictions(out / "predictions.jsonl"), summary)
+    ran: list[dict[str, Any]] = []
+    if not layout.merge_only:
+        ran = answer_job_parts(cfg, build, questions, out, layout)
+    try:
+        records = merge_parts(out, questions, layout)
+    except UnfinishedParts as unfinished:
+        if layout.merge_only:
+            raise
+        return {"merged": False, "waiting": str(unfinished), "out_dir": str(out), "parts": ran}
+    summary = {"questions": len(records), "answered_now": sum(p["answered_now"] for p in ran), "parts": ran,
+               "layout": {"num_shards": layout.num_shards, "data_parallel_size": layout.replicas}}
+    atomic_write(out / "predictions.jsonl", "".join(record_line(r) for r in records).encode("utf-8"))
+    return finish(cfg, out, questions, records, summary)
+
+
+def answer_part(cfg: DictConfig, build: DatasetBuild, questions: list[Question], predictions: Path) -> dict[str, Any]:
+    """Answer ``questions`` into ``predictions`` with one engine (resuming what is there; none loaded when done)."""
+    if predictions.is_file() and part_done(predictions, questions):
+        return {"questions": len(questions), "resumed_after": len(questions), "answered_now": 0}
     ctx = answer_context(cfg, build, questions)
     engine = make_engine(cfg.infer, cfg.model, [cfg.checkpoint] if cfg.checkpoint else [])  # vLLM sizes its LoRA
     try:
-        summary = answer_questions(questions, ctx, engine, PipelineSettings.from_cfg(cfg.pipeline, cfg.infer),
-                                   out / "predictions.jsonl", adapter=cfg.checkpoint)
+        return answer_questions(questions, ctx, engine, PipelineSettings.from_cfg(cfg.pipeline, cfg.infer),
+                                predictions, adapter=cfg.checkpoint)
     finally:
         engine.close()
-    write_submission(out / "submission.jsonl", questions, read_predictions(out / "predictions.jsonl"))
+
+
+def answer_job_parts(cfg: DictConfig, build: DatasetBuild, questions: list[Question], out: Path,
+                     layout: ShardLayout) -> list[dict[str, Any]]:
+    """This job's parts: in this process (one replica) or one pinned engine process per part; their summaries."""
+    parts = [p for p in layout.job_parts
+             if not part_done(part_path(out, p, layout.parts), part_questions(questions, p, layout.parts))]
+    if layout.replicas == 1 or not parts:
+        for part in parts:
+            answer_one_part(cfg, build, questions, out, part, layout)
+    else:
+        config = out / PARTS_DIR / "config.yaml"  # what the replicas answer with: this job's config, resolved
+        stored = OmegaConf.merge(cfg, {"out_dir": str(out)})
+        atomic_write(config, OmegaConf.to_yaml(stored, resolve=True).encode("utf-8"))
+        run_replicas(config, out, parts, layout, cfg.infer)
+    return [json.loads(part_path(out, p, layout.parts).with_suffix(".json").read_text(encoding="utf-8"))
+            if p in parts else {"part": p, "answered_now": 0} for p in layout.job_parts]
+
+
+def answer_one_part(cfg: DictConfig, build: DatasetBuild, questions: list[Question], out: Path, part: int,
+                    layout: ShardLayout) -> dict[str, Any]:
+    """Answer part ``part`` of the split into its part file; its summary (with the devices it ran on) beside it."""
+    path = part_path(out, part, layout.parts)
+    summary = answer_part(cfg, build, part_questions(questions, part, layout.parts), path)
+    summary.update(part=part, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   cpus=sorted(os.sched_getaffinity(0)))
+    write_json_atomic(path.with_suffix(".json"), summary)
+    return summary
+
+
+def finish(cfg: DictConfig, out: Path, questions: list[Question], records: list[dict[str, Any]],
+           summary: dict[str, Any]) -> dict[str, Any]:
+    """The submission and summary.json for a complete set of predictions."""
+    write_submission(out / "submission.jsonl", questions, records)
     summary.update(split=cfg.split, checkpoint=cfg.checkpoint, out_dir=str(out), engine=cfg.infer.name)
+    if "kinds" not in summary:
+        summary.update(record_counts(records))
     write_json_atomic(out / "summary.json", summary)
     return summary
 

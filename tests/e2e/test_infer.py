@@ -1,4 +1,5 @@
-"""python -m patentqa.infer on the tiny model: every question answered, submission complete, kill -9 resume."""
+"""python -m patentqa.infer on the tiny model: every question answered, submission complete, kill -9 resume;
+two data-parallel replicas and two shard jobs (submitit_local) give the bytes of one replica, and resume."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,8 @@ import pytest
 from conftest import cache_root
 from patentqa import residency
 from patentqa.config import compose
+from patentqa.infer.run import infer
+from patentqa.infer.shards import UnfinishedParts
 
 pytestmark = pytest.mark.e2e
 
@@ -91,3 +94,63 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(uninterrupted) -> None:
     assert len(ids) == len(set(ids))
     again = subprocess.run(infer_cmd(root, out), capture_output=True, text=True, timeout=600)
     assert '"answered_now": 0' in again.stdout, "a finished run answers nothing again"
+
+
+@pytest.fixture(scope="module")
+def two_replicas(uninterrupted) -> Path:
+    """The same split answered by ``infer.data_parallel_size=2``: two engine processes, one part each."""
+    root, _ = uninterrupted
+    out = root / "replicas"
+    infer(compose(overrides(root, out, "infer.data_parallel_size=2")))  # in this process: the replicas are children
+    return out
+
+
+def same_outputs(out: Path, full: Path) -> None:
+    for name in ("predictions.jsonl", "submission.jsonl"):
+        assert (out / name).read_bytes() == (full / name).read_bytes(), name
+
+
+def test_two_replicas_answer_as_one_replica(uninterrupted, two_replicas: Path) -> None:
+    _, full = uninterrupted
+    same_outputs(two_replicas, full)
+    summary = json.loads((two_replicas / "summary.json").read_text())
+    parts = summary["parts"]
+    assert [p["part"] for p in parts] == [0, 1] and all(p["answered_now"] == p["questions"] > 0 for p in parts)
+    assert sum(p["questions"] for p in parts) == summary["questions"] == summary["answered_now"]
+    assert parts[0]["cpus"] and not set(parts[0]["cpus"]) & set(parts[1]["cpus"]), "each replica on its own cores"
+
+
+def test_rerun_after_a_replica_lost_its_last_chunk_redoes_only_those(uninterrupted, two_replicas: Path) -> None:
+    root, full = uninterrupted
+    part = two_replicas / "parts" / "part-1-of-2.jsonl"
+    written = part.read_bytes().splitlines(keepends=True)
+    kept = (len(written) - 1) // 2 * 2  # drop the last chunk (pipeline.chunk_size=2), as a crash would
+    part.write_bytes(b"".join(written[:kept]) + b'{"id": "torn')
+    (two_replicas / "predictions.jsonl").unlink()  # killed before the merge
+    parts = infer(compose(overrides(root, two_replicas, "infer.data_parallel_size=2")))["parts"]
+    assert [p["answered_now"] for p in parts] == [0, len(written) - kept], "only the lost answers are redone"
+    assert parts[1]["resumed_after"] == kept
+    same_outputs(two_replicas, full)
+
+
+def test_shards_through_submitit_local_merge_into_one_submission(uninterrupted) -> None:
+    import hydra_plugins.hydra_submitit_launcher  # noqa: F401  (a dev dependency: missing fails)
+    root, full = uninterrupted
+    out = root / "shards"
+    argv = [sys.executable, "-m", "patentqa.infer", "-m", "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10", *overrides(root, out, "infer.num_shards=2", "infer.shard=0,1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both jobs share this machine; on SLURM each has its own
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    same_outputs(out, full)  # the job that finished last merged
+
+    merge = compose(overrides(root, out, "infer.num_shards=2", "infer.merge=true"))
+    part = out / "parts" / "part-1-of-2.jsonl"
+    part.rename(part.with_suffix(".away"))
+    with pytest.raises(UnfinishedParts, match=r"part 1 \(infer.shard=1\): missing"):
+        infer(merge)
+    part.with_suffix(".away").rename(part)
+    for name in ("predictions.jsonl", "submission.jsonl"):
+        (out / name).unlink()
+    assert infer(merge)["answered_now"] == 0  # the merge command loads no model
+    same_outputs(out, full)
