@@ -1,0 +1,33 @@
+"""``resume=true`` picks the last complete checkpoint of the latest earlier run of the same experiment."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from patentqa.config import compose
+from patentqa.tracking import write_json_atomic
+from patentqa.train.train import find_resume_point
+
+
+def plant_run(runs: Path, name: str, started_at: str, steps: list[int]) -> Path:
+    """An earlier run's record: manifest and complete checkpoints (what find_resume_point reads)."""
+    run_dir = runs / name / started_at.replace(":", "-")
+    for step in steps:
+        checkpoint = run_dir / "swift" / "v0-x" / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "trainer_state.json").write_text("{}")
+    write_json_atomic(run_dir / "manifest.json", {"name": name, "started_at": started_at, "state": "succeeded",
+                                                  "wandb": {"id": f"planted{len(steps)}"}})
+    return run_dir
+
+
+def test_latest_run_of_this_experiment_last_complete_checkpoint(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    plant_run(runs, "smoke", "2001-01-01T00:00:00+00:00", [2, 4, 6, 8, 10])   # older, more steps
+    plant_run(runs, "other", "2099-01-01T00:00:00+00:00", [50])               # newer, another experiment
+    latest = plant_run(runs, "smoke", "2026-12-06T05:00:00+00:00", [2, 4])
+    (latest / "swift" / "v0-x" / "checkpoint-6").mkdir()                       # partial: no trainer_state.json
+    cfg = compose(["+exp=smoke", f"paths.root={tmp_path}"])
+    checkpoint, manifest = find_resume_point(cfg, tmp_path / "runs" / "smoke" / "new")
+    assert checkpoint.path == latest / "swift" / "v0-x" / "checkpoint-4" and checkpoint.step == 4
+    assert manifest["wandb"]["id"] == "planted2"
+    assert find_resume_point(compose(["+exp=lora_r8", f"paths.root={tmp_path}"]), tmp_path / "x") is None
