@@ -139,6 +139,9 @@ def recall_table(cfg: DictConfig, pages: dict, questions: list[Question], docume
             continue
         if name == cfg.retrieval.name:
             candidate = retriever
+        elif name in ("none", "oracle", "bm25"):  # k (set below) is their whole config: no Hydra compose
+            candidate = make_retriever({"name": name, "k": cfg.retrieval.k}, pages,
+                                       Path(cfg.paths.cache_dir) / "embeddings", layout)
         else:
             merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # not struct: another group fits
             merged.retrieval = group_config("retrieval", "gme" if name == "hybrid" else name)

@@ -20,6 +20,7 @@ code path for both). ``recall_at_k`` measures a retriever against the gold evide
 """
 from __future__ import annotations
 
+import functools
 import logging
 import unicodedata
 import zlib
@@ -30,7 +31,7 @@ import numpy as np
 
 from patentqa.data.corpus import Document, Question
 from patentqa.data.embed import DEFAULT_INSTRUCTION, GmeEmbedder
-from patentqa.data.questions import parse_question
+from patentqa.data.questions import ParsedQuestion, parse_question
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,13 @@ TextEmbedder = Callable[[list[str]], np.ndarray]  # texts -> (n, dim) L2-normali
 RRF_K = 60  # reciprocal-rank fusion constant (hybrid)
 LEXICAL_DIM = 4096
 LEXICAL_NGRAMS = (1, 2, 3)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def parsed(text: str) -> ParsedQuestion:
+    """``parse_question``, once per question text: every retriever asks each question's page for
+    every k of the recall table (a frozen dataclass, safe to share)."""
+    return parse_question(text)
 
 
 def lexical_embed(texts: list[str], dim: int = LEXICAL_DIM, ngrams: tuple[int, ...] = LEXICAL_NGRAMS) -> np.ndarray:
@@ -74,7 +82,7 @@ def _available(document: Document, pages: Mapping[PageKey, Path] | None) -> list
 
 def _first_pages(question: Question, document: Document, k: int, pages: Mapping[PageKey, Path] | None) -> list[int]:
     """``none``: nothing for page questions, the first k pages for whole-patent questions."""
-    if parse_question(question.question).page is not None:
+    if parsed(question.question).page is not None:
         return []
     return _available(document, pages)[:k]
 
@@ -104,7 +112,7 @@ class OracleRetriever(NoRetriever):
         evidence = question.extra.get("evidence_pages")
         if not evidence:
             return super().context_pages(question, document)
-        asked = parse_question(question.question).page
+        asked = parsed(question.question).page
         allowed = set(_available(document, self.pages))
         return sorted({int(p) for p in evidence if int(p) != asked and int(p) in allowed})[:self.k]
 
@@ -145,7 +153,7 @@ class GmeRetriever:
 
     def context_pages(self, question: Question, document: Document) -> list[int]:
         numbers, scores = self.scores(question, document)
-        return _top(numbers, scores, parse_question(question.question).page, self.k)
+        return _top(numbers, scores, parsed(question.question).page, self.k)
 
 
 def words(text: str) -> list[str]:
@@ -198,7 +206,7 @@ class Bm25Retriever:
 
     def context_pages(self, question: Question, document: Document) -> list[int]:
         numbers, scores = self.scores(question, document)
-        return _top(numbers, scores, parse_question(question.question).page, self.k) if len(numbers) else \
+        return _top(numbers, scores, parsed(question.question).page, self.k) if len(numbers) else \
             _first_pages(question, document, self.k, self.pages)
 
 
@@ -223,7 +231,7 @@ class HybridRetriever:
         if not fused:
             return _first_pages(question, document, self.k, self.gme.pages)
         numbers = np.array(sorted(fused))
-        return _top(numbers, np.array([fused[n] for n in numbers]), parse_question(question.question).page, self.k)
+        return _top(numbers, np.array([fused[n] for n in numbers]), parsed(question.question).page, self.k)
 
 
 RETRIEVERS = ("none", "oracle", "gme", "bm25", "hybrid")
@@ -289,7 +297,7 @@ def style_examples(queries: list[Question], train: list[Question], k: int,
 
 def question_kind(question: Question) -> str:
     """The routing kind (figure_position / figure_other / document) of a question."""
-    return parse_question(question.question).kind
+    return parsed(question.question).kind
 
 
 def recall_report(retriever: Retriever, questions: list[Question],
@@ -302,7 +310,7 @@ def recall_report(retriever: Retriever, questions: list[Question],
     skipped: dict[str, int] = {}
     for question in usable:
         kind = question_kind(question)
-        asked = parse_question(question.question).page
+        asked = parsed(question.question).page
         gold = {int(p) for p in question.extra.get("evidence_pages") or []} - {asked}
         if not gold:
             skipped[kind] = skipped.get(kind, 0) + 1
