@@ -164,3 +164,13 @@ def test_transformers_and_gme_load_the_cached_snapshot_on_cpu(hf_cache: Path, tm
         close = getattr(embedder, "close", None)
         if close:
             close()
+
+
+def test_model_source_and_device_keys_do_not_split_runs_into_variants() -> None:
+    """A run recorded before model.hub/device existed and one with them are the same variant in a report."""
+    from patentqa.eval.runs import differing_keys
+
+    old = {"model": {"path": "Qwen/Qwen2.5-VL-32B-Instruct"}, "retrieval": {"name": "gme"}}
+    new = {"model": {"path": "Qwen/Qwen2.5-VL-32B-Instruct", "hub": "modelscope", "device": "auto"}, "device": "auto",
+           "retrieval": {"name": "gme", "hub": "modelscope"}}
+    assert differing_keys([old, new])[1] == []

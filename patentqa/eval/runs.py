@@ -21,7 +21,8 @@ NO_TEST = "dev — no test split"
 # Config keys that never make two runs differ in a way worth listing.
 IGNORED_CONFIG = ("paths.", "name", "tags", "hydra.", "logger.", "dry_run", "resume", "checkpoint", "split",
                   "out_dir", "strict", "launcher.", "infer.batch_size", "infer.device", "retrieval.device",
-                  "retrieval.batch_size", "pipeline.chunk_size")
+                  "retrieval.batch_size", "pipeline.chunk_size",
+                  "device", "model.device", "model.hub", "retrieval.hub")  # where weights come from / run: same model
 
 
 @dataclass
