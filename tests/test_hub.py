@@ -174,3 +174,13 @@ def test_model_source_and_device_keys_do_not_split_runs_into_variants() -> None:
     new = {"model": {"path": "Qwen/Qwen2.5-VL-32B-Instruct", "hub": "modelscope", "device": "auto"}, "device": "auto",
            "retrieval": {"name": "gme", "hub": "modelscope"}}
     assert differing_keys([old, new])[1] == []
+
+
+def test_the_hub_does_not_change_the_dataset_key() -> None:
+    """The same GME weights from either hub embed the same: one dataset build, not two."""
+    from patentqa.config import compose
+    from patentqa.data.build import dataset_key
+
+    modelscope = compose(["+exp=lora_r8", "model.hub=modelscope"])
+    assert modelscope.retrieval.hub == "modelscope"
+    assert dataset_key(modelscope) == dataset_key(compose(["+exp=lora_r8"]))

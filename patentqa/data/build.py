@@ -57,6 +57,7 @@ def dataset_key(cfg: DictConfig) -> str:
     """Short hash of the config that decides the dataset's content."""
     parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "prompt", "retrieval")}
     parts["data"].get("pages", {}).pop("workers", None)  # how many processes render never changes a page
+    parts["retrieval"].pop("hub", None)  # which hub GME's weights came from never changes an embedding
     (parts["data"].get("ocr") or {}).pop("workers", None)
     parts["seed"], parts["image_factor"] = cfg.seed, cfg.model.image_factor
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
