@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 from omegaconf import OmegaConf
 
-from patentqa.hub import ModelNotFound, model_dir, resolve_model
+from patentqa.hub import ModelNotFound, model_dir, modelscope_id, resolve_model
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 TINY_ID = "patentqa-test/tiny-qwen2_5_vl"
@@ -96,6 +96,11 @@ def test_modelscope_snapshot_offline(tmp_path: Path, tiny_vl: Path, monkeypatch:
     snapshot = lay_out_snapshot(tmp_path / "ms", TINY_ID, tiny_vl, modelscope=True)
     monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
     assert model_dir(model_cfg(TINY_ID, hub="modelscope")) == str(snapshot.resolve())
+    # ids that differ between the hubs come from ms-swift's registry (the one it downloads by)
+    assert modelscope_id("Alibaba-NLP/gme-Qwen2-VL-7B-Instruct") == "iic/gme-Qwen2-VL-7B-Instruct"
+    assert modelscope_id("Qwen/Qwen2.5-VL-32B-Instruct") == "Qwen/Qwen2.5-VL-32B-Instruct"
+    with pytest.raises(ModelNotFound, match="iic/gme-Qwen2-VL-7B-Instruct"):  # offline: looked up under its own id
+        resolve_model("Alibaba-NLP/gme-Qwen2-VL-7B-Instruct", "modelscope")
 
 
 def test_swift_is_given_the_snapshot_so_use_hf_never_matters(hf_cache: Path) -> None:
