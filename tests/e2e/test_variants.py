@@ -4,6 +4,7 @@ cache, the report's accuracy and failure counts, and vLLM/transformers parity on
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO, cache_root
+from patentqa import residency
 from patentqa.config import compose
 from patentqa.train.train import train
 
@@ -32,7 +34,12 @@ def smoke_a(tmp: Path, *overrides: str):
 def full_run(tmp_path_factory, tiny_vl, tiny_embedder):
     tmp = tmp_path_factory.mktemp("variants")
     run_dir = tmp / "runs" / "smoke_a" / "full"
-    result = train(smoke_a(tmp), run_dir)
+    patch = pytest.MonkeyPatch()
+    patch.setenv(residency.LOG_ENV, str(tmp / "residency.jsonl"))  # every model load and release
+    try:
+        result = train(smoke_a(tmp), run_dir)
+    finally:
+        patch.undo()
     return tmp, run_dir, result
 
 
@@ -74,6 +81,16 @@ def test_sweep_scores_every_full_checkpoint_and_each_round_by_its_metric(full_ru
     assert "accuracy" in (run_dir / "report" / "report.md").read_text()
 
 
+def test_the_full_sweep_closes_each_model_before_loading_the_next(full_run) -> None:
+    tmp, run_dir, _ = full_run
+    events = residency.read_log(tmp / "residency.jsonl")
+    assert residency.overlaps(events) == [], events
+    loads = [e["name"] for e in events if e["event"] == "load" and e["kind"] == "transformers"]
+    checkpoints = [str(c) for c in sorted((run_dir / "swift").glob("v*/checkpoint-*"))]
+    assert loads[0].endswith("qwen2_5_vl") and set(checkpoints) <= set(loads), loads  # base, then each checkpoint
+    assert all(e["alive"] == [f"{e['kind']}:{e['name']}"] for e in events if e["event"] == "load")
+
+
 def test_second_sweep_loads_no_model(full_run) -> None:
     tmp, run_dir, _ = full_run
     out = subprocess.run([sys.executable, "-m", "patentqa.eval", f"run_dir={run_dir}"], cwd=tmp,
@@ -85,8 +102,13 @@ def test_second_sweep_loads_no_model(full_run) -> None:
 
 def test_vllm_answers_a_full_checkpoint_as_transformers_does(full_run) -> None:
     _, run_dir, _ = full_run
+    log = run_dir / "parity_residency.jsonl"
     out = subprocess.run([sys.executable, "-m", "patentqa.infer.parity", f"run_dir={run_dir}", "checkpoints=1", "base=false",
-                          "per_form=1", "max_new_tokens=8"], cwd=REPO, capture_output=True, text=True, timeout=900)
+                          "per_form=1", "max_new_tokens=8"], cwd=REPO, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, residency.LOG_ENV: str(log)})
     report = json.loads((run_dir / "eval" / "parity.json").read_text())
     assert report["full_checkpoints"] == 1 and report["targets"] == ["checkpoint-4"], report["targets"]
     assert out.returncode == 0 and report["all_identical"], out.stdout[-4000:] + out.stderr[-2000:]
+    events = residency.read_log(log)  # transformers' traces first, its engine closed, then vLLM
+    assert [(e["event"], e["kind"]) for e in events] == [("load", "transformers"), ("release", "transformers"),
+                                                         ("load", "vllm"), ("release", "vllm")], events
