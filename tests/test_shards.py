@@ -124,3 +124,10 @@ def test_replica_env_pins_gpus_or_cores() -> None:
     assert replica_cpus([3, 0, 1, 2], 2) == [[0, 1], [2, 3]]
     with pytest.raises(ValueError, match=r"needs >= 2 cores; this process may use 1"):
         replica_cpus([0], 2)
+
+
+def test_a_failed_replica_is_named_with_its_log(tmp_path: Path) -> None:
+    """A replica that cannot start (here: no config file) fails the job, naming its part and log."""
+    with pytest.raises(RuntimeError, match=r"(?s)1 replica\(s\) failed.*part 0 exited 1 \(log .*part-0-of-1.log\)"
+                                           r".*No such file.*absent.yaml"):
+        shards.run_replicas(tmp_path / "absent.yaml", tmp_path, [0], layout(1), compose([]).infer)

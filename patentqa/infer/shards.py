@@ -6,8 +6,9 @@ question in its part). Job K (``infer.shard=K``: one member of a Hydra multirun 
 owns parts K·dp … K·dp + dp - 1. With dp = 1 it answers its part in-process; with dp > 1 it starts
 one engine process per part (``python -m patentqa.infer.replica``), each pinned to its own
 GPUs (``CUDA_VISIBLE_DEVICES``: its slice of the visible devices, ``tensor_parallel_size``
-GPUs each) or, on a CPU, its own cores. No coordination between them: vLLM's own offline data
-parallelism is the same N processes each answering its share (../shared/FACTS.md).
+GPUs each) or, on a CPU, its own cores. No coordination between them: vLLM's offline data
+parallelism is also N processes each answering its share (``LLM(data_parallel_size=N)`` in one
+process raises in vLLM 0.32), and a SLURM array does the same across nodes.
 
 Each part is answered by the resumable pipeline into ``parts/part-G-of-P.jsonl`` (input order
 within the part, chunked appends), so a rerun redoes only what a crash lost. ``merge_parts``
@@ -191,6 +192,7 @@ def run_replicas(config: Path, out: Path, parts: Sequence[int], layout: ShardLay
     started = []
     for part, gpu_slice, cpu_slice in zip(parts, gpus, cpus):
         log_path = part_path(out, part, layout.parts).with_suffix(".log")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "patentqa.infer.replica", str(config), str(part)], stdout=log,
