@@ -131,3 +131,30 @@ def test_a_failed_replica_is_named_with_its_log(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"(?s)1 replica\(s\) failed.*part 0 exited 1 \(log .*part-0-of-1.log\)"
                                            r".*No such file.*absent.yaml"):
         shards.run_replicas(tmp_path / "absent.yaml", tmp_path, [0], layout(1), compose([]).infer)
+
+
+def test_a_replica_dies_with_its_job(tmp_path: Path) -> None:
+    """A job killed -9 leaves no replica behind to append to a part that the rerun answers again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    job = ("import subprocess, sys; from patentqa.infer.shards import replica_start\n"
+           "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+           "preexec_fn=lambda: replica_start(None))\nprint(child.pid, flush=True)\nchild.wait()")
+    parent = subprocess.Popen([sys.executable, "-c", job], stdout=subprocess.PIPE, text=True)
+    replica = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    for _ in range(100):  # the kernel delivers the parent-death signal at once; allow scheduling
+        try:
+            os.kill(replica, 0)
+        except ProcessLookupError:
+            return
+        if Path(f"/proc/{replica}/stat").read_text().split()[2] == "Z":  # killed, not yet reaped by init
+            return
+        time.sleep(0.05)
+    os.kill(replica, signal.SIGKILL)
+    raise AssertionError("the replica outlived its job")

@@ -180,6 +180,17 @@ def replica_tensor_parallel(infer_cfg: Any) -> int | None:
     return None if str(value) == "auto" else int(value)
 
 
+def replica_start(cores: Sequence[int] | None) -> None:
+    """In the forked replica before it runs: die with its job (no orphan left appending to a part that a
+    rerun answers again) and, on a CPU, keep to its cores."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+
+
 def run_replicas(config: Path, out: Path, parts: Sequence[int], layout: ShardLayout,
                  infer_cfg: Any) -> None:
     """One ``patentqa.infer.replica CONFIG PART`` process per part, all at once, each on its own devices.
@@ -188,7 +199,7 @@ def run_replicas(config: Path, out: Path, parts: Sequence[int], layout: ShardLay
     parts stay on disk). Each replica records the devices it ran on in its part summary.
     """
     gpus = replica_gpus(visible_gpus(), len(parts), replica_tensor_parallel(infer_cfg))
-    cpus = replica_cpus(sorted(os.sched_getaffinity(0)), len(parts))
+    cpus = replica_cpus(sorted(os.sched_getaffinity(0)), len(parts)) if not gpus[0] else [[] for _ in parts]
     started = []
     for part, gpu_slice, cpu_slice in zip(parts, gpus, cpus):
         log_path = part_path(out, part, layout.parts).with_suffix(".log")
@@ -197,7 +208,7 @@ def run_replicas(config: Path, out: Path, parts: Sequence[int], layout: ShardLay
             process = subprocess.Popen(
                 [sys.executable, "-m", "patentqa.infer.replica", str(config), str(part)], stdout=log,
                 stderr=subprocess.STDOUT, env=replica_env(gpu_slice, cpu_slice),
-                preexec_fn=None if gpu_slice else (lambda cores=tuple(cpu_slice): os.sched_setaffinity(0, cores)))
+                preexec_fn=lambda cores=tuple(cpu_slice): replica_start(cores or None))
         started.append((part, process, log_path))
     failed = []
     for part, process, log_path in started:
