@@ -47,6 +47,8 @@ def test_layout_gives_each_job_its_replicas_parts() -> None:
     assert ShardLayout.from_cfg(cfg.infer) == ShardLayout(num_shards=3, shard=2, replicas=2)
     with pytest.raises(ValueError, match=r"infer.shard=2 is not one of 0..1"):
         ShardLayout.from_cfg(compose(["infer.num_shards=2", "infer.shard=2"]).infer)
+    with pytest.raises(ValueError, match=r"merge=true merges parts: give the infer.num_shards"):
+        ShardLayout.from_cfg(compose(["infer.merge=true"]).infer)
     with pytest.raises(ValueError, match="raise infer.concurrency"):
         ShardLayout.from_cfg(compose(["infer=openai", "infer.data_parallel_size=2"]).infer)
 

@@ -54,6 +54,9 @@ class ShardLayout:
                              f"({layout.replicas}) must be >= 1")
         if not 0 <= layout.shard < layout.num_shards:
             raise ValueError(f"infer.shard={layout.shard} is not one of 0..{layout.num_shards - 1} (infer.num_shards)")
+        if layout.merge_only and layout.parts == 1:
+            raise ValueError("infer.merge=true merges parts: give the infer.num_shards (and infer.data_parallel_size) "
+                             "they were answered with")
         if layout.replicas > 1 and str(cfg_get(infer_cfg, "name", "")) == "openai":
             raise ValueError("infer=openai: the server runs the replicas; raise infer.concurrency instead of "
                              "infer.data_parallel_size")
