@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cache_root
+from patentqa import residency
 from patentqa.config import compose
 from patentqa.train.train import train
 
@@ -30,6 +31,7 @@ def swept(tmp_path_factory, tiny_vl, tiny_embedder):
     run_dir = tmp / "runs" / "smoke" / "a"
     patch = pytest.MonkeyPatch()
     patch.setenv("WANDB_API_KEY", FAKE_KEY)  # must reach no file: manifests, logs, W&B files, report
+    patch.setenv(residency.LOG_ENV, str(tmp / "residency.jsonl"))  # every model load and release
     try:
         result = train(smoke(tmp, "eval.after_train=true"), run_dir)
     finally:
@@ -61,6 +63,18 @@ def test_every_checkpoint_is_scored_on_dev_and_the_best_on_test(swept) -> None:
     assert report["test_split_size"] > 0 and best["test"] is not None
     assert (run_dir / "eval" / "test" / best["name"] / "metrics.json").is_file()
     assert json.loads((run_dir / "manifest.json").read_text())["best_checkpoint"]["name"] == best["name"]
+
+
+def test_one_model_alive_at_a_time_through_data_training_and_the_lora_sweep(swept) -> None:
+    """GME is released before swift sft starts; the sweep loads the base model once for every adapter."""
+    tmp, _, _ = swept
+    events = residency.read_log(tmp / "residency.jsonl")
+    assert residency.overlaps(events) == [], events
+    kinds = [(e["event"], e["kind"]) for e in events]
+    assert kinds[:2] == [("load", "gme"), ("release", "gme")], kinds  # the data stage, released after
+    sft = kinds.index(("load", "swift sft"))
+    assert ("release", "gme") in kinds[:sft] and kinds[sft + 1] == ("release", "swift sft")
+    assert kinds[sft + 2:] == [("load", "transformers"), ("release", "transformers")], kinds
 
 
 def test_fine_tuning_beats_the_untuned_model(swept) -> None:
