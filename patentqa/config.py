@@ -2,7 +2,8 @@
 
 Importing this module registers the resolvers the tree uses: ``abspath`` (``conf/paths``: every
 resolved config, and every run's ``config.yaml``, holds absolute paths, so a run can be evaluated
-from any directory) and ``join`` (a list as one word, e.g. the rounds in a data dir's name).
+from any directory), ``join`` (a list as one word, e.g. the rounds in a data dir's name) and
+``accumulation_for`` (a recipe's global batch held fixed whatever the launcher).
 """
 from __future__ import annotations
 
@@ -15,6 +16,23 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 OmegaConf.register_new_resolver("abspath", lambda path: str(Path(str(path)).expanduser().resolve()), replace=True)
 OmegaConf.register_new_resolver("join", lambda items, sep="": sep.join(str(i) for i in items), replace=True)
+
+
+def accumulation_for(global_batch: int, *, _root_: DictConfig) -> int:
+    """Gradient accumulation that makes ``global_batch`` rows an optimizer step on this config's launcher:
+    ``global_batch / (train.per_device_train_batch_size × world size)``. ``conf/exp/lora_r8.yaml`` uses it
+    (``${accumulation_for:16}``) so the seed's batch of 16 stays 16 on 8 ranks (2) and in one process (16)."""
+    from patentqa.train.launch import world_size
+
+    per_step = int(_root_.train.per_device_train_batch_size) * world_size(_root_)
+    if int(global_batch) % per_step:
+        raise ValueError(f"a global batch of {global_batch} rows cannot be split into per-device batches of "
+                         f"{_root_.train.per_device_train_batch_size} on {world_size(_root_)} rank(s) "
+                         f"(launcher={_root_.launcher.name}): choose a global batch that is a multiple of {per_step}")
+    return int(global_batch) // per_step
+
+
+OmegaConf.register_new_resolver("accumulation_for", accumulation_for, replace=True)
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:

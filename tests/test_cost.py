@@ -50,9 +50,9 @@ def test_unbuilt_dataset_and_base_only_runs(hydra_conf, tmp_path: Path) -> None:
 
 
 def test_gpu_hours_reproduce_the_seed_run(hydra_conf, tmp_path: Path) -> None:
-    """The seed's recipe (32B LoRA, 781 rows × 5 epochs, batch 8 × 16) took ~7 h on 8 A100s: ~56 GPU-hours."""
+    """The seed's recipe (32B LoRA, 781 rows × 5 epochs, global batch 16) took ~7 h on 8 A100s: ~56 GPU-hours."""
     cfg = compose("config", overrides=["+exp=lora_r8", f"paths.cache_dir={tmp_path}"])
-    steps = -(-781 // (8 * 16)) * 5
+    steps = -(-781 // 16) * 5
     hours = gpu_hours(cfg, steps, tmp_path / "no_rows.jsonl", {})
     assert 40 < hours < 80, hours
     with open_dict(cfg):
@@ -68,5 +68,28 @@ def test_steps_come_from_the_built_rows_when_max_steps_is_unset(hydra_conf, tmp_
     rows.parent.mkdir(parents=True)
     rows.write_text("{}\n" * 781, encoding="utf-8")   # the seed's 781 rows
     text = estimate(_multirun([*task[:-1], "train.lora_rank=8,16"]))
-    # batch 1 x 16 accumulation x 8 GPUs = 128 rows a step: 7 steps an epoch x 5 epochs; a save every 50
-    assert "training runs: 2; optimizer steps: 70" in text and "checkpoints: 2;" in text
+    # the seed's global batch 16 (1 x 2 accumulation x 8 GPUs): 49 steps an epoch x 5 epochs; a save every 10
+    assert "training runs: 2; optimizer steps: 490" in text and "checkpoints: 50;" in text
+
+
+def _slurm_8gpu(task: list[str]):
+    """A multirun config on the repository's own SLURM launcher (its mem_gb, not a stand-in)."""
+    fixed = [o for o in task if "," not in o]
+    cfg = compose("config", overrides=[*fixed, "hydra/launcher=slurm_8gpu"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.overrides.task = task
+    return cfg
+
+
+def test_the_slurm_memory_request_fits_a_common_node_and_covers_the_plan(hydra_conf, tmp_path: Path) -> None:
+    import hydra_plugins.hydra_submitit_launcher  # noqa: F401  (a dev dependency: `make setup` installs it)
+
+    lora = _slurm_8gpu(["+exp=lora_r8", f"paths.cache_dir={tmp_path}", "train.lora_rank=8,16"])
+    mem_gb = lora.hydra.launcher.mem_gb
+    assert mem_gb <= 500  # common 8-GPU nodes have 512 GB or more, of which SLURM grants a little less
+    text = estimate(lora)
+    need = float(text.split("host RAM: a job needs ~")[1].split(" GiB")[0])
+    assert 40 < need < mem_gb and "WARNING" not in text
+    full = estimate(_slurm_8gpu(["+exp=lora_r8", f"paths.cache_dir={tmp_path}", "train=full",
+                                 "launcher=8gpu_offload", "seed=0,1"]))
+    assert f"WARNING: hydra.launcher.mem_gb={mem_gb} is below" in full  # offloaded optimizer states: ~870 GiB

@@ -11,8 +11,9 @@ from patentqa.train.launch import child_env, launch_env
 
 SEED_RECIPE = {"tuner_type": "lora", "lora_rank": 8, "lora_alpha": 32, "lorap_lr_ratio": 10, "learning_rate": 1e-4,
                "num_train_epochs": 5, "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "adam_beta1": 0.9,
-               "adam_beta2": 0.95, "weight_decay": 0.1, "gradient_accumulation_steps": 16,
-               "per_device_train_batch_size": 1, "freeze_vit": True, "deepspeed": "zero3"}
+               "adam_beta2": 0.95, "weight_decay": 0.1, "per_device_train_batch_size": 1, "freeze_vit": True,
+               "deepspeed": "zero3", "save_steps": 10, "eval_steps": 10,  # the seed's cadence
+               "gradient_accumulation_steps": 2}  # the seed's global batch 16 (1 process x 16) on 8 ranks: 1 x 2 x 8
 
 
 SNAPSHOT = "/hf/hub/models--Qwen--Qwen2.5-VL-32B-Instruct/snapshots/rev"  # what patentqa.hub resolves the id to
@@ -69,6 +70,7 @@ def test_config_file_form_round_trips(tmp_path: Path) -> None:
     swift_args.write_config_file(tmp_path / "swift_args.yaml", args, {"MAX_PIXELS": "2352000"})
     loaded = yaml.safe_load((tmp_path / "swift_args.yaml").read_text())
     assert loaded.pop("ENV") == {"MAX_PIXELS": "2352000"} and loaded == args
+
 
 USER_ENV = {"PATH": "/usr/bin", "CUDA_VISIBLE_DEVICES": "3", "MASTER_ADDR": "10.0.0.9", "MASTER_PORT": "29611",
             "NCCL_SOCKET_IFNAME": "ib0", "NCCL_DEBUG": "INFO", "NPROC_PER_NODE": "8", "NNODES": "2", "NODE_RANK": "1"}

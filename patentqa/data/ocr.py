@@ -19,7 +19,6 @@ generator's ground truth (``patentqa.data.ocr_truth``). Its last line is one JSO
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any, Optional
 
 from tqdm import tqdm
 
+from patentqa.cpus import pool_size
 from patentqa.data.corpus import Document, Problem
 from patentqa.tracking import atomic_write
 
@@ -264,7 +264,7 @@ def ocr_documents(documents: list[Document], cache_dir: str | Path, spec: OcrSpe
             else:
                 todo.append((document, page, path))
     if todo:
-        workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        workers = pool_size(workers, len(todo))
         with ProcessPoolExecutor(max_workers=workers) as pool, \
                 tqdm(total=len(todo), unit="page", desc="ocr pages", disable=not progress) as bar:
             futures = {pool.submit(_work, str(d.path), page, str(path), spec): d for d, page, path in todo}

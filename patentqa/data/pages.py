@@ -15,8 +15,6 @@ document, and pages already in the cache are never rendered again.
 """
 from __future__ import annotations
 
-import os
-
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import pymupdf
 from tqdm import tqdm
 
+from patentqa.cpus import pool_size
 from patentqa.data.corpus import Document, Problem
 from patentqa.tracking import atomic_write
 
@@ -161,7 +160,7 @@ def render_documents(documents: list[Document], cache_dir: str | Path, spec: Ren
             continue
         sized[document] = [(page, path, sizes[page]) for page, path in jobs]
     total = sum(len(jobs) for jobs in sized.values())
-    workers = max(1, min(workers or os.cpu_count() or 1, len(sized)))
+    workers = pool_size(workers, len(sized))  # the CPUs this job was granted, not the node's cores
     with ProcessPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=total, unit="page", desc="render pages", disable=not progress) as bar:
         futures = {pool.submit(_render_document, str(d.path), jobs, spec): d for d, jobs in sized.items()}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import random
 import re
 import sys
@@ -28,6 +27,7 @@ from omegaconf import MISSING
 from tqdm import tqdm
 
 from patentqa.cli import parse_args
+from patentqa.cpus import pool_size
 from patentqa.data import synth_vocab as V
 from patentqa.data.synth_choices import to_choice
 from patentqa.data.synth_questions import (KINDS, document_candidates, figure_other_candidates, pick_questions,
@@ -52,7 +52,7 @@ class SynthSpec:
     position_share: float = 0.28      # figure_position questions (real round B: 166/600)
     figure_other_share: float = 0.46  # other figure-page questions; the rest are whole-patent
     rounds: list[str] = field(default_factory=lambda: ["b"])  # b: open answers; a: 4-way choice; [a, b]: alternate
-    workers: int = 0                  # document processes; 0 = one per CPU
+    workers: int = 0                  # document processes; 0 = one per CPU this job may use (patentqa/cpus.py)
 
 
 @dataclass
@@ -325,7 +325,7 @@ def generate(out_dir: str | Path, spec: SynthSpec) -> dict:
     prepare_out_dir(out)
     splits = assign_splits(spec)
     jobs = [(spec, i, splits[i], out) for i in range(spec.n_docs)]
-    workers = min(spec.workers or os.cpu_count() or 1, spec.n_docs)
+    workers = pool_size(spec.workers, spec.n_docs)
     # forkserver: safe even when the caller already runs threads (torch); scripts need the usual __main__ guard
     with multiprocessing.get_context("forkserver").Pool(workers) if workers > 1 else nullcontext() as pool:
         made = pool.imap(build_document, jobs) if pool else map(build_document, jobs)

@@ -1,6 +1,7 @@
 """Checkpoint sweep of a training run on the held-out dev split (best one then scored on test).
 
     python -m patentqa.eval run_dir=runs/smoke/2026-11-21_06-08-02 [eval.select_by=char_f1 ...]
+    python -m patentqa.eval run_dir=RUN dry_run=true   # only the vLLM inference plan; nothing loads
 
 The run's own resolved config (RUN/config.yaml, absolute paths: any working directory will do) is
 used; further arguments override it: ``infer=vllm`` swaps in a config group's option,
@@ -13,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from patentqa.config import apply_overrides
 from patentqa.eval.sweep import sweep
@@ -37,12 +38,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")) \
         if (run_dir / "manifest.json").is_file() else {}
+    if any(a.lower() == "dry_run=true" for a in argv):
+        print(inference_plan(cfg, manifest))
+        return 0
     run_id = (manifest.get("wandb") or {}).get("id")
     with Tracker(OmegaConf.to_container(cfg.logger, resolve=True), run_dir=run_dir, name=cfg.name,
                  group=(manifest.get("wandb") or {}).get("group") or cfg.name, tags=list(cfg.tags),
                  config=None, job_type="eval", run_id=run_id) as tracker:
         sweep(cfg, run_dir, tracker)
     return 0
+
+
+def inference_plan(cfg: DictConfig, manifest: dict) -> str:
+    """The vLLM plan on the run's launcher (``patentqa/infer/capacity.py``), prompt lengths from the rows
+    the run trained on."""
+    from patentqa.data.build import dataset_dir
+    from patentqa.infer.capacity import make_inference_plan
+
+    data_dir = Path((manifest.get("dataset") or {}).get("dir") or dataset_dir(cfg))
+    try:
+        return make_inference_plan(cfg, data_dir / "train.jsonl").format()
+    except (ValueError, KeyError, OSError, ImportError) as error:
+        return f"inference plan: not available ({type(error).__name__}: {error})"
 
 
 if __name__ == "__main__":

@@ -6,25 +6,29 @@ it (the basic sweeper's cartesian product; an Optuna search's trials still to ru
 
 - **training runs**: 1 unless ``train.enabled=false`` or ``dry_run=true``;
 - **steps and checkpoints**: ``train.max_steps``, else the built dataset's rows × epochs over the
-  global batch; swift saves every ``save_steps`` and at the last step;
+  global batch; swift saves every ``save_steps`` and at the last step (``patentqa/train/schedule.py``,
+  which the dry run prints);
 - **evaluations** (one model answering one split) with ``eval.after_train``: every checkpoint on dev,
   the best on test, and the base model and baselines on both; a base model already scored for the
   same data is reused, so this is an upper bound;
 - **GPU-hours** (SLURM launcher only): the dry-run plan's parameters and prompt tokens per row,
   training FLOPs of ``6 N`` per token for LoRA (forward, recomputed forward under gradient
   checkpointing, activation gradients), ``8 N`` for full fine-tuning, at ``launcher.gpu_tflops`` ×
-  ``launcher.mfu`` per GPU. Evaluation time is not included.
+  ``launcher.mfu`` per GPU. Evaluation time is not included;
+- **host RAM** (SLURM launcher only): the dry-run plan's host RAM per node beside ``hydra.launcher.mem_gb``,
+  with a warning when the request is smaller.
 """
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from patentqa.train.schedule import built_rows, checkpoints_of, global_batch, steps_of
 
 MAX_COMPOSED = 64  # jobs composed one by one; a larger sweep is estimated from its first MAX_COMPOSED
 
@@ -39,6 +43,7 @@ class JobCost:
     evaluations: int | None
     gpu_hours: float | None = None
     why_no_hours: str | None = None
+    host_gib: float | None = None  # host RAM a node needs (the dry-run plan), checked against the SLURM request
 
 
 def job_overrides(config: DictConfig) -> tuple[list[list[str]], str]:
@@ -82,30 +87,6 @@ def optuna_trials_left(sweeper: DictConfig) -> tuple[int, int]:
     return (max(0, n_trials - complete) if resumable else n_trials), complete
 
 
-def train_rows(rows_file: Path) -> int | None:
-    """Rows of a built training set; None before it is built."""
-    if not rows_file.is_file():
-        return None
-    with rows_file.open("rb") as handle:
-        return sum(1 for line in handle if line.strip())
-
-
-def global_batch(cfg: DictConfig) -> int:
-    """Rows per optimizer step: per-device batch × accumulation × training processes."""
-    from patentqa.train.launch import world_size
-
-    return int(cfg.train.per_device_train_batch_size) * int(cfg.train.gradient_accumulation_steps) * world_size(cfg)
-
-
-def steps_of(cfg: DictConfig, rows: int | None) -> int | None:
-    """Optimizer steps: ``train.max_steps``, else rows × epochs over the global batch."""
-    if cfg.train.get("max_steps"):
-        return int(cfg.train.max_steps)
-    if rows is None:
-        return None
-    return math.ceil(math.ceil(rows / global_batch(cfg)) * float(cfg.train.num_train_epochs))
-
-
 def evaluations_of(cfg: DictConfig, checkpoints: int | None) -> int | None:
     """Evaluations (one model, one split) of a job's checkpoint sweep; 0 without ``eval.after_train``."""
     if cfg.dry_run or not cfg.eval.after_train:
@@ -117,15 +98,20 @@ def evaluations_of(cfg: DictConfig, checkpoints: int | None) -> int | None:
     return checkpoints + (splits - 1) * min(checkpoints, 1) + splits * extra  # + the best one on test
 
 
-def gpu_hours(cfg: DictConfig, steps: int, rows_file: Path, plans: dict[str, Any]) -> float:
-    """Training GPU-hours from the dry-run plan (see module doc); plans cached by model/prompt/train/launcher."""
+def job_plan(cfg: DictConfig, rows_file: Path, plans: dict[str, Any]) -> Any:
+    """The dry-run plan of a job, cached by model/prompt/train/launcher."""
     from patentqa.train.plan import make_plan
 
     key = json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "prompt", "train", "launcher")},
                      sort_keys=True, default=str)
     if key not in plans:
         plans[key] = make_plan(cfg, rows_file)
-    plan = plans[key]
+    return plans[key]
+
+
+def gpu_hours(cfg: DictConfig, steps: int, rows_file: Path, plans: dict[str, Any]) -> float:
+    """Training GPU-hours from the dry-run plan (see module doc)."""
+    plan = job_plan(cfg, rows_file, plans)
     forms = plan.tokens.values()
     tokens = sum(f["tokens"] * f["rows"] for f in forms) / max(sum(f["rows"] for f in forms), 1)
     per_token = (8 if cfg.train.tuner_type == "full" else 6) * plan.params["total"]
@@ -138,9 +124,8 @@ def job_cost(cfg: DictConfig, slurm: bool, plans: dict[str, Any]) -> JobCost:
 
     trains = bool(cfg.train.enabled) and not cfg.dry_run
     rows_file = dataset_dir(cfg) / "train.jsonl"
-    steps = steps_of(cfg, train_rows(rows_file)) if trains else 0
-    save = int(cfg.train.save_steps or 0)
-    checkpoints = None if steps is None else math.ceil(steps / save) if save and steps else min(steps, 1)
+    steps = steps_of(cfg, built_rows(rows_file)) if trains else 0
+    checkpoints = checkpoints_of(cfg, steps)
     cost = JobCost(trains, steps, checkpoints, evaluations_of(cfg, checkpoints))
     if slurm and trains:
         if steps is None:
@@ -149,6 +134,10 @@ def job_cost(cfg: DictConfig, slurm: bool, plans: dict[str, Any]) -> JobCost:
             cost.why_no_hours = f"launcher={cfg.launcher.name} sets no gpu_tflops / mfu"
         else:
             cost.gpu_hours = gpu_hours(cfg, steps, rows_file, plans)
+        try:
+            cost.host_gib = job_plan(cfg, rows_file, plans).memory_gib["host_per_node"]
+        except (ValueError, KeyError, OSError, ImportError):  # no plan for this model: nothing to check
+            pass
     return cost
 
 
@@ -185,7 +174,23 @@ def estimate(config: DictConfig) -> str:
         why = sorted({c.why_no_hours for c in costs if c.why_no_hours})
         lines.append(f"  GPU-hours (training, from the dry-run plan; evaluation not included): {_total(hours)}"
                      + (f": {'; '.join(why)}" if why else ""))
+        lines += memory_lines(config.hydra.launcher.get("mem_gb"), [c.host_gib for c in costs if c.host_gib])
     return "\n".join(lines)
+
+
+def memory_lines(mem_gb: Any, needs: list[float]) -> list[str]:
+    """The SLURM memory request beside the largest host RAM a job's plan needs (SLURM's GB are GiB)."""
+    if not needs:
+        return []
+    need = max(needs)
+    if mem_gb is None:
+        return [f"  host RAM: a job needs ~{need:.0f} GiB per node; hydra.launcher.mem_gb is unset (the partition's "
+                "default applies)"]
+    lines = [f"  host RAM: a job needs ~{need:.0f} GiB per node; hydra.launcher.mem_gb={mem_gb}"]
+    if need > float(mem_gb):
+        lines.append(f"  WARNING: hydra.launcher.mem_gb={mem_gb} is below the ~{need:.0f} GiB the plan needs: raise it "
+                     "on a node that has the memory (e.g. full fine-tuning with launcher=8gpu_offload)")
+    return lines
 
 
 class MultirunCost(Callback):

@@ -11,7 +11,8 @@ each with its source). On it:
   as configured), or every unfrozen parameter for full fine-tuning;
 - ``memory``: DeepSpeed's own ZeRO-3 estimator (``estimate_zero3_model_states_mem_needs``:
   model states only, no activations) per GPU, for full fine-tuning and for the trainable set
-  plus the frozen bf16 weights partitioned over the GPUs;
+  plus the frozen bf16 weights partitioned over the GPUs; and the host RAM a node needs: the
+  estimator's CPU figure (zero.Init loading, offloaded states) plus ``HOST_GIB_PER_RANK`` a process;
 - ``tokens``: prompt tokens per training row by prompt form: the built dataset's rows when
   they exist, else an A4 page at each form's pixel budget plus the template text.
 """
@@ -29,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 A4_PAGE = (3508, 2480)  # (height, width): an A4 scan at 300 DPI, the form the real patents come in
 IMAGES_PER_FORM = {"with_context": 3, "figure_only": 1, "document": 2}  # asked page + k=2 retrieved pages
 GIB = 1024 ** 3
+HOST_GIB_PER_RANK = 6  # host RAM of one training process beyond model states: CUDA context, torch, a dataloader worker
 
 
 @dataclass
@@ -59,6 +61,8 @@ class Plan:
                      f"activations): this run {m['this_run']:.1f} GiB; full fine-tuning without offload "
                      f"{m['full_finetune']:.1f} GiB; the seed's run used ~300 GB over 8 GPUs (~{300 / 8:.1f} GB each, "
                      "activations included)")
+        lines.append(f"  host RAM:  ~{m['host_per_node']:.0f} GiB per node (DeepSpeed's CPU estimate for this run + "
+                     f"{HOST_GIB_PER_RANK} GiB a rank); a SLURM job asks for hydra.launcher.mem_gb")
         forms = "; ".join(f"{form} {t['tokens']:,.0f} ({t['images']:.0f} image(s) × {t['image_tokens']:,.0f} + "
                           f"{t['text_tokens']:,.0f} text)" for form, t in self.tokens.items())
         lines.append(f"  tokens:    prompt tokens per training row: {forms}")
@@ -140,11 +144,11 @@ def trainable_params(model: Any, model_type: str, train_cfg: DictConfig) -> tupl
         f"LoRA r{train_cfg.lora_rank} α{train_cfg.lora_alpha} on all-linear"
 
 
-def zero3_memory_gib(total: int, trainable: int, largest_layer: int, gpus: int, offload: bool = False
-                     ) -> dict[str, float]:
+def zero3_memory_gib(total: int, trainable: int, largest_layer: int, gpus: int, offload: bool = False,
+                     ranks_per_node: int | None = None) -> dict[str, float]:
     """DeepSpeed's ZeRO-3 model-state estimate per GPU: all parameters trained without offload, and this
     run (its trainable set, with CPU offload of optimizer and parameters when ``offload``), plus the
-    CPU RAM per node the offload needs."""
+    CPU RAM per node the offload needs and the host RAM a node needs in all (``ranks_per_node`` processes)."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     def estimate(params: int, cpu: bool) -> tuple[int, int]:
@@ -155,8 +159,10 @@ def zero3_memory_gib(total: int, trainable: int, largest_layer: int, gpus: int, 
     frozen_bf16 = 2 * (total - trainable) / gpus  # frozen weights: bf16, partitioned, no grads or optimizer state
     gpu, cpu = estimate(trainable, offload)
     this_run = gpu + (0 if offload else frozen_bf16)  # offloaded: the frozen weights live in CPU RAM too
+    cpu_states = cpu + (2 * (total - trainable) if offload else 0)
     return {"full_finetune": estimate(total, False)[0] / GIB, "this_run": this_run / GIB,
-            "cpu_per_node": (cpu + (2 * (total - trainable) if offload else 0)) / GIB if offload else 0.0}
+            "cpu_per_node": cpu_states / GIB if offload else 0.0,
+            "host_per_node": cpu_states / GIB + HOST_GIB_PER_RANK * (ranks_per_node or gpus)}
 
 
 def largest_layer_params(model: Any) -> int:
@@ -164,7 +170,8 @@ def largest_layer_params(model: Any) -> int:
 
 
 def prompt_tokens(cfg: DictConfig, tokenizer: Any, rows_file: Path | None) -> dict[str, dict[str, float]]:
-    """Mean prompt tokens per training row by form: from the rows when built, else an A4 page per image."""
+    """Mean (and largest) prompt tokens per training row by form: from the rows when built, else an A4 page
+    per image."""
     from qwen_vl_utils import smart_resize
 
     factor = int(cfg.model.image_factor)
@@ -202,7 +209,7 @@ def prompt_tokens(cfg: DictConfig, tokenizer: Any, rows_file: Path | None) -> di
         image_tokens = sum(r[1] for r in rows) / len(rows)
         text = sum(r[2] for r in rows) / len(rows)
         out[form] = {"rows": len(rows), "images": images, "image_tokens": image_tokens / max(images, 1),
-                     "text_tokens": text, "tokens": image_tokens + text}
+                     "text_tokens": text, "tokens": image_tokens + text, "max_tokens": max(r[1] + r[2] for r in rows)}
     return out
 
 
@@ -235,5 +242,6 @@ def make_plan(cfg: DictConfig, rows_file: Path | None = None) -> Plan:
     return Plan(model=str(cfg.model.path), source=source, params=params, trainable=trainable,
                 trainable_modules=modules, tuner=tuner, gpus=gpus,
                 memory_gib=zero3_memory_gib(params["total"], trainable, largest, gpus,
-                                            offload="offload" in str(cfg.launcher.get("deepspeed") or "")),
+                                            offload="offload" in str(cfg.launcher.get("deepspeed") or ""),
+                                            ranks_per_node=int(cfg.launcher.get("nproc_per_node") or 1)),
                 tokens=prompt_tokens(cfg, tokenizer, rows_file), notes=[note] if note else [])

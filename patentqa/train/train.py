@@ -195,13 +195,20 @@ def run_summary(cfg: DictConfig, run_dir: Path, log_path: Path, wall_seconds: fl
 
 
 def dry_run_plan(cfg: DictConfig, rows_file: Path) -> str:
-    """The meta-device plan (params, trainable, ZeRO-3 memory, tokens), or why there is none."""
+    """What the dry run prints after the command: the schedule (batch, steps, checkpoints), the meta-device
+    plan (params, trainable, ZeRO-3 memory, tokens) and the vLLM inference plan; each part that cannot be
+    computed says why, and the others still print."""
+    from patentqa.infer.capacity import make_inference_plan
     from patentqa.train.plan import make_plan
+    from patentqa.train.schedule import make_schedule
 
-    try:
-        return make_plan(cfg, rows_file).format()
-    except (ValueError, KeyError, OSError, ImportError) as error:
-        return f"plan: not available ({error})"
+    parts = []
+    for name, build in (("schedule", make_schedule), ("plan", make_plan), ("inference plan", make_inference_plan)):
+        try:
+            parts.append(build(cfg, rows_file).format())
+        except (ValueError, KeyError, OSError, ImportError) as error:
+            parts.append(f"{name}: not available ({type(error).__name__}: {error})")
+    return "\n".join(parts)
 
 
 def logged_world_size(log_path: Path) -> int | None:

@@ -1,0 +1,99 @@
+"""The inference plan (patentqa/infer/capacity.py): what vLLM holds on the launcher's GPUs, from the
+architecture alone (meta device, no weights). Its KV-cache formula is checked against vLLM's own log in
+tests/e2e/test_capacity_vllm.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from patentqa.config import compose
+from patentqa.infer.capacity import (GIB, Shape, kv_bytes_per_token, make_inference_plan, plan_layouts, recommend,
+                                     valid_tp)
+
+LAYERS, KV_HEADS, HEAD_DIM = 64, 8, 128  # Qwen2.5-VL-32B text config
+
+
+@pytest.fixture(scope="module")
+def plan_32b(tmp_path_factory: pytest.TempPathFactory):
+    from conftest import cache_root
+
+    cfg = compose(["+exp=lora_r8", f"paths.root={tmp_path_factory.mktemp('capacity')}",
+                   f"paths.cache_dir={cache_root()}"])
+    return make_inference_plan(cfg)
+
+
+def test_32b_on_8_gpus_of_80_gb(plan_32b) -> None:
+    plan = plan_32b
+    assert plan.device == "gpu" and plan.gpus == 8 and plan.gpu_memory_gib == pytest.approx(79.2)
+    assert [layout.tp for layout in plan.layouts] == [1, 2, 4, 8]
+    for layout in plan.layouts:  # KV bytes a token on one GPU: 2 (K, V) × layers × heads per GPU × head_dim × bf16
+        assert layout.kv_bytes_per_token == 2 * LAYERS * (KV_HEADS // layout.tp) * HEAD_DIM * 2
+        assert layout.replicas * layout.tp == 8
+        lora = layout.weights_gib - plan.shape.params * 2 / layout.tp / GIB
+        assert 0 < lora < 0.2  # the rank-8 LoRA slot vLLM allocates, sharded too
+    one, two, four, _ = plan.layouts
+    assert one.weights_gib > 60 and one.refused and "max_model_len=32,768" in one.refused  # 65 GB of weights + 8 GiB KV
+    assert not two.refused and two.kv_tokens > 200_000
+    assert four.kv_tokens > two.kv_tokens and all(four.sequences[f] == plan.max_num_seqs for f in plan.forms)
+    assert plan.recommended is two  # 4 replicas of ~40+ sequences beat 2 replicas capped at max_num_seqs
+    text = plan.format()
+    assert "262,144 bytes a token" in text and "refused:" in text
+    assert "recommended: TP 2 × DP 4 (infer.tensor_parallel_size=2 infer.data_parallel_size=4)" in text
+
+
+def test_kv_heads_replicate_beyond_their_count_and_heads_must_split() -> None:
+    shape = Shape(params=10**9, layers=4, hidden=512, intermediate=1024, heads=40, kv_heads=8, head_dim=64,
+                  vocab=1000, vision_heads=16)
+    assert kv_bytes_per_token(shape, 16, 2) == 2 * 4 * 1 * 64 * 2  # each GPU still holds one KV head
+    assert valid_tp(shape, 8) is None and "40 attention heads" in valid_tp(shape, 16)
+    assert "vision tower" in valid_tp(Shape(**{**shape.__dict__, "heads": 48, "vision_heads": 12}), 8)
+
+
+def test_a_layout_that_cannot_hold_one_max_model_len_sequence_is_refused() -> None:
+    shape = Shape(params=30 * 10**9, layers=64, hidden=5120, intermediate=27648, heads=40, kv_heads=8, head_dim=128,
+                  vocab=152064, vision_heads=16)
+    forms = {"with_context": {"tokens": 6000.0, "rows": 1}}
+    kwargs = dict(gpus=8, utilization=0.9, dtype_bytes=2, cache_bytes=2, max_num_seqs=64, max_new_tokens=64,
+                  forms=forms, lora_rank=8, max_loras=1, profile_tokens=16384)
+    short = plan_layouts(shape, memory_gib=40, max_model_len=8192, **kwargs)
+    assert [layout.tp for layout in short if layout.refused] == [1]  # 56 GiB of weights on a 40 GiB GPU
+    assert "weights alone exceed" in short[0].refused
+    two, four = short[1], short[2]  # TP 2 fits a few sequences next to 28 GiB of weights; TP 4 many more
+    assert two.sequences["with_context"] * 4 < four.sequences["with_context"] * 2
+    assert recommend(short, 6064, 64) is four
+    none = plan_layouts(shape, memory_gib=8, max_model_len=8192, **kwargs)
+    assert recommend(none, 6064, 64) is None
+
+
+def test_tiny_model_on_this_cpu_uses_the_kv_space_vllm_cpu_is_given(tiny_vl: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    cfg = compose(["+exp=smoke", f"paths.root={tmp_path}", f"model.path={tiny_vl}", "model.build_tiny=false"])
+    plan = make_inference_plan(cfg)
+    (layout,) = plan.layouts
+    assert plan.device == "cpu" and layout.kv_budget_gib == 1
+    config = OmegaConf.load(tiny_vl / "config.json")
+    text = config.get("text_config") or config
+    head_dim = text.hidden_size // text.num_attention_heads
+    per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * 4  # float32
+    assert layout.kv_bytes_per_token == per_token and layout.kv_tokens == GIB // per_token
+    assert "VLLM_CPU_KVCACHE_SPACE" in plan.format()
+
+
+def test_eval_dry_run_prints_the_plan_for_a_run_and_loads_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
+    from conftest import cache_root
+
+    from patentqa.eval.__main__ import main
+    from patentqa.infer import engines
+
+    monkeypatch.setattr(engines, "make_engine", lambda *a, **k: pytest.fail("the dry run loaded an engine"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = compose(["+exp=lora_r8", f"paths.root={tmp_path}", f"paths.cache_dir={cache_root()}"])
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    assert main([f"run_dir={run_dir}", "dry_run=true", "infer=vllm", "infer.max_model_len=8192"]) == 0
+    out = capsys.readouterr().out
+    assert "inference plan (infer=vllm)" in out and "8 GPU(s) × 79.2 GiB" in out and "recommended: TP" in out
+    tp1 = next(line for line in out.splitlines() if line.split()[:3] == ["1", "x", "8"])
+    assert "refused" not in tp1  # infer.max_model_len=8192 reached the plan: one sequence fits beside 62 GiB
