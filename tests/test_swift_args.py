@@ -31,7 +31,7 @@ def test_seed_recipe_on_8_gpus_is_valid() -> None:
     assert "device_map" not in args and args["model"] == SNAPSHOT and args["check_model"] is False
     swift_args.validate(args)
     env = launch_env(compose(["+exp=lora_r8", "launcher=8gpu"]))
-    assert env["NPROC_PER_NODE"] == "8" and env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
+    assert env["NPROC_PER_NODE"] == "8" and "CUDA_VISIBLE_DEVICES" not in env  # the job's own GPUs: not overridden
     assert env["MAX_PIXELS"] == "2352000"
 
 
@@ -86,6 +86,8 @@ def test_child_env_keeps_the_users_devices_ports_and_nccl() -> None:
 
 
 def test_child_env_launcher_values_win() -> None:
-    env = child_env(launch_env(compose(["+exp=lora_r8", "launcher=8gpu"])), {}, USER_ENV)
-    assert (env["CUDA_VISIBLE_DEVICES"], env["NPROC_PER_NODE"]) == ("0,1,2,3,4,5,6,7", "8")
+    assert child_env(launch_env(compose(["+exp=lora_r8", "launcher=8gpu"])), {}, USER_ENV)["CUDA_VISIBLE_DEVICES"] == "3"
+    env = child_env(launch_env(compose(["+exp=lora_r8", "launcher=8gpu", "launcher.cuda_visible_devices='4,5,6,7'"])),
+                    {}, USER_ENV)
+    assert (env["CUDA_VISIBLE_DEVICES"], env["NPROC_PER_NODE"]) == ("4,5,6,7", "8")
     assert "NNODES" not in env and env["MASTER_PORT"] == "29611" and env["NCCL_SOCKET_IFNAME"] == "ib0"
