@@ -93,3 +93,19 @@ def test_the_slurm_memory_request_fits_a_common_node_and_covers_the_plan(hydra_c
     full = estimate(_slurm_8gpu(["+exp=lora_r8", f"paths.cache_dir={tmp_path}", "train=full",
                                  "launcher=8gpu_offload", "seed=0,1"]))
     assert f"WARNING: hydra.launcher.mem_gb={mem_gb} is below" in full  # offloaded optimizer states: ~870 GiB
+
+
+@pytest.mark.parametrize(("main_module", "printed"), [("patentqa.train.__main__", True),
+                                                      ("patentqa.infer.__main__", False)])
+def test_only_a_training_multirun_prints_its_cost(hydra_conf, tmp_path: Path, monkeypatch, capsys,
+                                                   main_module: str, printed: bool) -> None:
+    import sys
+    import types
+
+    from patentqa.train.cost import MultirunCost
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name=main_module)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    MultirunCost().on_multirun_start(_multirun(["+exp=smoke", f"paths.cache_dir={tmp_path}", "seed=0,1"]))
+    assert ("training runs: 2" in capsys.readouterr().out) is printed  # an infer multirun trains nothing

@@ -21,6 +21,7 @@ it (the basic sweeper's cartesian product; an Optuna search's trials still to ru
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,10 +194,21 @@ def memory_lines(mem_gb: Any, needs: list[float]) -> list[str]:
     return lines
 
 
+TRAINING_ENTRY_POINTS = ("patentqa.train", "patentqa.train.__main__")
+
+
+def entry_point() -> str:
+    """The module ``python -m`` ran (``patentqa.train.__main__``), or "" when run otherwise."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", "") or ""
+
+
 class MultirunCost(Callback):
     """Prints ``estimate`` when a multirun starts; an estimate that fails says so and the run goes on."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if entry_point() not in TRAINING_ENTRY_POINTS:  # e.g. an infer multirun over shards: no training to count
+            return
         try:
             print(estimate(config), flush=True)
         except Exception as error:  # the estimate must never stop the sweep
