@@ -128,24 +128,16 @@ def checkpoints_made(run_dir: Path) -> list[str]:
 
 
 def one_model_at_a_time(log: Path) -> tuple[bool, str]:
-    """Replay the load/release record per process: a load while another model is alive fails."""
+    """The load/release record (``patentqa.residency``) shows no load while another model was alive."""
+    from patentqa import residency
+
     if not log.is_file():
         return False, f"no load/release record at {log}"
-    alive: dict[int, list[str]] = {}
-    loads, overlaps = 0, []
-    for line in log.read_text(encoding="utf-8").splitlines():
-        event = json.loads(line)
-        held = alive.setdefault(int(event["pid"]), [])
-        name = f"{event.get('kind')}:{event.get('name')}"
-        if event["event"] == "load":
-            loads += 1
-            if held:
-                overlaps.append(f"{name} loaded while {', '.join(held)} alive")
-            held.append(name)
-        elif name in held:
-            held.remove(name)
+    events = residency.read_log(log)
+    loads = sum(e["event"] == "load" for e in events)
     if loads == 0:
         return False, f"{log} records no model load"
+    overlaps = residency.overlaps(events, across_processes=True)  # the checks share the node's GPUs
     return not overlaps, f"{loads} loads, " + ("; ".join(overlaps) if overlaps else "never two alive at once")
 
 

@@ -16,8 +16,8 @@ def test_gpu_form_fails_on_this_cpu_machine_and_names_the_cause(tmp_path: Path) 
 
 
 def write_log(path: Path, events: list[tuple[str, str, int]]) -> Path:
-    path.write_text("".join(json.dumps({"event": e, "kind": "engine", "name": n, "pid": pid}) + "\n"
-                            for e, n, pid in events))
+    path.write_text("".join(json.dumps({"event": e, "kind": "engine", "name": n, "pid": pid, "time": t}) + "\n"
+                            for t, (e, n, pid) in enumerate(events)))
     return path
 
 
@@ -27,7 +27,7 @@ def test_memory_rule_passes_in_turn_and_fails_on_an_overlap(tmp_path: Path) -> N
     assert one_model_at_a_time(in_turn) == (True, "3 loads, never two alive at once")
     overlap = write_log(tmp_path / "b.jsonl", [("load", "hf", 1), ("load", "vllm", 1), ("release", "vllm", 1)])
     ok, detail = one_model_at_a_time(overlap)
-    assert not ok and "engine:vllm loaded while engine:hf alive" in detail
+    assert not ok and "engine:vllm (pid 1) loaded while engine:hf (pid 1) alive" in detail
     assert not one_model_at_a_time(tmp_path / "missing.jsonl")[0]
     assert not one_model_at_a_time(write_log(tmp_path / "c.jsonl", []))[0]
 
