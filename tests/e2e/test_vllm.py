@@ -110,6 +110,20 @@ def test_vllm_engine_answers_text_through_the_pipeline_api(vllm_engine: Any, for
     assert vllm_engine.max_lora_rank == 8, "max_lora_rank comes from the r8 adapters served, not a fixed 64"
 
 
+def test_kv_cache_tokens_equal_the_inference_plan(vllm_engine: Any, tiny_vl: Path, tmp_path: Path) -> None:
+    """The dry run's KV formula (infer/capacity.py) against the cache this vLLM allocated (its KV blocks x block
+    size, the number it logs as "CPU KV cache size"), for the engine's own settings: 2 GiB, float32, TP 1."""
+    from patentqa.config import compose
+    from patentqa.infer.capacity import make_inference_plan
+
+    cache = vllm_engine.llm.llm_engine.vllm_config.cache_config
+    allocated = cache.num_gpu_blocks * cache.block_size
+    cfg = compose(["+exp=smoke", f"paths.root={tmp_path}", f"model.path={tiny_vl}", "model.build_tiny=false",
+                   "infer=vllm", "infer.max_model_len=4096", "infer.max_num_seqs=16", "infer.tensor_parallel_size=1"])
+    (layout,) = make_inference_plan(cfg).layouts
+    assert layout.kv_tokens == allocated, (layout.kv_bytes_per_token, allocated)
+
+
 def test_tensor_parallel_2_on_cpu_gives_the_same_answers(tiny_vl: Path, parity: dict, form_prompts: list[Prompt],
                                                          adapters: tuple[Path, Path], vllm_engine: Any) -> None:
     vllm_engine.close()  # the TP-1 engine's last user: one model alive at a time
