@@ -139,7 +139,9 @@ def test_manifest(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert manifest["versions"]["wandb"].startswith("0.") and manifest["versions"]["patentqa"]
     assert manifest["python"] and manifest["hostname"] and manifest["started_at"]
     git = manifest["git"]
-    assert git is None or (re.fullmatch(r"[0-9a-f]{40}", git["sha"]) and isinstance(git["dirty"], bool))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert git["sha"] == head and re.fullmatch(r"[0-9a-f]{40}", head) and isinstance(git["dirty"], bool)  # a clone
     assert git_state(env) is None  # tmp is no git checkout
     assert manifest["config"]["infer"] == {"api_key": MASK, "base_url": f"http://x/?k={MASK}"}
 
