@@ -29,9 +29,10 @@ class NoGPU(RuntimeError):
 
 
 def is_tiny(model: Any, hub: str = "huggingface") -> bool:
-    """A tiny test model: ``model.build_tiny``, or a dir (or cached hub snapshot) with a ``tiny.json`` marker."""
+    """A tiny test model: ``model.build_tiny`` or ``model.tiny`` (a full checkpoint of one, see
+    ``full_checkpoint_model``), or a dir (or cached hub snapshot) with a ``tiny.json`` marker."""
     if not isinstance(model, (str, Path)):
-        if cfg_get(model, "build_tiny", False):
+        if cfg_get(model, "build_tiny", False) or cfg_get(model, "tiny", False):  # tiny: a tiny model's checkpoint
             return True
         hub = str(cfg_get(model, "hub", hub))
         model = cfg_get(model, "path", "")

@@ -99,3 +99,13 @@ def test_tiny_models_run_on_the_cpu(tmp_path: Path, tiny_embedder: Path) -> None
     require_gpu(cfg.model, stage="training (swift sft)", vllm_platform=CPU_PLATFORM)
     assert resolve_device("auto", cfg.model) == "cpu"
     assert _default_device(None, str(tiny_embedder)) == "cpu"  # a tiny GME: its dir holds tiny.json
+
+
+def test_a_full_checkpoint_of_the_tiny_model_is_tiny_and_one_of_32b_is_not(tmp_path) -> None:
+    from patentqa.config import compose
+    from patentqa.infer.engines import full_checkpoint_model
+
+    checkpoint = tmp_path / "checkpoint-2"  # a full checkpoint dir holds no tiny.json marker
+    checkpoint.mkdir()
+    assert is_tiny(full_checkpoint_model(compose(["+exp=smoke"]).model, checkpoint))
+    assert not is_tiny(full_checkpoint_model(compose(["+exp=lora_r8"]).model, checkpoint))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 import yaml
 
 from conftest import REPO, cache_root
@@ -50,8 +51,13 @@ def test_full_fine_tuning_saves_whole_models_with_the_vision_tower_frozen(full_r
         assert checkpoint.full and any(checkpoint.path.glob("model*.safetensors"))
         assert not (checkpoint.path / "adapter_config.json").exists()
     args = yaml.safe_load((run_dir / "swift_args.yaml").read_text())
-    flat = json.dumps(args)
-    assert "full" in flat and "freeze_vit" in flat
+    assert args["tuner_type"] == "full" and args["freeze_vit"] is True
+    base = load_file(str(Path(args["model"]) / "model.safetensors"))
+    for checkpoint in result.checkpoints:  # the frozen vision tower is saved exactly as it was loaded
+        saved = {k: v for path in checkpoint.path.glob("model*.safetensors") for k, v in load_file(str(path)).items()}
+        visual = [k for k in base if ".visual." in f".{k}"]
+        assert visual and all(k in saved and saved[k].equal(base[k]) for k in visual), checkpoint.path
+        assert any(not saved[k].equal(base[k]) for k in base if k in saved and k not in visual), "nothing trained"
 
 
 def test_sweep_scores_every_full_checkpoint_and_each_round_by_its_metric(full_run) -> None:
@@ -77,7 +83,12 @@ def test_sweep_scores_every_full_checkpoint_and_each_round_by_its_metric(full_ru
                    for r in predictions if r["round"] == "a")
         assert len(predictions) == len(rows), "unparsed replies are scored, never dropped"
     report = json.loads((run_dir / "report" / "report.json").read_text())
-    assert all(f["unparsed"] is not None for f in report["failures"].values())
+    counted = set()  # (split, n, unparsed replies) of every scored predictions file
+    for path in (run_dir / "eval").glob("*/*/predictions.jsonl"):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        counted.add((path.parent.parent.name, len(records), sum(bool(r.get("unparsed")) for r in records)))
+    for label, failures in report["failures"].items():  # the report counts the unparsed replies it shows
+        assert (failures["split"], failures["n"], failures["unparsed"]) in counted, (label, failures, counted)
     assert "accuracy" in (run_dir / "report" / "report.md").read_text()
 
 

@@ -32,6 +32,11 @@ def make_engine(infer_cfg: Any, model_cfg: Any, adapters: Sequence[Any] = ()) ->
 
 def full_checkpoint_model(model_cfg: Any, path: Any) -> Any:
     """The model config that loads a full fine-tuning checkpoint dir as the model (weights from ``path``)."""
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
-    return OmegaConf.merge(model_cfg, {"path": str(path), "build_tiny": False})
+    from patentqa.device import is_tiny
+
+    model = OmegaConf.merge(model_cfg, {"path": str(path), "build_tiny": False})
+    with open_dict(model):  # a checkpoint of the tiny test model is a tiny model too (its dir has no tiny.json)
+        model.tiny = is_tiny(model_cfg)
+    return model
