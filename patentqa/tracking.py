@@ -216,7 +216,15 @@ class Checkpoint:
     @property
     def full(self) -> bool:
         """A whole model (full fine-tuning: config + weights), not a LoRA adapter."""
-        return not (self.path / "adapter_config.json").is_file() and (self.path / "config.json").is_file()
+        return checkpoint_kind(self.path) == "full"
+
+
+def checkpoint_kind(path: str | os.PathLike) -> str | None:
+    """``lora`` (an adapter: adapter_config.json), ``full`` (a whole model: config.json) or None (neither)."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        return "lora"
+    return "full" if (path / "config.json").is_file() else None
 
 
 def checkpoints(swift_dir: str | os.PathLike) -> list[Checkpoint]:

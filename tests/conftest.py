@@ -72,6 +72,22 @@ def tiny_embedder() -> Path:
     return tiny_qwen2_vl_embedder(cache_root() / "tiny")
 
 
+def smoke_run_dir(root: Path, *overrides: str) -> Path:
+    """``root/runs/smoke/a`` as `patentqa.train` leaves a run before training: its resolved config.yaml
+    (+exp=smoke on the tiny models, data and cache under ``root``; composing loads nothing)."""
+    from omegaconf import OmegaConf
+
+    from patentqa.config import compose
+
+    tiny = cache_root() / "tiny"
+    cfg = compose(["+exp=smoke", f"paths.root={root}", f"paths.cache_dir={root}/cache", f"model.path={tiny}/qwen2_5_vl",
+                   f"model.embedder_path={tiny}/qwen2_vl_gme", *overrides])
+    run_dir = root / "runs" / "smoke" / "a"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    return run_dir
+
+
 ADAPTER_STEPS = 4
 
 

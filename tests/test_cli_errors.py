@@ -9,7 +9,7 @@ from pathlib import Path
 import fitz
 from PIL import Image, ImageDraw
 
-from conftest import REPO
+from conftest import REPO, smoke_run_dir
 
 
 def run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -78,3 +78,71 @@ def test_ccitt_reports_a_corrupt_pdf_and_writes_the_rest(tmp_path: Path) -> None
     assert [p.relative_to(out).as_posix() for p in files_under(out)] == ["train/documents/good.pdf", "train/train.jsonl"]
     with fitz.open(out / "train" / "documents" / "good.pdf") as g4:
         assert g4.page_count == 1
+
+
+# The model commands: patentqa.infer, patentqa.eval, patentqa.infer.parity. Each refuses bad input before a
+# dataset is built, a W&B run starts or a model loads.
+
+def written(root: Path, *keep: Path) -> list[Path]:
+    """Files under ``root`` besides Hydra's record of the command (its run dir: .hydra/, the log) and ``keep``."""
+    return [p for p in files_under(root) if ".hydra" not in p.parts and p.name != "__main__.log" and p not in keep]
+
+
+def infer_args(root: Path, *extra: str) -> list[str]:
+    return ["patentqa.infer", "+exp=smoke", f"paths.root={root}", f"paths.cache_dir={root}/cache", *extra]
+
+
+def test_infer_refuses_an_unknown_split_before_building_anything(tmp_path: Path) -> None:
+    done = run(*infer_args(tmp_path, "split=validation"), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert error_lines(done) == ["error: split=validation: unknown split; expected one of dev, heldout, test"]
+    assert written(tmp_path) == []
+
+
+def test_infer_refuses_a_checkpoint_that_is_none(tmp_path: Path) -> None:
+    missing, empty = tmp_path / "checkpoint-9", tmp_path / "checkpoint-3"
+    (empty / "optimizer.pt").parent.mkdir()
+    (empty / "optimizer.pt").write_bytes(b"not an adapter")
+    done = run(*infer_args(tmp_path, f"checkpoint={missing}"), cwd=tmp_path)
+    assert done.returncode == 2 and error_lines(done) == [f"error: checkpoint={missing}: no such directory"]
+    done = run(*infer_args(tmp_path, f"checkpoint={empty}"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert error_lines(done) == [f"error: checkpoint={empty}: not a checkpoint (no adapter_config.json, no config.json)"]
+    assert written(tmp_path, empty / "optimizer.pt") == []
+
+
+def test_eval_refuses_a_run_with_no_complete_checkpoint(tmp_path: Path) -> None:
+    done = run("patentqa.eval", f"run_dir={tmp_path / 'nope'}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert error_lines(done) == [f"error: run_dir={tmp_path / 'nope'}: no config.yaml (not a patentqa training run)"]
+    run_dir = smoke_run_dir(tmp_path)
+    partial = run_dir / "swift" / "v0-x" / "checkpoint-2"  # killed while saving: no trainer_state.json
+    partial.mkdir(parents=True)
+    (partial / "adapter_config.json").write_text("{}")
+    done = run("patentqa.eval", f"run_dir={run_dir}", "eval.include_base=false", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert error_lines(done) == [f"error: {run_dir / 'swift'}: no complete checkpoint (checkpoint-N with "
+                                 "trainer_state.json), and eval.include_base=false, no eval.baselines: nothing to evaluate"]
+    assert written(tmp_path, run_dir / "config.yaml", partial / "adapter_config.json") == []  # no dataset, eval/, wandb/
+
+
+def test_eval_on_an_empty_dev_split_says_so_and_starts_no_wandb_run(tmp_path: Path, tiny_vl, tiny_embedder) -> None:
+    run_dir = smoke_run_dir(tmp_path, "data.synth.n_docs=3", "data.synth.questions_per_doc=2", "data.split.dev=0")
+    done = run("patentqa.eval", f"run_dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    [line] = error_lines(done)
+    assert line.startswith(f"error: {tmp_path / 'cache' / 'datasets'}/") and line.endswith(
+        ": the dev split is empty: raise data.split.dev or use more documents"), line
+    assert not (run_dir / "eval").exists() and not (run_dir / "wandb").exists()
+
+
+def test_parity_refuses_a_dir_that_is_no_run_and_a_run_with_no_checkpoint(tmp_path: Path) -> None:
+    done = run("patentqa.infer.parity", f"run_dir={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 2 and error_lines(done) == [f"error: run_dir={tmp_path}: no config.yaml (not a patentqa "
+                                                          "training run)"]
+    run_dir = smoke_run_dir(tmp_path)
+    done = run("patentqa.infer.parity", f"run_dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert error_lines(done) == [f"error: {run_dir / 'swift'}: no complete checkpoint (checkpoint-N with "
+                                 "trainer_state.json): nothing of this run to compare"]
+    assert written(tmp_path, run_dir / "config.yaml") == []

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from patentqa.cli import InputError, fail, run_config_file
 from patentqa.config import apply_overrides
-from patentqa.eval.sweep import sweep
+from patentqa.data.corpus import DataError
+from patentqa.eval.sweep import sweep, sweep_inputs
 from patentqa.tracking import Tracker
 
 
@@ -28,24 +30,26 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m patentqa.eval run_dir=RUN [key=value ...]", file=sys.stderr)
         return 2
     run_dir = Path(run_args[0].split("=", 1)[1])
-    if not (run_dir / "config.yaml").is_file():
-        print(f"error: {run_dir} has no config.yaml (not a patentqa training run)", file=sys.stderr)
-        return 2
     try:
-        cfg = apply_overrides(OmegaConf.load(run_dir / "config.yaml"), [a for a in argv if not a.startswith("run_dir=")])
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        cfg = apply_overrides(OmegaConf.load(run_config_file(run_dir)), [a for a in argv if not a.startswith("run_dir=")])
+    except ValueError as error:  # InputError included
+        return fail(error)
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")) \
         if (run_dir / "manifest.json").is_file() else {}
     if any(a.lower() == "dry_run=true" for a in argv):
         print(inference_plan(cfg, manifest))
         return 0
+    try:  # before the W&B run starts: a run with nothing to evaluate writes nothing
+        inputs = sweep_inputs(cfg, run_dir)
+    except InputError as error:
+        return fail(error)
+    except DataError as error:
+        return fail(error, 1)
     run_id = (manifest.get("wandb") or {}).get("id")
     with Tracker(OmegaConf.to_container(cfg.logger, resolve=True), run_dir=run_dir, name=cfg.name,
                  group=(manifest.get("wandb") or {}).get("group") or cfg.name, tags=list(cfg.tags),
                  config=None, job_type="eval", run_id=run_id) as tracker:
-        sweep(cfg, run_dir, tracker)
+        sweep(cfg, run_dir, tracker, inputs)
     return 0
 
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from patentqa.cli import InputError
 from patentqa.data.build import DatasetBuild, build_dataset
-from patentqa.data.corpus import Question
+from patentqa.data.corpus import DataError, Question
 from patentqa.eval.metrics import configure_bertscore, headline
 from patentqa.eval.runs import BASE
 from patentqa.eval.score import score_file
@@ -154,21 +156,38 @@ def evaluate_baseline(cfg: DictConfig, build: DatasetBuild, questions: list[Ques
     return record | {"cached": False}
 
 
-def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SweepInputs:
+    """What a sweep evaluates, checked before anything is written: the run's complete checkpoints and its data."""
+
+    found: list[Checkpoint]
+    build: DatasetBuild
+
+
+def sweep_inputs(cfg: DictConfig, run_dir: Path) -> SweepInputs:
+    """The run's checkpoints and dataset; ``InputError`` when there is nothing to evaluate, ``DataError``
+    when the dev split is empty (nothing to choose a checkpoint on)."""
+    found = checkpoints(run_dir / "swift")
+    if not found and not cfg.eval.include_base and not cfg.eval.get("baselines"):
+        raise InputError(f"{run_dir / 'swift'}: no complete checkpoint (checkpoint-N with trainer_state.json), "
+                         "and eval.include_base=false, no eval.baselines: nothing to evaluate")
+    build = build_dataset(cfg)
+    if not build.questions["dev"]:
+        raise DataError(f"{build.out_dir}: the dev split is empty: raise data.split.dev or use more documents")
+    return SweepInputs(found, build)
+
+
+def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None,
+          inputs: SweepInputs | None = None) -> dict[str, Any]:
     """Evaluate every checkpoint of ``run_dir`` (and ``eval.baselines``) on dev; score the best on
     test; write eval/sweep.json. A run with only baselines reports the best baseline as its best."""
     if cfg.eval.bertscore.model_path:
         configure_bertscore(cfg.eval.bertscore.model_path, cfg.eval.bertscore.num_layers,
                             cfg.eval.bertscore.batch_size, cfg.eval.bertscore.device)
-    build = build_dataset(cfg)
-    found = checkpoints(run_dir / "swift")
+    inputs = inputs or sweep_inputs(cfg, run_dir)
+    build, found = inputs.build, inputs.found
     baselines = list(cfg.eval.get("baselines") or [])
-    if not found and not cfg.eval.include_base and not baselines:
-        raise FileNotFoundError(f"no complete checkpoint under {run_dir / 'swift'} (and eval.include_base=false, "
-                                "no eval.baselines)")
     dev, test = build.questions["dev"], build.questions["test"]
-    if not dev:
-        raise ValueError("the dev split is empty: raise data.split.dev or use more documents")
     key, out_root = eval_key(cfg, build), run_dir / "eval"
     select = cfg.eval.select_by
     targets: list[tuple[str, Checkpoint | None]] = [(c.path.name, c) for c in found]

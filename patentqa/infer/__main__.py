@@ -7,16 +7,22 @@
 """
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from patentqa.cli import InputError, fail
 from patentqa.config import CONF_DIR
 from patentqa.infer.run import format_summary, infer
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    summary = infer(cfg)
+    try:
+        summary = infer(cfg)
+    except InputError as error:
+        sys.exit(fail(error))
     if summary.get("merged") is False:  # this shard is done, others are not
         print(f"\nthis shard's part(s) are written under {summary['out_dir']}/parts; {summary['waiting']}")
         return

@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from patentqa.cli import InputError, fail, run_config_file
 from patentqa.data.prompts import Prompt, classifier_prompt, prompt_from_json, style_prompt
 from patentqa.infer.engine import Sampling, Trace
 from patentqa.tracking import Checkpoint, checkpoints, write_json_atomic
@@ -171,16 +172,26 @@ def engine_configs(cfg: DictConfig, tensor_parallel_size: int) -> tuple[DictConf
     return hf, vllm
 
 
+def parity_checkpoints(run_dir: Path) -> list[Checkpoint]:
+    """The run's complete checkpoints; ``InputError`` when it has none."""
+    found = checkpoints(run_dir / "swift")
+    if not found:
+        raise InputError(f"{run_dir / 'swift'}: no complete checkpoint (checkpoint-N with trainer_state.json): "
+                         "nothing of this run to compare")
+    return found
+
+
 def run_parity(args: ParityArgs) -> dict[str, Any]:
     """Both engines for the run, one after the other (never both loaded), compared; writes the report."""
     from patentqa.data.build import build_dataset
     from patentqa.infer.engines import full_checkpoint_model, make_engine
 
     run_dir = Path(args.run_dir)
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = OmegaConf.load(run_config_file(run_dir))  # InputError for a dir that is no training run
+    found = parity_checkpoints(run_dir)
     build = build_dataset(cfg)
     prompts = parity_prompts(build.out_dir / "dev_eval.jsonl", args.per_form)
-    picked = pick_checkpoints(checkpoints(run_dir / "swift"), args.checkpoints)
+    picked = pick_checkpoints(found, args.checkpoints)
     adapters = [(c.path.name, str(c.path)) for c in picked if not c.full]
     hf_cfg, vllm_cfg = engine_configs(cfg, args.tensor_parallel_size)
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
@@ -205,7 +216,10 @@ def run_parity(args: ParityArgs) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from patentqa.cli import parse_args
 
-    report = run_parity(parse_args(ParityArgs, argv))
+    try:
+        report = run_parity(parse_args(ParityArgs, argv))
+    except InputError as error:
+        return fail(error)
     print(format_report(report))
     return 0 if report["all_identical"] else 1
 

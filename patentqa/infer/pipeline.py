@@ -20,6 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from patentqa.cli import InputError
 from patentqa.data.chains import final_answer
 from patentqa.data.choices import parse_choice
 from patentqa.data.corpus import Document, Question, submission_ids
@@ -151,6 +152,16 @@ def read_predictions(path: Path, repair: bool = True) -> list[dict[str, Any]]:
     return records
 
 
+def resumable(predictions: Path, questions: list[Question]) -> list[dict[str, Any]]:
+    """The finished records of ``predictions`` if they answer the first of ``questions`` in order;
+    ``InputError`` if the file holds other questions (another split's, or another dataset's)."""
+    done = read_predictions(predictions)
+    if [r["id"] for r in done] != [q.id for q in questions[:len(done)]]:
+        raise InputError(f"{predictions}: holds answers to other questions than the {len(questions)} asked "
+                         "(another split's or dataset's predictions); use another out_dir")
+    return done
+
+
 def record_line(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
 
@@ -168,10 +179,7 @@ def append_records(path: Path, records: list[dict[str, Any]]) -> None:
 def answer_questions(questions: list[Question], ctx: AnswerContext, engine: Engine, settings: PipelineSettings,
                      predictions: Path, adapter: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Answer every question into ``predictions`` (resuming what is there); return a summary."""
-    done = read_predictions(predictions)
-    order = [q.id for q in questions]
-    if [r["id"] for r in done] != order[:len(done)]:
-        raise ValueError(f"{predictions} holds other questions or another order; use a fresh output dir")
+    done = resumable(predictions, questions)
     timings: Counter = Counter()
     started = time.perf_counter()
     # chunk boundaries are fixed from the start of the list, so a resumed run batches exactly as a fresh one

@@ -11,30 +11,52 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from patentqa.cli import InputError
 from patentqa.data.build import DatasetBuild, build_dataset
 from patentqa.data.corpus import Question
 from patentqa.data.prompts import PromptConfig
 from patentqa.data.retrieval import style_examples
 from patentqa.infer.engines import make_engine
 from patentqa.infer.pipeline import AnswerContext, PipelineSettings, answer_questions, read_predictions, \
-    record_counts, record_line, write_submission
+    record_counts, record_line, resumable, write_submission
 from patentqa.infer.shards import PARTS_DIR, ShardLayout, UnfinishedParts, merge_parts, part_done, part_path, \
     part_questions, run_replicas
-from patentqa.tracking import atomic_write, write_json_atomic
+from patentqa.tracking import atomic_write, checkpoint_kind, write_json_atomic
 
 SPLITS = {"test": "the competition's test split (unlabelled)", "dev": "our labelled dev split",
           "heldout": "our labelled test split"}
 
 
+def check_request(cfg: DictConfig) -> None:
+    """``InputError`` for a split or checkpoint this command cannot answer with, before anything loads."""
+    check_split(cfg.split)
+    if not cfg.checkpoint:
+        return
+    path = Path(cfg.checkpoint)
+    if not path.is_dir():
+        raise InputError(f"checkpoint={path}: no such directory")
+    kind = checkpoint_kind(path)
+    if kind is None:
+        raise InputError(f"checkpoint={path}: not a checkpoint (no adapter_config.json, no config.json)")
+    if kind == "full":
+        raise InputError(f"checkpoint={path}: a full fine-tuning checkpoint (config.json, no adapter): "
+                         f"answer with it as the model, model.path={path}")
+
+
+def check_split(split: str) -> None:
+    """``InputError`` unless ``split`` is one of ``SPLITS``."""
+    if split not in SPLITS:
+        raise InputError(f"split={split}: unknown split; expected one of {', '.join(sorted(SPLITS))}")
+
+
 def split_questions(build: DatasetBuild, split: str) -> list[Question]:
     """Questions of a CLI split: ``test`` = unlabelled competition split; ``dev``/``heldout`` = labelled."""
+    check_split(split)
     if split == "test":
         if build.unlabelled is None:
             raise ValueError("this dataset has no unlabelled test split (data.test_split)")
         return build.unlabelled.questions
-    if split in ("dev", "heldout"):
-        return build.questions["dev" if split == "dev" else "test"]
-    raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+    return build.questions["dev" if split == "dev" else "test"]
 
 
 def answer_context(cfg: DictConfig, build: DatasetBuild, questions: list[Question]) -> AnswerContext:
@@ -57,6 +79,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     """Answer ``cfg.split`` (all of it, or this job's shard); write predictions.jsonl, submission.jsonl and
     summary.json once every question is answered (``patentqa.infer.shards`` for parts and replicas)."""
     layout = ShardLayout.from_cfg(cfg.infer)
+    check_request(cfg)
     build = build_dataset(cfg)
     questions = split_questions(build, cfg.split)
     out = output_dir(cfg)
@@ -82,6 +105,7 @@ def answer_part(cfg: DictConfig, build: DatasetBuild, questions: list[Question],
     """Answer ``questions`` into ``predictions`` with one engine (resuming what is there; none loaded when done)."""
     if predictions.is_file() and part_done(predictions, questions):
         return {"questions": len(questions), "resumed_after": len(questions), "answered_now": 0}
+    resumable(predictions, questions)  # another split's answers there: stop before a model loads
     ctx = answer_context(cfg, build, questions)
     engine = make_engine(cfg.infer, cfg.model, [cfg.checkpoint] if cfg.checkpoint else [])  # vLLM sizes its LoRA
     try:

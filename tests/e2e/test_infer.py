@@ -1,5 +1,6 @@
 """python -m patentqa.infer on the tiny model: every question answered, submission complete, kill -9 resume;
-two data-parallel replicas and two shard jobs (submitit_local) give the bytes of one replica, and resume."""
+a LoRA checkpoint's answers; an out dir of another split refused; two data-parallel replicas and two
+shard jobs (submitit_local) give the bytes of one replica, and resume."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,10 @@ import pytest
 from conftest import cache_root
 from patentqa import residency
 from patentqa.config import compose
-from patentqa.infer.run import infer
+from patentqa.data.build import build_dataset
+from patentqa.infer.engines import make_engine
+from patentqa.infer.pipeline import PipelineSettings, answer_chunk, record_line
+from patentqa.infer.run import answer_context, infer, split_questions
 from patentqa.infer.shards import UnfinishedParts
 
 pytestmark = pytest.mark.e2e
@@ -94,6 +98,44 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(uninterrupted) -> None:
     assert len(ids) == len(set(ids))
     again = subprocess.run(infer_cmd(root, out), capture_output=True, text=True, timeout=600)
     assert '"answered_now": 0' in again.stdout, "a finished run answers nothing again"
+
+
+def test_an_out_dir_holding_another_splits_predictions_is_refused_before_a_model_loads(uninterrupted) -> None:
+    root, full = uninterrupted
+    before = {p.name: p.read_bytes() for p in full.iterdir() if p.is_file()}
+    log = root / "refused_residency.jsonl"
+    argv = [a for a in infer_cmd(root, full) if a != "split=test"] + ["split=dev"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, residency.LOG_ENV: str(log)})
+    assert done.returncode == 2, done.stderr[-3000:]
+    dev = len(split_questions(build_dataset(compose(overrides(root, full))), "dev"))
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {full / 'predictions.jsonl'}: holds answers to other questions than the {dev} asked "
+        "(another split's or dataset's predictions); use another out_dir"]
+    assert {p.name: p.read_bytes() for p in full.iterdir() if p.is_file()} == before
+    assert not log.exists() or residency.read_log(log) == [], "no model loaded"
+
+
+def test_a_lora_checkpoint_answers_as_that_adapter_not_as_the_base_model(uninterrupted, adapters) -> None:
+    root, full = uninterrupted
+    adapter, out = adapters[1], root / "lora"
+    done = subprocess.run(infer_cmd(root, out, f"checkpoint={adapter}"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["checkpoint"] == str(adapter)
+    tuned, base = lines(out / "predictions.jsonl"), lines(full / "predictions.jsonl")
+    assert [r["id"] for r in tuned] == [r["id"] for r in base]
+    changed = sum(t["raw_answer"] != b["raw_answer"] for t, b in zip(tuned, base))
+    assert changed >= len(base) // 2, f"{changed}/{len(base)} answers differ from the base model's"
+    # the first chunk again, by an engine holding only this adapter: the same records
+    cfg = compose(overrides(root, out, f"checkpoint={adapter}"))
+    build = build_dataset(cfg)
+    questions = split_questions(build, "test")[:cfg.pipeline.chunk_size]
+    engine = make_engine(cfg.infer, cfg.model, [str(adapter)])
+    try:
+        records = answer_chunk(questions, answer_context(cfg, build, questions), engine,
+                               PipelineSettings.from_cfg(cfg.pipeline, cfg.infer), str(adapter))
+    finally:
+        engine.close()
+    assert [record_line(r) for r in records] == [record_line(r) for r in tuned[:len(records)]]
 
 
 @pytest.fixture(scope="module")
