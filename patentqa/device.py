@@ -18,6 +18,7 @@ on the CPU: they are what the tests and the smoke run use.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ def is_tiny(model: Any, hub: str = "huggingface") -> bool:
         except (ModelNotFound, ValueError):
             return False
     return (path / "tiny.json").is_file()
+
+
+def gpu_driver_present() -> bool:
+    """A GPU kernel driver is there (NVIDIA, AMD ROCm, WSL); without one CUDA cannot work, so callers may skip
+    importing torch to ask (2-3 s). Outside Linux: True (ask torch)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    dev = Path("/dev")
+    return (Path("/proc/driver/nvidia").exists() or (dev / "kfd").exists() or (dev / "dxg").exists()
+            or any(dev.glob("nvidia*")))
 
 
 def gpu_problem(vllm_platform: Any = None) -> str | None:

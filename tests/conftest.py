@@ -41,6 +41,16 @@ def session_secrets() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def lora_r8_cfg(tmp_path_factory: pytest.TempPathFactory):
+    """``+exp=lora_r8`` (the 32B recipe) with a scratch root and the session's cache: what the dry-run
+    plans read (the tiny tokenizer counts text tokens when the 32B one is not on disk)."""
+    from patentqa.config import compose
+
+    return compose(["+exp=lora_r8", f"paths.root={tmp_path_factory.mktemp('lora_r8')}",
+                    f"paths.cache_dir={cache_root()}"])
+
+
+@pytest.fixture(scope="session")
 def reference() -> Path:
     """The seed's prompts and SFT rows, the 600 real questions and the metric oracle (tests/fixtures)."""
     return FIXTURES

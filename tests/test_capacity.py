@@ -1,6 +1,6 @@
 """The inference plan (patentqa/infer/capacity.py): what vLLM holds on the launcher's GPUs, from the
-architecture alone (meta device, no weights). Its KV-cache formula is checked against vLLM's own log in
-tests/e2e/test_capacity_vllm.py."""
+architecture alone (meta device, no weights). Its KV-cache formula is checked against the cache vLLM itself
+allocates in tests/e2e/test_vllm.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,12 +16,8 @@ LAYERS, KV_HEADS, HEAD_DIM = 64, 8, 128  # Qwen2.5-VL-32B text config
 
 
 @pytest.fixture(scope="module")
-def plan_32b(tmp_path_factory: pytest.TempPathFactory):
-    from conftest import cache_root
-
-    cfg = compose(["+exp=lora_r8", f"paths.root={tmp_path_factory.mktemp('capacity')}",
-                   f"paths.cache_dir={cache_root()}"])
-    return make_inference_plan(cfg)
+def plan_32b(lora_r8_cfg):
+    return make_inference_plan(lora_r8_cfg)
 
 
 def test_32b_on_8_gpus_of_80_gb(plan_32b) -> None:

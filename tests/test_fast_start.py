@@ -17,10 +17,10 @@ def test_gme_embedder_on_a_machine_without_gpu_decides_cpu_without_torch(tmp_pat
     tiny.mkdir()
     (tiny / "tiny.json").write_text("{}")
     probe = (f"import json, sys\n"
-             f"from patentqa.data.embed import GmeEmbedder, _gpu_driver\n"
+             f"from patentqa.data.embed import GmeEmbedder\nfrom patentqa.device import gpu_driver_present\n"
              f"e = GmeEmbedder({str(tiny)!r}, {str(tmp_path / 'cache')!r}, min_pixels=1, max_pixels=2, "
              f"query_instruction='q', device='auto')\n"
-             f"print(json.dumps([e.device, e.dtype, 'torch' in sys.modules, _gpu_driver()]))")
+             f"print(json.dumps([e.device, e.dtype, 'torch' in sys.modules, gpu_driver_present()]))")
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
     device, dtype, torch_loaded, driver = json.loads(out.strip().splitlines()[-1])
     assert torch_loaded == driver  # torch is asked only where a GPU driver could make CUDA work

@@ -10,12 +10,8 @@ LAYERS, HIDDEN, KV, INTER, RANK = 64, 5120, 8 * 128, 27648, 8  # Qwen2.5-VL-32B 
 
 
 @pytest.fixture(scope="module")
-def plan(tmp_path_factory: pytest.TempPathFactory):
-    from conftest import cache_root
-
-    cfg = compose(["+exp=lora_r8", f"paths.root={tmp_path_factory.mktemp('plan')}",
-                   f"paths.cache_dir={cache_root()}"])
-    return make_plan(cfg)
+def plan(lora_r8_cfg):
+    return make_plan(lora_r8_cfg)
 
 
 def test_32b_parameters_per_tower(plan) -> None:

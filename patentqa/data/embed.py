@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -345,20 +344,11 @@ def _default_device(device: str | None = None, model_path: str = "", hub: str = 
     a tiny test model stops there instead (``patentqa.device.require_gpu``: device=cpu means the CPU on purpose)."""
     if device not in (None, "auto"):
         return str(device)
-    from patentqa.device import require_gpu
+    from patentqa.device import gpu_driver_present, require_gpu
 
     require_gpu(model_path or "the GME model", "auto", stage="GME embedder", hub=hub)
-    if not _gpu_driver():  # torch would say no CUDA: spare its 2-3 s import when every vector is cached (issue 21.5)
+    if not gpu_driver_present():  # torch would say no CUDA: spare its 2-3 s import when every vector is cached (issue 21.5)
         return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _gpu_driver() -> bool:
-    """A GPU kernel driver is there (NVIDIA, AMD ROCm, WSL); without one CUDA cannot work. Outside Linux: True (ask torch)."""
-    if not sys.platform.startswith("linux"):
-        return True
-    dev = Path("/dev")
-    return (Path("/proc/driver/nvidia").exists() or (dev / "kfd").exists() or (dev / "dxg").exists()
-            or any(dev.glob("nvidia*")))
