@@ -32,7 +32,8 @@ from typing import Any
 PACKAGES = ("patentqa", "ms-swift", "transformers", "peft", "torch", "torchvision", "deepspeed",
             "wandb", "hydra-core", "omegaconf", "pymupdf", "qwen-vl-utils", "vllm")
 # Environment that changes results or placement (never secrets): recorded in the manifest.
-ENV_ALLOW = ("MAX_PIXELS", "MIN_PIXELS", "VIDEO_MAX_PIXELS", "IMAGE_FACTOR", "FPS", "FPS_MAX_FRAMES",
+ENV_ALLOW = ("MAX_PIXELS", "MIN_PIXELS", "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM", "VIDEO_MAX_PIXELS",
+             "IMAGE_FACTOR", "FPS", "FPS_MAX_FRAMES",
              "CUDA_VISIBLE_DEVICES", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR",
              "MASTER_PORT", "WORLD_SIZE", "PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG",
              "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",

@@ -27,7 +27,7 @@ def test_experiment_composes(exp: str) -> None:
     cfg = compose([f"+exp={exp}"])
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert cfg.name == exp
-    assert max(cfg.prompt.max_pixels.values()) > 0
+    assert min(cfg.prompt.image_tokens.values()) >= cfg.prompt.min_image_tokens > 0
 
 
 @pytest.mark.parametrize("preset", ABLATIONS)

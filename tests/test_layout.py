@@ -74,7 +74,8 @@ def test_ocr_text_beside_and_instead() -> None:
     document = build_prompt(replace(SEED_B, ocr_text="instead"), "该专利的用途是什么？", "document", None, [other])
     assert not document.images and "附图标记说明" in document.text()
     with pytest.raises(ValueError, match="ocr_text"):
-        PromptConfig.from_cfg({"name": "x", "max_pixels": {"with_context": 1}, "min_pixels": 1, "ocr_text": "over"})
+        PromptConfig.from_cfg({"name": "x", "image_tokens": {"with_context": 1}, "min_image_tokens": 1,
+                               "ocr_text": "over"}, factor=28)
 
 
 class FakeLayout:

@@ -44,10 +44,17 @@ class DatasetBuild:
     layout: Any = None                                            # OCR layer and figure crops, when needed
 
 
+def prompt_config(cfg: DictConfig) -> PromptConfig:
+    """The ``prompt`` group with its token budgets in pixels for ``cfg.model``'s family (its image_factor)."""
+    return PromptConfig.from_cfg(cfg.prompt, int(cfg.model.image_factor))
+
+
 def render_spec(cfg: DictConfig) -> RenderSpec:
-    """Pages are rendered once at the largest per-image budget any prompt uses."""
+    """Pages are rendered once at the largest per-image budget any prompt uses (in pixels: the cache key
+    of a Qwen2.5-VL page is what it was when budgets were written in pixels)."""
     pages = cfg.data.pages
-    return RenderSpec(max_pixels=max(cfg.prompt.max_pixels.values()), min_pixels=cfg.prompt.min_pixels,
+    config = prompt_config(cfg)
+    return RenderSpec(max_pixels=max(config.max_pixels.values()), min_pixels=config.min_pixels,
                       factor=cfg.model.image_factor, colorspace=pages.colorspace, format=pages.format,
                       jpeg_quality=pages.jpeg_quality,
                       color_management=pages.color_management)
@@ -110,7 +117,7 @@ def ocr_needed(cfg: DictConfig) -> bool:
     enabled = ocr.get("enabled", "auto")
     if enabled != "auto":
         return bool(enabled)
-    return (PromptConfig.from_cfg(cfg.prompt).uses_layout or cfg.retrieval.name in ("bm25", "hybrid")
+    return (prompt_config(cfg).uses_layout or cfg.retrieval.name in ("bm25", "hybrid")
             or "label_geometry" in list(cfg.eval.get("baselines") or []))
 
 
@@ -209,7 +216,7 @@ def build_dataset(cfg: DictConfig) -> DatasetBuild:
     if layout is not None and cfg.strict and layout.ocr.problems:
         raise DataError("\n".join(str(p) for p in layout.ocr.problems))
     retriever = make_retriever(cfg.retrieval, pages.paths, Path(cfg.paths.cache_dir) / "embeddings", layout)
-    config = PromptConfig.from_cfg(cfg.prompt)
+    config = prompt_config(cfg)
     with contextlib.ExitStack() as loaded:  # GME stays loaded while the stage embeds, and is released after
         for embedder in gme_embedders(retriever):
             loaded.enter_context(embedder)

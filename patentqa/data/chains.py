@@ -121,8 +121,8 @@ def cached_chains(path: Path) -> dict[str, str]:
 
 def generate_chains(cfg: Any) -> dict[str, Any]:
     """Ask the configured engine for a chain per training question; cache; report acceptance by kind."""
-    from patentqa.data.build import build_dataset
-    from patentqa.data.prompts import PromptConfig, with_chain_request
+    from patentqa.data.build import build_dataset, prompt_config
+    from patentqa.data.prompts import with_chain_request
     from patentqa.data.questions import parse_question
     from patentqa.data.sft import question_prompt
     from patentqa.infer.engine import Sampling
@@ -131,7 +131,7 @@ def generate_chains(cfg: Any) -> dict[str, Any]:
 
     build = build_dataset(asking_config(cfg))  # the rows to ask from: no chains needed yet
     train = [q for q in build.questions["train"] if q.answer]
-    config = PromptConfig.from_cfg(cfg.prompt)
+    config = prompt_config(cfg)
     settings = cfg.data.chains
     prompts = [with_chain_request(question_prompt(config, q, build.documents[q.document], build.pages.paths,
                                                   build.retriever, layout=build.layout)) for q in train]

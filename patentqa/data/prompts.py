@@ -86,13 +86,23 @@ class Prompt:
         return budgets.pop() if budgets else None
 
 
+def pixels(tokens: int, factor: int) -> int:
+    """The pixel area of ``tokens`` visual tokens: one token is a ``factor`` × ``factor`` square
+    (28 for Qwen2.5-VL: patch 14 × merge 2; 32 for Qwen3-VL: patch 16 × merge 2)."""
+    return int(tokens) * int(factor) ** 2
+
+
 @dataclass(frozen=True)
 class PromptConfig:
-    """The ``prompt`` config group."""
+    """The ``prompt`` config group, its image budgets resolved to pixels for one model family.
+
+    The config states budgets in visual tokens (``image_tokens`` per form, ``min_image_tokens``);
+    ``from_cfg`` turns them into pixels with the model's ``image_factor``, so one token budget means
+    the same number of image tokens on every family (and, for Qwen2.5-VL, the pixels it always did)."""
 
     name: str
-    max_pixels: dict[str, int]
-    min_pixels: int = 3136
+    max_pixels: dict[str, int]     # per form, at the model's factor (from image_tokens)
+    min_pixels: int = 3136         # from min_image_tokens (4 tokens at 28 px)
     figure_crop: bool = False      # the asked page's figure, cropped, in place of the page
     ocr_text: str | None = None    # "beside" | "instead": the shown pages' OCR text in the prompt
     ocr_max_chars: int = 1200      # OCR characters per prompt (Qwen: ~0.7-1 token per Chinese character)
@@ -100,7 +110,8 @@ class PromptConfig:
     target: str = "answer"         # SFT response: "answer" | "cot" (a reasoning chain, then "答案：…")
 
     @classmethod
-    def from_cfg(cls, cfg: Any) -> PromptConfig:
+    def from_cfg(cls, cfg: Any, factor: int) -> PromptConfig:
+        """The ``prompt`` group for a model whose visual tokens are ``factor`` pixels square."""
         get = cfg.get if hasattr(cfg, "get") else (lambda key, default=None: getattr(cfg, key, default))
         mode = get("ocr_text", None)
         if mode not in (None, "beside", "instead"):
@@ -111,8 +122,9 @@ class PromptConfig:
         target = str(get("target", "answer"))
         if target not in ("answer", "cot"):
             raise ValueError(f"prompt.target must be answer or cot, not {target!r}")
-        return cls(name=str(cfg.name), max_pixels={str(k): int(v) for k, v in dict(cfg.max_pixels).items()},
-                   min_pixels=int(cfg.min_pixels), figure_crop=bool(get("figure_crop", False)), ocr_text=mode,
+        budgets = {str(form): pixels(tokens, factor) for form, tokens in dict(cfg.image_tokens).items()}
+        return cls(name=str(cfg.name), max_pixels=budgets, min_pixels=pixels(cfg.min_image_tokens, factor),
+                   figure_crop=bool(get("figure_crop", False)), ocr_text=mode,
                    ocr_max_chars=int(get("ocr_max_chars", 1200)), choice_style=style, target=target)
 
     @property

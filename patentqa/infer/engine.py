@@ -11,8 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt
 from patentqa.hub import model_dir  # noqa: F401 - the one model resolver, re-exported for the engines
+
+
+def image_factor(model_cfg: Any) -> int:
+    """Pixels a side of one visual token of ``model_cfg``'s family (``model.image_factor``: 28 Qwen2.5-VL, 32
+    Qwen3-VL): images are resized to multiples of it. Required: a wrong factor resizes every page wrongly."""
+    factor = cfg_get(model_cfg, "image_factor", None)
+    if factor is None:
+        raise ValueError("the model config has no image_factor (28 for Qwen2.5-VL, 32 for Qwen3-VL; conf/model/*.yaml)")
+    return int(factor)
 
 
 @dataclass(frozen=True)

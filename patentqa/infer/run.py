@@ -12,9 +12,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from patentqa.cli import InputError
-from patentqa.data.build import DatasetBuild, build_dataset
+from patentqa.data.build import DatasetBuild, build_dataset, prompt_config
 from patentqa.data.corpus import Question
-from patentqa.data.prompts import PromptConfig
 from patentqa.data.retrieval import style_examples
 from patentqa.infer.engines import make_engine
 from patentqa.infer.pipeline import AnswerContext, PipelineSettings, answer_questions, read_predictions, \
@@ -63,7 +62,7 @@ def answer_context(cfg: DictConfig, build: DatasetBuild, questions: list[Questio
     """Prompts, pages, the prepared retriever, and style examples drawn from training questions only."""
     style = style_examples(questions, build.questions["train"], cfg.retrieval.style_examples,
                            build.retriever.similarity)
-    return AnswerContext(PromptConfig.from_cfg(cfg.prompt), build.documents, build.pages.paths, build.retriever, style,
+    return AnswerContext(prompt_config(cfg), build.documents, build.pages.paths, build.retriever, style,
                          layout=build.layout)
 
 

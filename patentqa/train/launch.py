@@ -27,10 +27,27 @@ def world_size(cfg: DictConfig) -> int:
     return int(cfg.launcher.get("nnodes") or 1) * int(cfg.launcher.get("nproc_per_node") or 1)
 
 
+# swift model types whose qwen-vl-utils budget is read in tokens (IMAGE_MAX_TOKEN_NUM): Qwen3-VL's loader converts a
+# MAX_PIXELS at its own 32 px a token, so it is given tokens; Qwen2.5-VL is given MAX_PIXELS, as it always was
+TOKEN_BUDGET_MODEL_TYPES = ("qwen3_vl",)
+
+
+def image_budget_env(cfg: DictConfig) -> dict[str, str]:
+    """swift's image budget for a row that carries none (every SFT row carries its own in
+    ``chat_template_kwargs``): the largest per-form budget and the smallest image, in the units the model
+    family's swift loader reads."""
+    from patentqa.data.build import prompt_config
+
+    if str(cfg.model.model_type) in TOKEN_BUDGET_MODEL_TYPES:
+        return {"IMAGE_MAX_TOKEN_NUM": str(max(int(t) for t in cfg.prompt.image_tokens.values())),
+                "IMAGE_MIN_TOKEN_NUM": str(int(cfg.prompt.min_image_tokens))}
+    return {"MAX_PIXELS": str(max(prompt_config(cfg).max_pixels.values()))}
+
+
 def launch_env(cfg: DictConfig) -> dict[str, str]:
     """The environment that decides how swift runs: processes, devices, nodes, image budget."""
     launcher = cfg.launcher
-    env = {"MAX_PIXELS": str(max(cfg.prompt.max_pixels.values()))}  # fallback only: rows carry their budget
+    env = image_budget_env(cfg)  # fallback only: rows carry their budget
     for var in LAUNCH_VARS:
         value = launcher.get(var.lower())
         if value is not None:

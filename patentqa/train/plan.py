@@ -192,9 +192,10 @@ def prompt_tokens(cfg: DictConfig, tokenizer: Any, rows_file: Path | None) -> di
             text = len(tokenizer(row["messages"][0]["content"].replace("<image>", ""))["input_ids"])
             by_form.setdefault(row.get("form", "?"), []).append((len(image_tokens), sum(image_tokens), text))
     else:
-        from patentqa.data.prompts import PageImage, PromptConfig, build_prompt
+        from patentqa.data.build import prompt_config
+        from patentqa.data.prompts import PageImage, build_prompt
 
-        config = PromptConfig.from_cfg(cfg.prompt)
+        config = prompt_config(cfg)
         page = PageImage(10, "page.jpg")
         question = "在文件中第10页的示意图中，部件4相对于部件5的位置关系是？"  # a typical round-B page question
         for form, n in IMAGES_PER_FORM.items():

@@ -34,7 +34,7 @@ from typing import Any
 
 from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt, to_openai_content
-from patentqa.infer.engine import Reply, Sampling
+from patentqa.infer.engine import Reply, Sampling, image_factor
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class OpenAIEngine:
                    timeout_s=float(cfg_get(infer_cfg, "timeout_s", 120)),
                    max_retries=int(cfg_get(infer_cfg, "max_retries", 4)),
                    retry_backoff_s=float(cfg_get(infer_cfg, "retry_backoff_s", 1.0)),
-                   factor=int(cfg_get(model_cfg, "image_factor", 28)),
+                   factor=image_factor(model_cfg),
                    adapter_names={str(k): str(v) for k, v in plain(cfg_get(infer_cfg, "adapter_names")).items()},
                    extra_body=plain(cfg_get(infer_cfg, "extra_body")))
 

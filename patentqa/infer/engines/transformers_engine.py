@@ -26,7 +26,7 @@ from patentqa import residency
 from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt
 from patentqa.device import require_gpu
-from patentqa.infer.engine import Reply, Sampling, Trace, model_dir
+from patentqa.infer.engine import Reply, Sampling, Trace, image_factor, model_dir
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class TransformersEngine:
             model, processor = load_base(path, dtype=str(cfg_get(infer_cfg, "dtype", "auto")), device=device,
                                          attn_implementation=cfg_get(infer_cfg, "attn_implementation"))
         engine = cls(model=model, processor=processor, batch_size=int(cfg_get(infer_cfg, "batch_size", 8)),
-                     factor=int(cfg_get(model_cfg, "image_factor", 28)),
+                     factor=image_factor(model_cfg),
                      max_loaded_adapters=int(cfg_get(infer_cfg, "max_loaded_adapters", 4)))
         engine._held = held.bind(engine)
         return engine

