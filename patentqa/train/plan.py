@@ -76,7 +76,7 @@ def _b(n: int) -> str:
 
 def model_config(model_cfg: DictConfig) -> tuple[Any, str]:
     """(transformers config, where it came from): a local config.json, else ``model.architecture``."""
-    from transformers import AutoConfig, Qwen2_5_VLConfig
+    from transformers import AutoConfig
 
     path = Path(str(model_cfg.path))
     if (path / "config.json").is_file():
@@ -87,8 +87,10 @@ def model_config(model_cfg: DictConfig) -> tuple[Any, str]:
                          "has no architecture block to build it from")
     arch = OmegaConf.to_container(arch, resolve=True)
     source = arch.pop("source", "model.architecture")
-    return Qwen2_5_VLConfig(text_config=arch["text_config"], vision_config=arch["vision_config"],
-                            tie_word_embeddings=arch.get("tie_word_embeddings", False)), source
+    # the model family's own config class (Qwen2_5_VLConfig, Qwen3VLConfig), picked by model.model_type
+    return AutoConfig.for_model(str(model_cfg.model_type), text_config=arch["text_config"],
+                                vision_config=arch["vision_config"],
+                                tie_word_embeddings=arch.get("tie_word_embeddings", False)), source
 
 
 def meta_model(config: Any) -> Any:
