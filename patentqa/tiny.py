@@ -7,15 +7,20 @@ real ids (151643-151664). The filler ids no text encodes to get zero embedding a
 rows, so an untrained model spreads its guesses over real tokens, not 150k fillers. ms-swift hard-codes those ids (``<|image_pad|>`` = 151655); a tiny
 model with other ids trains, but never expands image tokens.
 
-    tiny_qwen2_5_vl(cache_dir)        -> cache_dir/qwen2_5_vl      (answerer)
+    tiny_qwen2_5_vl(cache_dir)        -> cache_dir/qwen2_5_vl      (answerer, 28 px a visual token)
+    tiny_qwen3_vl(cache_dir)          -> cache_dir/qwen3_vl        (answerer, 32 px a visual token)
     tiny_qwen2_vl_embedder(cache_dir) -> cache_dir/qwen2_vl_gme    (GME-shaped embedder)
+    tiny_answerer(model_type, cache_dir): the answerer of a swift model type (``model.build_tiny``)
 
 Each directory holds config, safetensors weights, tokenizer, processor, chat template,
 ``generation_config.json`` and a ``tiny.json`` marker with the recipe digest; a changed
 recipe rebuilds. Builds go to a temp dir next to the target and are moved into place with
 ``os.replace``, so a killed build never leaves a half model.
 
-CLI: ``python -m patentqa.tiny out_dir=DIR`` builds both and prints the paths.
+Each family keeps its own chat template (a recipe's ``chat_template``, else Qwen2.5-VL's): Qwen3-VL's
+has no default system prompt.
+
+CLI: ``python -m patentqa.tiny out_dir=DIR`` builds all three and prints the paths.
 
 This module imports only the leaf word list ``patentqa.data.synth_vocab`` so every stage may use it.
 """
@@ -164,10 +169,83 @@ QWEN2_VL_GME_RECIPE: dict[str, Any] = {
     },
 }
 
+# The chat template of the released Qwen3-VL-*-Instruct checkpoints, as it renders the messages this project
+# sends (an optional system message, then user/assistant turns of text and image parts; no tools, no
+# reasoning_content): the same strings, written compactly. Unlike Qwen2.5-VL's there is no default system
+# prompt, as ms-swift's ``qwen3_vl`` template (default_system None).
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+QWEN3_VL_RECIPE: dict[str, Any] = {
+    "name": "qwen3_vl",
+    "text_config": {
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "head_dim": 32,  # vLLM's CPU attention rejects 16; mrope_section sums to head_dim / 2
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "initializer_range": 0.1,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "pad_token_id": 151643,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 6, 6],
+                            "mrope_interleaved": True},
+    },
+    "vision_config": {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": 64,
+        "patch_size": 16,  # × merge 2: 32 px a visual token, as the released checkpoints
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 256,
+        "deepstack_visual_indexes": [0],
+    },
+    # the released preprocessor_config.json: 16 px patches, merge 2, mean/std 0.5, 64 to 16384 visual tokens
+    "image_processor": {"patch_size": 16, "merge_size": 2, "temporal_patch_size": 2,
+                        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                        "size": {"shortest_edge": 65536, "longest_edge": 16777216}},
+    "chat_template": QWEN3_VL_CHAT_TEMPLATE,
+}
+
 
 def tiny_qwen2_5_vl(cache_dir: str | Path) -> Path:
     """Directory of a tiny random Qwen2.5-VL (``cache_dir/qwen2_5_vl``), built if missing."""
     return _cached(Path(cache_dir) / "qwen2_5_vl", QWEN2_5_VL_RECIPE, _build_qwen2_5_vl)
+
+
+def tiny_qwen3_vl(cache_dir: str | Path) -> Path:
+    """Directory of a tiny random Qwen3-VL (``cache_dir/qwen3_vl``), built if missing."""
+    return _cached(Path(cache_dir) / "qwen3_vl", QWEN3_VL_RECIPE, _build_qwen3_vl)
+
+
+def tiny_answerer(model_type: str, cache_dir: str | Path) -> Path:
+    """The tiny answerer for a swift ``model_type`` (qwen2_5_vl or qwen3_vl), built into ``cache_dir`` if missing."""
+    builders = {"qwen2_5_vl": tiny_qwen2_5_vl, "qwen3_vl": tiny_qwen3_vl}
+    if model_type not in builders:
+        raise ValueError(f"no tiny model for model_type {model_type!r}; there is one for {', '.join(builders)}")
+    return builders[model_type](cache_dir)
 
 
 def tiny_qwen2_vl_embedder(cache_dir: str | Path) -> Path:
@@ -348,17 +426,24 @@ def _image_processor(cls: Any) -> Any:
     return cls(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384})
 
 
-def _build(out: Path, recipe: dict[str, Any], config_cls: Any, model_cls: Any, processor_cls: Any) -> None:
-    """One tiny model of a Qwen-VL family: config from ``recipe``, seeded weights, processor."""
+def _build(out: Path, recipe: dict[str, Any], config_cls: Any, model_cls: Any, processor_cls: Any,
+           video_processor_cls: Any = None) -> None:
+    """One tiny model of a Qwen-VL family: config from ``recipe``, seeded weights, processor, and the family's
+    chat template (``recipe["chat_template"]``, else Qwen2.5-VL's)."""
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
+    chat_template = recipe.get("chat_template", CHAT_TEMPLATE)
     tokenizer = _build_tokenizer()
+    tokenizer.chat_template = chat_template
     config = config_cls(text_config=dict(recipe["text_config"]), vision_config=dict(recipe["vision_config"]),
                         **_TOKEN_IDS)
     config.architectures = [model_cls.__name__]
     model = _seeded_model(model_cls, config, _first_filler(tokenizer))
-    processor = processor_cls(image_processor=_image_processor(Qwen2VLImageProcessor), tokenizer=tokenizer,
-                              video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
+    image_processor = (Qwen2VLImageProcessor(**recipe["image_processor"]) if "image_processor" in recipe
+                       else _image_processor(Qwen2VLImageProcessor))
+    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,
+                              video_processor=(video_processor_cls or Qwen2VLVideoProcessor)(),
+                              chat_template=chat_template)
     _save_common(out, model, processor)
 
 
@@ -366,6 +451,13 @@ def _build_qwen2_5_vl(out: Path, recipe: dict[str, Any]) -> None:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
     _build(out, recipe, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor)
+
+
+def _build_qwen3_vl(out: Path, recipe: dict[str, Any]) -> None:
+    from transformers import (Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor,
+                              Qwen3VLVideoProcessor)
+
+    _build(out, recipe, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor)
 
 
 # The key layout of the published GME checkpoints (Alibaba-NLP/gme-Qwen2-VL-{2B,7B}-Instruct): they
@@ -414,10 +506,11 @@ def _build_qwen2_vl(out: Path, recipe: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m patentqa.tiny out_dir=DIR``: build both tiny models, print their paths."""
+    """``python -m patentqa.tiny out_dir=DIR``: build the tiny models, print their paths."""
     opts = dict(a.split("=", 1) for a in argv if "=" in a)
     out_dir = Path(opts.get("out_dir", ".cache/tiny"))
     print(tiny_qwen2_5_vl(out_dir))
+    print(tiny_qwen3_vl(out_dir))
     print(tiny_qwen2_vl_embedder(out_dir))
 
 

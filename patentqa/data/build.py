@@ -104,9 +104,9 @@ def ensure_corpus(cfg: DictConfig) -> Path:
 def ensure_tiny_models(cfg: DictConfig) -> None:
     """Build the tiny test models on first use (model=tiny)."""
     if cfg.model.get("build_tiny"):
-        from patentqa.tiny import tiny_qwen2_5_vl, tiny_qwen2_vl_embedder
+        from patentqa.tiny import tiny_answerer, tiny_qwen2_vl_embedder
 
-        tiny_qwen2_5_vl(Path(cfg.model.path).parent)
+        tiny_answerer(str(cfg.model.model_type), Path(cfg.model.path).parent)
         if cfg.model.get("embedder_path"):
             tiny_qwen2_vl_embedder(Path(cfg.model.embedder_path).parent)
 
