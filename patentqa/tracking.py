@@ -48,13 +48,17 @@ STEP_KEY = "train/global_step"  # the step metric transformers' WandbCallback de
 MASK = "***"
 _SECRET_WORDS = {"token", "secret", "password", "passwd", "apikey", "credential", "credentials"}
 _SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key")}
+_COUNT_WORDS = {"num", "count", "len"}  # IMAGE_MAX_TOKEN_NUM: a number of tokens, not a token
 _MIN_SECRET_LEN = 8  # shorter env values are not hunted inside strings (too many false hits)
 
 
 def is_secret_name(name: str) -> bool:
-    """``WANDB_API_KEY``, ``hf_token``, ``apiKey``, ``db.password``: whole words, not ``max_new_tokens``."""
+    """``WANDB_API_KEY``, ``hf_token``, ``apiKey``, ``db.password``: whole words, not ``max_new_tokens`` or
+    ``IMAGE_MAX_TOKEN_NUM`` (a count of tokens)."""
     words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
-    return bool(_SECRET_WORDS.intersection(words)) or any(p in _SECRET_PAIRS for p in zip(words, words[1:]))
+    counted = {i for i, (word, after) in enumerate(zip(words, words[1:])) if word == "token" and after in _COUNT_WORDS}
+    secret = any(word in _SECRET_WORDS and i not in counted for i, word in enumerate(words))
+    return secret or any(p in _SECRET_PAIRS for p in zip(words, words[1:]))
 
 
 def secret_env_names(environ: Mapping[str, str] | None = None) -> list[str]:

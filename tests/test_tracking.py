@@ -102,7 +102,7 @@ def test_secret_names_are_whole_words() -> None:
                  "client_secret", "x-api-key", "GITHUB_TOKEN", "aws_secret_access_key"]:
         assert is_secret_name(name), name
     for name in ["max_new_tokens", "tokenizer", "TOKENIZERS_PARALLELISM", "cache_key",
-                 "keywords", "MAX_PIXELS"]:
+                 "keywords", "MAX_PIXELS", "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM"]:
         assert not is_secret_name(name), name
 
 
