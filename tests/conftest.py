@@ -3,13 +3,21 @@ every form, built once per session (the first three cached across sessions).
 
 Both are cached under ``$PATENTQA_CACHE`` (default: ``<repo>/.cache``) so a second test run
 reuses them; each builder writes atomically, so a killed run never leaves a half-built copy.
+
+``make test`` runs the suite in pytest-xdist workers (one file per worker at a time): a session fixture
+that costs a real training run is built once for all workers (``built_once``), and the controller
+searches every file the session wrote for the fake API keys once all workers are done.
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from filelock import FileLock
 from PIL import Image, ImageDraw
 
 from patentqa.data.prompts import PageImage, Prompt, PromptConfig, build_prompt, classifier_prompt, style_prompt
@@ -23,8 +31,49 @@ def cache_root() -> Path:
 
 
 # Fake keys set for the whole session: every run, Hydra/submitit dir, node log, cache and output the
-# tests make is searched for them at the end (tests/test_zz_no_secrets.py)
+# tests make is searched for them when the session ends (pytest_sessionfinish below; tests/test_no_secrets.py)
 SESSION_SECRETS = {"WANDB_API_KEY": "wandb-fake-session-3f9a1c7e5b2d4086", "OPENAI_API_KEY": "sk-fake-session-7c1e9b3a5d"}
+
+
+def session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's temp root, shared by all xdist workers (each worker's own basetemp lies inside it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict]) -> dict:
+    """``build(dir)`` once per session across xdist workers (the others wait for it and read its result)."""
+    work = session_root(tmp_path_factory) / f"shared-{name}"
+    done = work / "built.json"
+    with FileLock(f"{work}.lock"):
+        if not done.is_file():
+            work.mkdir(exist_ok=True)
+            done.write_text(json.dumps(build(work)), encoding="utf-8")
+    return json.loads(done.read_text(encoding="utf-8"))
+
+
+def files_holding(roots: list[Path], secrets: list[str]) -> list[str]:
+    """Files under ``roots`` (binary ones too) that contain any of ``secrets``."""
+    roots = [str(r) for r in roots if r.exists()]
+    if not roots:
+        return []
+    args = [arg for secret in secrets for arg in ("-e", secret)]
+    found = subprocess.run(["grep", "-rlaF", *args, *roots], capture_output=True, text=True)
+    assert found.returncode in (0, 1), found.stderr  # 1: nothing found; 2: grep failed
+    return found.stdout.splitlines()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After every test (all workers): no file the session wrote holds a fake key (SESSION_SECRETS)."""
+    if hasattr(session.config, "workerinput") or session.config.option.collectonly:
+        return  # a worker: the controller searches once, when all of them are done
+    roots = [session.config._tmp_path_factory.getbasetemp(), cache_root(), REPO / "runs", REPO / "outputs",
+             REPO / "multirun"]
+    leaked = files_holding(roots, list(SESSION_SECRETS.values()))
+    if leaked:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line(f"FAILED no secrets: API keys written to {leaked[:20]}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -103,10 +152,13 @@ ADAPTER_STEPS = 4
 
 @pytest.fixture(scope="session")
 def adapters(tiny_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Checkpoints 2 and 4 of one real `swift sft` LoRA run (r8, high lr: the adapters matter); e2e tier."""
+    """Checkpoints 2 and 4 of one real `swift sft` LoRA run (r8, high lr: the adapters matter), one for all
+    workers; e2e tier."""
     from swift_tiny_run import tiny_lora_sft  # tests/e2e, on the path when e2e tests run
-    work = tmp_path_factory.mktemp("engine_sft")
-    run_dir = tiny_lora_sft(tiny_vl, work, ADAPTER_STEPS, "--save_steps", "2")
+
+    def build(work: Path) -> dict:
+        return {"run_dir": str(tiny_lora_sft(tiny_vl, work, ADAPTER_STEPS, "--save_steps", "2"))}
+    run_dir = Path(built_once(tmp_path_factory, "engine_sft", build)["run_dir"])
     a, b = run_dir / "checkpoint-2", run_dir / f"checkpoint-{ADAPTER_STEPS}"
     for checkpoint in (a, b):
         assert (checkpoint / "adapter_config.json").is_file(), checkpoint
