@@ -1,8 +1,10 @@
-"""vLLM on CPU, for real: the offline engine (base + LoRA requests), cross-engine parity with
-transformers, tensor parallel 2, and a real ``vllm serve`` answered through the OpenAI engine.
+"""vLLM on CPU, for real: the offline engine in tensor parallel 2 (base + LoRA requests), cross-engine
+parity with transformers, and a real ``vllm serve`` answered through the OpenAI engine.
 
-The adapters are the two checkpoints of one real ``swift sft`` run (tests/e2e/conftest.py).
-Each ``vllm.LLM`` or server start costs ~30-60 s on 2 cores; the module starts three.
+The adapters are the two checkpoints of one real ``swift sft`` run (tests/conftest.py). Each
+``vllm.LLM`` or server start costs ~30-60 s on 2 cores; the module starts two. One process over one
+device (TP 1) is what the sweep in test_scale.py, the full-checkpoint test in test_variants.py and the
+GPU check's parity run use.
 """
 from __future__ import annotations
 
@@ -70,9 +72,13 @@ def hf_traces(tiny_vl: Path, form_prompts: list[Prompt], adapters: tuple[Path, P
         return collect_traces(engine, form_prompts, targets(adapters), SAMPLING)
 
 
+TP = 2  # two CPU ranks (one core each): the engine the GPU node's inference plan recommends, TP 2
+
+
 @pytest.fixture(scope="module")
 def vllm_engine(tiny_vl: Path, hf_traces: dict, adapters: tuple[Path, Path]) -> Iterator[Any]:
-    engine = make_engine(vllm_cfg(), model_cfg(tiny_vl), [str(a) for a in adapters])
+    engine = make_engine(vllm_cfg(tensor_parallel_size=TP), model_cfg(tiny_vl), [str(a) for a in adapters])
+    assert engine.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size == TP
     yield engine
     engine.close()
 
@@ -85,7 +91,8 @@ def parity(hf_traces: dict, vllm_engine: Any, form_prompts: list[Prompt], adapte
     return report
 
 
-def test_vllm_greedy_answers_equal_transformers_for_base_and_two_adapters(parity: dict) -> None:
+def test_vllm_tp2_greedy_answers_equal_transformers_for_base_and_two_adapters(parity: dict) -> None:
+    """Two tensor-parallel ranks (their partial sums all-reduced) answer as one transformers process does."""
     forms = set(parity["by_form"])
     assert forms == {"with_context", "figure_only", "document", "text"}, forms
     assert parity["total"] == 3 * 7 and len(parity["by_target"]) == 3
@@ -112,29 +119,16 @@ def test_vllm_engine_answers_text_through_the_pipeline_api(vllm_engine: Any, for
 
 def test_kv_cache_tokens_equal_the_inference_plan(vllm_engine: Any, tiny_vl: Path, tmp_path: Path) -> None:
     """The dry run's KV formula (infer/capacity.py) against the cache this vLLM allocated (its KV blocks x block
-    size, the number it logs as "CPU KV cache size"), for the engine's own settings: 2 GiB, float32, TP 1."""
+    size, the number it logs as "CPU KV cache size"), for the engine's own settings: 2 GiB, float32, TP 2."""
     from patentqa.config import compose
     from patentqa.infer.capacity import make_inference_plan
 
     cache = vllm_engine.llm.llm_engine.vllm_config.cache_config
     allocated = cache.num_gpu_blocks * cache.block_size
     cfg = compose(["+exp=smoke", f"paths.root={tmp_path}", f"model.path={tiny_vl}", "model.build_tiny=false",
-                   "infer=vllm", "infer.max_model_len=4096", "infer.max_num_seqs=16", "infer.tensor_parallel_size=1"])
+                   "infer=vllm", "infer.max_model_len=4096", "infer.max_num_seqs=16", f"infer.tensor_parallel_size={TP}"])
     (layout,) = make_inference_plan(cfg).layouts
     assert layout.kv_tokens == allocated, (layout.kv_bytes_per_token, allocated)
-
-
-def test_tensor_parallel_2_on_cpu_gives_the_same_answers(tiny_vl: Path, parity: dict, form_prompts: list[Prompt],
-                                                         adapters: tuple[Path, Path], vllm_engine: Any) -> None:
-    vllm_engine.close()  # the TP-1 engine's last user: one model alive at a time
-    engine = make_engine(vllm_cfg(tensor_parallel_size=2), model_cfg(tiny_vl), [str(adapters[1])])
-    try:
-        for target, adapter in (("base", None), (adapters[1].name, str(adapters[1]))):
-            tp2 = [trace.tokens for trace in engine.generate_traced(form_prompts, SAMPLING, adapter)]
-            tp1 = [case["vllm_tokens"] for case in parity["cases"] if case["target"] == target]
-            assert tp2 == tp1, target
-    finally:
-        engine.close()
 
 
 # --- a real OpenAI-compatible server ----------------------------------------------------------------
@@ -146,8 +140,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_vl: Path, adapters: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of a real `vllm serve` of the tiny model, both adapters as LoRA modules; stopped afterwards."""
+def served(tiny_vl: Path, adapters: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
+           vllm_engine: Any, parity: dict) -> Iterator[str]:
+    """Base URL of a real `vllm serve` of the tiny model, both adapters as LoRA modules; stopped afterwards.
+    The offline engine, done with, is closed first: one model alive at a time."""
+    vllm_engine.close()
     work = tmp_path_factory.mktemp("vllm_serve")
     log_path, port = work / "serve.log", _free_port()
     # `vllm serve` is this module; the `vllm` console script reads the version of a distribution named
@@ -209,7 +206,7 @@ def test_openai_engine_through_vllm_serve_equals_offline_vllm(served: str, parit
 
 
 def test_one_model_was_alive_at_a_time(residency_log: Path, parity: dict) -> None:
-    """Transformers' engine was closed before vLLM started; each vLLM engine closed before the next."""
+    """Transformers' engine was closed before vLLM started."""
     events = residency.read_log(residency_log)
     assert residency.overlaps(events) == [], events
     loads = [e["kind"] for e in events if e["event"] == "load"]
