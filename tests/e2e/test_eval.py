@@ -1,4 +1,5 @@
-"""python -m patentqa.train +exp=smoke with the sweep: every checkpoint scored on dev, best on test, cached."""
+"""python -m patentqa.train +exp=smoke, the whole loop: real swift sft, run record and W&B, then every
+checkpoint scored on dev, the best on test, cached (failures and the dry run: test_train.py)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cache_root
+from conftest import REPO, cache_root
 from patentqa import residency
 from patentqa.config import compose
 from patentqa.train.train import train
@@ -37,6 +38,24 @@ def swept(tmp_path_factory, tiny_vl, tiny_embedder):
     finally:
         patch.undo()
     return tmp, run_dir, result
+
+
+def test_training_leaves_checkpoints_manifest_and_one_wandb_run(swept) -> None:
+    _, run_dir, result = swept
+    assert result.exit_code == 0 and [c.step for c in result.checkpoints] == [300, 600, 900, 1200]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["state"] == "succeeded" and manifest["exit_code"] == 0
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    assert manifest["git"]["sha"] == head and isinstance(manifest["git"]["dirty"], bool)  # tests run in a clone
+    assert manifest["versions"]["ms-swift"] and manifest["dataset"]["manifest_sha256"]
+    assert manifest["seeds"] == {"seed": 0, "data_seed": 0} and manifest["launch_env"]["MAX_PIXELS"] == "100352"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "swift_args.yaml").is_file()
+    assert "loss" in (run_dir / "logs" / "swift_sft.log").read_text()
+    pieces = sorted((run_dir / "wandb").glob("offline-run-*"))
+    run_id = manifest["wandb"]["id"]
+    assert len(pieces) >= 2 and all(p.name.endswith(run_id) for p in pieces)
+    history = b"".join(f.read_bytes() for p in pieces for f in p.glob("*.wandb"))
+    assert b"train/loss" in history, "swift's trainer logged into the same W&B run"
 
 
 def test_report_is_written_and_no_file_holds_the_key(swept) -> None:
@@ -74,6 +93,7 @@ def test_one_model_alive_at_a_time_through_data_training_and_the_lora_sweep(swep
     assert kinds[:2] == [("load", "gme"), ("release", "gme")], kinds  # the data stage, released after
     sft = kinds.index(("load", "swift sft"))
     assert ("release", "gme") in kinds[:sft] and kinds[sft + 1] == ("release", "swift sft")
+    assert events[sft]["alive"] == [f"swift sft:{events[sft]['name']}"]  # nothing else held when it started
     assert kinds[sft + 2:] == [("load", "transformers"), ("release", "transformers")], kinds
 
 
