@@ -63,6 +63,24 @@ def files_holding(roots: list[Path], secrets: list[str]) -> list[str]:
     return found.stdout.splitlines()
 
 
+# The test files that take longest (make test's --durations), started first: two xdist workers take files in
+# this order (make test passes --no-loadscope-reorder, else xdist starts the files with most tests first), so
+# the suite does not end waiting on one long file; files not named keep their collection order after these.
+LONGEST_FIRST = ("e2e/test_eval.py", "e2e/test_gpucheck.py", "e2e/test_scale.py", "e2e/test_variants.py",
+                 "e2e/test_search.py", "e2e/test_vllm.py", "e2e/test_ocr.py", "e2e/test_infer.py", "e2e/test_resume.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files in ``LONGEST_FIRST`` order, then the rest as collected (tests within a file keep their order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    tests = Path(__file__).resolve().parent
+
+    def position(item: pytest.Item) -> int:
+        path = Path(str(item.fspath))
+        return rank.get(path.relative_to(tests).as_posix() if path.is_relative_to(tests) else "", len(rank))
+    items.sort(key=position)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """After every test (all workers): no file the session wrote holds a fake key (SESSION_SECRETS)."""
     if hasattr(session.config, "workerinput") or session.config.option.collectonly:
