@@ -97,6 +97,14 @@ def scrub(obj: Any, *, _values: list[str] | None = None) -> Any:
     return obj
 
 
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file: 0o666 less the process's umask (a shared
+    cluster's umask 002 keeps group write; mkstemp alone would leave 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` via a temp file in the same folder + ``os.replace``: readers never see half a file.
 
@@ -110,7 +118,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

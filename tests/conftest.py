@@ -18,6 +18,12 @@ from typing import Callable
 
 import pytest
 from filelock import FileLock
+
+# One OpenMP thread for torch in this process and every process a test starts (set before torch is imported;
+# torchrun sets 1 per rank on its own, vLLM binds its own): with two xdist workers on two cores, two torch
+# processes of two spinning threads each ran the smoke training ~4x slower than alone; with one thread each,
+# each keeps a core. The same in one process (WORKERS=0), so a test's numbers do not depend on the worker count.
+os.environ["OMP_NUM_THREADS"] = "1"
 from PIL import Image, ImageDraw
 
 from patentqa.data.prompts import PageImage, Prompt, PromptConfig, build_prompt, classifier_prompt, style_prompt

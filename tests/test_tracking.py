@@ -325,3 +325,16 @@ def test_real_swift_sft_logs_into_the_run(env: Path, tiny_vl: Path) -> None:
     assert {"train/loss", "train/global_step"} <= history_keys(child_seg)
     assert "ckpt/rouge1" in history_keys(parent_last)
     assert_no_secret(run_dir)
+
+
+def test_atomic_write_gives_the_mode_a_plain_write_would(tmp_path: Path) -> None:
+    """Files follow the umask like open() (test_scale tells node 1's files from node 0's by it)."""
+    from patentqa.tracking import atomic_write
+
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a.json", b"{}")
+        (tmp_path / "b.json").write_bytes(b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640

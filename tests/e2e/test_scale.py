@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -143,6 +144,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+NODE1_UMASK = 0o027  # node 1's files come out 0o640 (node 0's 0o644): a listing tells who created what
+# all node 1 may create: its own swift log and its rank's RNG state (the trainer saves one per rank); no config,
+# manifest, Hydra or W&B file
+NODE1_WRITES = ["runs/smoke/two-nodes-main/logs/swift_sft.node1.log",
+                "runs/smoke/two-nodes-main/swift/v*/checkpoint-6/rng_state_1.pth"]
+
+
 def test_two_nodes_on_localhost_are_one_job(root: Path) -> None:
     """Node 1 starts first and waits for node 0's data build; one run dir, one W&B run, both exit 0."""
     env = {**os.environ, "PATENTQA_RUN_ID": "two-nodes", "NNODES": "2", "MASTER_ADDR": "127.0.0.1",
@@ -150,8 +158,9 @@ def test_two_nodes_on_localhost_are_one_job(root: Path) -> None:
     argv = [sys.executable, "-m", "patentqa.train", *overrides(root / "nodes", "launcher=cpu_multinode", "logger=wandb")]
     logs = root / "nodes-logs"
     logs.mkdir()
-    with open(logs / "node1.log", "w") as out1:
-        node1 = subprocess.Popen(argv, env={**env, "NODE_RANK": "1"}, stdout=out1, stderr=subprocess.STDOUT)
+    with open(logs / "node1.log", "w") as out1:  # node 1's umask marks every file it creates (others: no access)
+        node1 = subprocess.Popen(argv, env={**env, "NODE_RANK": "1"}, stdout=out1, stderr=subprocess.STDOUT,
+                                 umask=NODE1_UMASK)
         node0 = subprocess.run(argv, env={**env, "NODE_RANK": "0"}, capture_output=True, text=True, timeout=600)
         code1 = node1.wait(timeout=120)
     log1 = (logs / "node1.log").read_text()
@@ -165,6 +174,9 @@ def test_two_nodes_on_localhost_are_one_job(root: Path) -> None:
     assert len(list((run_dir / "swift").glob("v*"))) == 1  # one swift output dir for both nodes
     pieces = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert pieces and {p.name.rsplit("-", 1)[-1] for p in pieces} == {manifest["wandb"]["id"]}  # one run, rank 0
+    by_node1 = sorted(re.sub(r"/v\d+-[\d-]+/", "/v*/", p.relative_to(root / "nodes").as_posix())
+                      for p in (root / "nodes").rglob("*") if p.is_file() and p.stat().st_mode & 0o077 == 0o040)
+    assert by_node1 == NODE1_WRITES, by_node1
 
 
 def test_submitit_local_sweep_runs_each_member(root: Path) -> None:
