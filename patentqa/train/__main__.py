@@ -58,5 +58,14 @@ def main(cfg: DictConfig) -> float | None:
     return objective(result)
 
 
+def node_argv(argv: list[str], environ: dict[str, str]) -> list[str]:
+    """Nodes after the first (``NODE_RANK`` > 0) share node 0's run dir and write no Hydra record into it
+    (``.hydra/``: node 0's is the run's; two nodes rewriting one file at once could tear it)."""
+    if int(environ.get("NODE_RANK") or 0) > 0 and not any(a.startswith("hydra.output_subdir=") for a in argv):
+        return [*argv, "hydra.output_subdir=null"]
+    return argv
+
+
 if __name__ == "__main__":
+    sys.argv = node_argv(sys.argv, dict(os.environ))
     main()
