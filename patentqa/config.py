@@ -3,7 +3,8 @@
 Importing this module registers the resolvers the tree uses: ``abspath`` (``conf/paths``: every
 resolved config, and every run's ``config.yaml``, holds absolute paths, so a run can be evaluated
 from any directory), ``join`` (a list as one word, e.g. the rounds in a data dir's name) and
-``accumulation_for`` (a recipe's global batch held fixed whatever the launcher).
+``accumulation_for`` (a recipe's global batch held fixed whatever the launcher) and ``answer_budget``
+(a generation budget that grows to ``thinking_max_new_tokens`` for a model that reasons first).
 """
 from __future__ import annotations
 
@@ -33,6 +34,23 @@ def accumulation_for(global_batch: int, *, _root_: DictConfig) -> int:
 
 
 OmegaConf.register_new_resolver("accumulation_for", accumulation_for, replace=True)
+
+
+def answer_budget(plain: int, *, _root_: DictConfig) -> int:
+    """New tokens a call may generate: ``plain`` (the group's own default, e.g. ``${answer_budget:768}`` in
+    ``conf/infer/vllm.yaml``), or the root's ``thinking_max_new_tokens`` when ``model.thinking`` is true (a
+    *-Thinking checkpoint writes its reasoning before the answer). The thinking budget lives in one place,
+    ``conf/config.yaml``; an explicit value (``infer.max_new_tokens=N``, an experiment's) replaces the whole
+    interpolation."""
+    if not OmegaConf.select(_root_, "model.thinking", default=False):
+        return int(plain)
+    budget = OmegaConf.select(_root_, "thinking_max_new_tokens", default=None)
+    if budget is None:
+        raise ValueError("model.thinking is true but the config has no thinking_max_new_tokens (conf/config.yaml)")
+    return int(budget)
+
+
+OmegaConf.register_new_resolver("answer_budget", answer_budget, replace=True)
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:

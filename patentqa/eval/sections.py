@@ -42,7 +42,8 @@ def paired(baseline: Scored, run: Scored, metrics: list[str], resamples: int) ->
 def failures(scored: Scored, raw_limit: int, style_limit: int) -> dict[str, int | None]:
     """Empty predictions, answers that hit a token limit, predictions > 3× the gold length; round A
     replies naming no single option letter (``unparsed``), chains without their "答案：" line
-    (``no_final_line``); both None where no record could have them.
+    (``no_final_line``), Thinking replies whose ``<think>`` never closed (``unclosed_think``: scored as
+    empty, so also in ``empty``); each None where no record could have them.
 
     The answer call hit its limit: the record's ``truncated`` field, else a raw answer of at least
     ``raw_limit`` characters; the style pass: a styled answer of at least ``style_limit`` characters
@@ -57,11 +58,13 @@ def failures(scored: Scored, raw_limit: int, style_limit: int) -> dict[str, int 
                    for r in rows)
     choices = [r for r in records if "unparsed" in r]
     chains = [r for r in records if r.get("final_line") is not None]
+    thinks = [r for r in records if r.get("think") is not None]
     return {"n": len(rows), "empty": sum(bool(r.get("empty")) for r in rows), "hit_max_tokens": hit,
             "style_hit_max_tokens": sum(len(t) >= style_limit for t in styled) if styled else None,
             "far_too_long": too_long,
             "unparsed": sum(bool(r["unparsed"]) for r in choices) if choices else None,
-            "no_final_line": sum(not r["final_line"] for r in chains) if chains else None}
+            "no_final_line": sum(not r["final_line"] for r in chains) if chains else None,
+            "unclosed_think": sum(r["think"] == "unclosed" for r in thinks) if thinks else None}
 
 
 def item_deltas(baseline: Scored, run: Scored) -> list[tuple[float, str]]:
@@ -249,7 +252,8 @@ def per_kind_section(entries: list[dict[str, Any]]) -> tuple[list[Block], list[s
 
 def failures_section(entries: list[dict[str, Any]], max_chars: int | None) -> tuple[list[Block], dict]:
     rows, numbers = [], {}
-    columns = ("empty", "hit_max_tokens", "style_hit_max_tokens", "far_too_long", "unparsed", "no_final_line")
+    columns = ("empty", "hit_max_tokens", "style_hit_max_tokens", "far_too_long", "unparsed", "no_final_line",
+               "unclosed_think")
     for e in entries:
         raw_limit = max_chars or int(get(e["run"].config, "infer.max_new_tokens", 64) or 64)
         style_limit = int(get(e["run"].config, "pipeline.style_max_new_tokens", 32) or 32)
@@ -263,9 +267,11 @@ def failures_section(entries: list[dict[str, Any]], max_chars: int | None) -> tu
             "`pipeline.style_max_new_tokens` characters long (both proxies: a token holds about one to two Chinese "
             f"characters); `far too long`: prediction > {TOO_LONG_FACTOR:g}× the gold length (whitespace removed); "
             "`unparsed`: a round-A reply naming no option letter or several (scored 0); `no final line`: a chain "
-            "without its `答案：` line, scored on its last line; `–`: the run has no such answers.")
+            "without its `答案：` line, scored on its last line; `unclosed think`: a Thinking model's reply whose "
+            "`<think>` block never closed (cut at the token limit), scored as an empty answer (so also under "
+            "`empty`); `–`: the run has no such answers.")
     header = ["run", "split", "n", "max new tokens", "empty", "answer hit max tokens", "style pass hit max tokens",
-              "far too long", "unparsed", "no final line"]
+              "far too long", "unparsed", "no final line", "unclosed think"]
     return [("h", 2, "Failures"), ("p", note), ("table", header, rows)], numbers
 
 

@@ -106,7 +106,7 @@ def evaluate(cfg: DictConfig, build: DatasetBuild, engines: Engines, questions: 
     (out / "key").write_text(cache_key)
     engine, adapter = engines.for_checkpoint(checkpoint)
     summary = answer_questions(questions, answer_context(cfg, build, questions), engine,
-                               PipelineSettings.from_cfg(cfg.pipeline, cfg.infer), out / "predictions.jsonl",
+                               PipelineSettings.from_cfg(cfg.pipeline, cfg.infer, cfg.model), out / "predictions.jsonl",
                                adapter=adapter)
     record = score_file(out / "predictions.jsonl", list(cfg.eval.metrics), cfg.eval.composite, cfg.eval.by,
                         cfg.eval.bootstrap.resamples, cfg.eval.bootstrap.seed, cfg.eval.bootstrap.confidence,

@@ -1,7 +1,10 @@
 """The answer pipeline: the seed's flow, every stage batched over a chunk of questions.
 
 route (rules, or the seed's LLM classifier) → retrieve → answer → shorten (the seed's style
-pass, optional) → deterministic cleanup. A chain (``prompt.target=cot``) is cut to its final
+pass, optional) → deterministic cleanup. Every reply of the answer call and the style pass is read by
+``think_answer`` first: a Thinking checkpoint's ``<think>…</think>`` is dropped and the text after it is
+the answer (``think``: ``closed``; ``unclosed``: the block never closed, scored as an empty answer and
+counted in the report); ``raw_answer`` keeps the whole reply. A chain (``prompt.target=cot``) is cut to its final
 "答案：" line first (``final_line`` false: none, its last line was taken); a round-A reply is
 read as an option letter (``unparsed`` when it names none or several). Questions are processed in fixed chunks in input
 order; each finished chunk is appended to ``predictions.jsonl`` in one write, so a killed
@@ -21,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from patentqa.cli import InputError
+from patentqa.config import cfg_get
 from patentqa.data.chains import final_answer
 from patentqa.data.choices import parse_choice
 from patentqa.data.corpus import Document, Question, submission_ids
@@ -42,12 +46,14 @@ class PipelineSettings:
     chunk_size: int = 32         # questions per chunk: the unit of batching and of resume
     max_new_tokens: int = 64
     style_max_new_tokens: int = 32
+    thinking: bool = False       # model.thinking: the chat template opens <think> in the prompt (think_answer)
 
     @classmethod
-    def from_cfg(cls, pipeline: Any, infer: Any) -> PipelineSettings:
+    def from_cfg(cls, pipeline: Any, infer: Any, model: Any = None) -> PipelineSettings:
         return cls(router=pipeline.router, style_pass=bool(pipeline.style_pass), cleanup=bool(pipeline.cleanup),
                    chunk_size=int(pipeline.chunk_size), max_new_tokens=int(infer.max_new_tokens),
-                   style_max_new_tokens=int(pipeline.style_max_new_tokens))
+                   style_max_new_tokens=int(pipeline.style_max_new_tokens),
+                   thinking=bool(cfg_get(model, "thinking", False)))
 
 
 @dataclass
@@ -60,6 +66,30 @@ class AnswerContext:
     retriever: Any
     style_answers: dict[str, list[str]] = field(default_factory=dict)
     layout: Any = None  # patentqa.data.layout.Layout when the prompt variant needs OCR text or crops
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def think_answer(reply: str, opened: bool = False) -> tuple[str, str | None]:
+    """(answer, how the reply's reasoning block ended): the text after the last ``</think>``, stripped, and
+    ``"closed"``; ``("", "unclosed")`` when a ``<think>`` never closed (generation stopped mid-reasoning:
+    there is no answer yet, so it scores as empty, and the report counts it); ``(reply, None)``, unchanged,
+    when the reply has no block (every Instruct model's reply).
+
+    ``opened``: the prompt opened the block itself (``model.thinking``: a Qwen3-VL-*-Thinking chat template
+    ends the generation prompt with ``<think>`` and a newline, so its replies hold only the closing tag). A reply
+    without ``</think>`` that was cut at max_new_tokens (``Reply.truncated``) is then unclosed too; one that
+    ended by itself is the answer (a checkpoint tuned on plain answers answers without a block). The last
+    ``</think>`` counts, as Qwen3's model cards parse a reply (after the last ``</think>`` token, id 151668).
+    """
+    text = str(reply)
+    close = text.rfind(THINK_CLOSE)
+    if close >= 0:
+        return text[close + len(THINK_CLOSE):].strip(), "closed"
+    if THINK_OPEN in text or (opened and getattr(reply, "truncated", None)):
+        return "", "unclosed"
+    return text, None
 
 
 _PREFIX = re.compile(r"^(?:最终答案|正确答案|答案|回答|答)\s*[:：]\s*")
@@ -105,28 +135,32 @@ def answer_chunk(chunk: list[Question], ctx: AnswerContext, engine: Engine, sett
     raw = engine.generate(prompts, Sampling(max_new_tokens=settings.max_new_tokens), adapter)
     timings["answer"] += time.perf_counter() - clock
     clock = time.perf_counter()
-    answers = list(raw)
+    read = [think_answer(reply, settings.thinking) for reply in raw]  # the one place a reply becomes an answer
+    answers, thinks = [answer for answer, _ in read], [think for _, think in read]
     final_lines: list[bool | None] = [None] * len(raw)
     if ctx.prompt_config.target == "cot":  # the reply is a chain: its "答案：" line (else its last line) is the answer
-        for i, reply in enumerate(raw):
-            answers[i], final_lines[i] = final_answer(reply)
+        for i, reply in enumerate(answers):
+            if thinks[i] != "unclosed":  # no answer at all: counted once, as an unclosed think
+                answers[i], final_lines[i] = final_answer(reply)
     styled = list(answers)
-    open_answers = [i for i, q in enumerate(chunk) if not q.options]  # round A letters need no shortening
+    # round A letters need no shortening; an unclosed think has nothing to shorten (it stays empty)
+    open_answers = [i for i, q in enumerate(chunk) if not q.options and thinks[i] != "unclosed"]
     if settings.style_pass and open_answers:
         shortened = engine.generate([style_prompt(answers[i], ctx.style_answers.get(chunk[i].id, [])) for i in open_answers],
                                     Sampling(max_new_tokens=settings.style_max_new_tokens), adapter)
         for i, text in zip(open_answers, shortened):
-            styled[i] = text
+            rewrite, think = think_answer(text, settings.thinking)
+            styled[i] = answers[i] if think == "unclosed" else rewrite  # an unfinished rewrite keeps the answer
     timings["shorten"] += time.perf_counter() - clock
     records = []
-    for question, route, prompt, raw_answer, answer, final_line, styled_answer in zip(
-            chunk, routes, prompts, raw, answers, final_lines, styled):
+    for question, route, prompt, raw_answer, answer, think, final_line, styled_answer in zip(
+            chunk, routes, prompts, raw, answers, thinks, final_lines, styled):
         record = {"id": question.id, "document": question.document, "question": question.question,
                   "kind": parse_question(question.question).kind, "round": question.round, "form": route["form"],
                   "pages": [image.page for image in prompt.images], "classifier": route["classifier"],
                   "raw_answer": str(raw_answer), "truncated": getattr(raw_answer, "truncated", None),
                   "styled_answer": str(styled_answer) if settings.style_pass and not question.options else None,
-                  "answer": question.answer, "final_line": final_line}
+                  "answer": question.answer, "final_line": final_line, "think": think}
         if question.options:  # round A: the letter the reply names, "" when it names none or several
             choice = parse_choice(answer, question.options)
             record.update(prediction=choice.letter or "", choice=choice.how, unparsed=choice.letter is None)

@@ -108,7 +108,7 @@ def answer_part(cfg: DictConfig, build: DatasetBuild, questions: list[Question],
     ctx = answer_context(cfg, build, questions)
     engine = make_engine(cfg.infer, cfg.model, [cfg.checkpoint] if cfg.checkpoint else [])  # vLLM sizes its LoRA
     try:
-        return answer_questions(questions, ctx, engine, PipelineSettings.from_cfg(cfg.pipeline, cfg.infer),
+        return answer_questions(questions, ctx, engine, PipelineSettings.from_cfg(cfg.pipeline, cfg.infer, cfg.model),
                                 predictions, adapter=cfg.checkpoint)
     finally:
         engine.close()
