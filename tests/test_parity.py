@@ -21,6 +21,7 @@ import torch
 from patentqa.data.corpus import inspect_pdf
 from patentqa.data.pages import RenderSpec, render_documents
 from patentqa.data.prompts import PageImage, Prompt, PromptConfig, build_prompt, classifier_prompt, to_swift_row
+from patentqa.infer.align import training_prompt_ids
 from patentqa.infer.inputs import encode_prompts, prompt_text
 from salted import scan_pdf
 
@@ -74,41 +75,11 @@ def processor(tiny_vl: Path) -> Any:
 @pytest.fixture(scope="module")
 def swift_train(tiny_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, SwiftEncode]:
     """(template, encode_rows): rows encoded exactly as ``swift sft`` encodes its dataset rows."""
-    import swift  # noqa: F401  (`make setup` installs ms-swift)
-    from swift import SftArguments
-    from swift.dataset import load_dataset
+    from patentqa.infer.align import swift_encoder
 
-    work = tmp_path_factory.mktemp("parity_swift")
-    placeholder = work / "placeholder.jsonl"  # SftArguments insists on a dataset
-    placeholder.write_text(json.dumps({"messages": [{"role": "user", "content": "x"},
-                                                    {"role": "assistant", "content": "y"}]}) + "\n")
-    environ = dict(os.environ)  # SftArguments sets a few env vars; keep other tests unaffected
-    try:
-        args = SftArguments(model=str(tiny_vl), model_type="qwen2_5_vl", template="qwen2_5_vl",
-                            check_model=False, tuner_type="lora", dataset=[str(placeholder)],
-                            output_dir=str(work / "out"), add_version=False, report_to=["none"],
-                            load_from_cache_file=False, strict=True)
-        _, swift_processor = args.get_model_processor(load_model=False)
-        template = args.get_template(swift_processor)
-        template.set_mode("train")
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
-    counter = iter(range(10**6))
-
-    def encode_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        path = work / f"rows{next(counter)}.jsonl"
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        dataset, _ = load_dataset([str(path)], **args.get_dataset_kwargs())
-        return [template.encode(row) for row in dataset]
-
-    return template, encode_rows
-
-
-def swift_prompt(encoded: dict[str, Any]) -> list[int]:
-    """The ids before the first trained-on (labelled) token: the prompt of the SFT row."""
-    first = next(i for i, label in enumerate(encoded["labels"]) if label != -100)
-    return list(encoded["input_ids"][:first])
+    flags = {"model": str(tiny_vl), "model_type": "qwen2_5_vl", "template": "qwen2_5_vl"}
+    encoder = swift_encoder(flags, tmp_path_factory.mktemp("parity_swift"))
+    return encoder.template, encoder.encode
 
 
 def single(processor: Any, prompt: Prompt) -> Any:
@@ -126,7 +97,7 @@ def test_swift_training_prompt_equals_inference_prompt(form: str, pages, process
     (trained,) = encode_rows([row])
     ours = single(processor, prompt)
 
-    ids = swift_prompt(trained)
+    ids = training_prompt_ids(trained)
     assert ours["input_ids"][0].tolist() == ids, _diff(processor, ids, ours["input_ids"][0].tolist())
     assert processor.decode(trained["input_ids"][len(ids):]).startswith(ANSWER)  # the rest is the answer
     assert torch.equal(ours["image_grid_thw"], trained["image_grid_thw"])
@@ -151,7 +122,7 @@ def test_gray_png_pages_too(tmp_path: Path, processor, swift_train) -> None:
                           [PageImage(p, str(files[("doc.pdf", p)])) for p in (1, 3)])
     (trained,) = encode_rows([to_swift_row(prompt, ANSWER)])
     ours = single(processor, prompt)
-    assert ours["input_ids"][0].tolist() == swift_prompt(trained)
+    assert ours["input_ids"][0].tolist() == training_prompt_ids(trained)
     assert torch.equal(ours["pixel_values"], trained["pixel_values"])
 
 
@@ -179,7 +150,7 @@ def test_cropped_figure_with_ocr_text_too(tmp_path: Path, processor, swift_train
     assert "第3页的文字（OCR）：\n图2 部件4 部件2" in prompt.text()
     (trained,) = encode_rows([to_swift_row(prompt, ANSWER)])
     ours = single(processor, prompt)
-    assert ours["input_ids"][0].tolist() == swift_prompt(trained)
+    assert ours["input_ids"][0].tolist() == training_prompt_ids(trained)
     assert torch.equal(ours["image_grid_thw"], trained["image_grid_thw"])
     assert torch.equal(ours["pixel_values"], trained["pixel_values"])
 
@@ -208,7 +179,7 @@ def test_swift_honours_the_row_budget_and_a_different_budget_changes_the_grid(pa
         assert not torch.equal(ours["image_grid_thw"], single(processor, smoke)["image_grid_thw"])
         assert torch.equal(ours["image_grid_thw"], at_smaller["image_grid_thw"])
         assert torch.equal(ours["pixel_values"], at_smaller["pixel_values"])
-        assert ours["input_ids"][0].tolist() == swift_prompt(at_smaller)
+        assert ours["input_ids"][0].tolist() == training_prompt_ids(at_smaller)
 
 
 # --- batched encoding ------------------------------------------------------------------------

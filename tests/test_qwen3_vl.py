@@ -3,7 +3,6 @@ builder rendered through its own template, token-identical between swift's train
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from conftest import cache_root
 from patentqa.config import compose
 from patentqa.data.build import prompt_config, render_spec
 from patentqa.data.prompts import PageImage, Prompt, build_prompt, to_swift_row
+from patentqa.infer.align import training_prompt_ids
 from patentqa.infer.inputs import encode_prompts
 from patentqa.train.launch import launch_env
 
@@ -113,32 +113,10 @@ def prompts(tmp_path_factory: pytest.TempPathFactory) -> list[Prompt]:
 @pytest.fixture(scope="module")
 def swift_encode(tiny_qwen3: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Rows encoded as ``swift sft --model_type qwen3_vl --template qwen3_vl`` encodes its dataset."""
-    from swift import SftArguments
-    from swift.dataset import load_dataset
+    from patentqa.infer.align import swift_encoder
 
-    work = tmp_path_factory.mktemp("qwen3_swift")
-    placeholder = work / "placeholder.jsonl"  # SftArguments insists on a dataset
-    placeholder.write_text(json.dumps({"messages": [{"role": "user", "content": "x"},
-                                                    {"role": "assistant", "content": "y"}]}) + "\n")
-    environ = dict(os.environ)  # SftArguments and swift's qwen3_vl loader set env vars: keep other tests unaffected
-    try:
-        args = SftArguments(model=str(tiny_qwen3), model_type="qwen3_vl", template="qwen3_vl", check_model=False,
-                            tuner_type="lora", dataset=[str(placeholder)], output_dir=str(work / "out"),
-                            add_version=False, report_to=["none"], load_from_cache_file=False, strict=True)
-        _, swift_processor = args.get_model_processor(load_model=False)
-        template = args.get_template(swift_processor)
-        template.set_mode("train")
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
-
-    def encode(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        path = work / "rows.jsonl"
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        dataset, _ = load_dataset([str(path)], **args.get_dataset_kwargs())
-        return [template.encode(row) for row in dataset]
-
-    return encode
+    flags = {"model": str(tiny_qwen3), "model_type": "qwen3_vl", "template": "qwen3_vl"}
+    return swift_encoder(flags, tmp_path_factory.mktemp("qwen3_swift")).encode
 
 
 def test_swift_qwen3_vl_training_prompt_equals_inference_prompt(prompts, processor, swift_encode) -> None:
@@ -146,8 +124,7 @@ def test_swift_qwen3_vl_training_prompt_equals_inference_prompt(prompts, process
     start = processor.tokenizer.encode("<|im_start|>user\n")
     encoded = swift_encode([to_swift_row(prompt, "滤网") for prompt in prompts])
     for prompt, trained in zip(prompts, encoded):
-        first = next(i for i, label in enumerate(trained["labels"]) if label != -100)
-        ids = list(trained["input_ids"][:first])
+        ids = training_prompt_ids(trained)
         ours = encode_prompts(processor, [prompt], factor=32)
         assert ours["input_ids"][0].tolist() == ids, prompt.form
         assert ids[:len(start)] == start  # the user turn first: Qwen3-VL's template adds no system prompt

@@ -1,0 +1,72 @@
+"""``python -m patentqa.infer.align``: for every prompt form, swift's training template, the HF processor of the
+transformers engine and vLLM's own processor build the same ids, grids and pixels on both tiny families; a
+misalignment a user can make exits 1 naming the first difference; bad input exits 2 with one line."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, cache_root
+from patentqa.data.prompts import FORMS
+from patentqa.infer.align import main
+
+pytestmark = pytest.mark.e2e
+# training starts <|im_start|>system, inference <|im_start|>user: the second id differs (its first BPE piece)
+SYSTEM_VS_USER = r"input_ids\[1\]: training \d+ 's\w*' != inference \d+ 'u\w*'"
+
+
+def overrides(model: str, model_dir: str) -> list[str]:
+    """The smoke run's budgets (64 / 128 tokens) on a tiny model in the session's cache."""
+    return ["+exp=smoke", f"model={model}", f"model.path={cache_root() / 'tiny' / model_dir}"]
+
+
+def assert_aligned(output: str) -> None:
+    for form in FORMS:
+        assert re.search(rf"^  {form} +OK +\d+ ids, image tokens \d+", output, re.M), output
+    assert output.rstrip().endswith("aligned: 3 of 3 forms"), output
+
+
+def test_the_command_passes_for_the_tiny_qwen2_5_vl(tiny_vl: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "patentqa.infer.align", *overrides("tiny", "qwen2_5_vl")], cwd=REPO,
+                          env={**os.environ, "PATENTQA_CACHE": str(cache_root())}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert_aligned(done.stdout)
+    assert "model=tiny (qwen2_5_vl, template qwen2_5_vl)" in done.stdout
+
+
+def test_tiny_qwen3_vl_aligns_and_each_misalignment_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    """In this process (the imports shared): the tiny Qwen3-VL passes; a system prompt given to swift sft only
+    (train.extra_args.system, a common swift flag) and a Qwen2.5-VL image factor each exit 1 naming the difference."""
+    from patentqa.tiny import tiny_qwen3_vl
+
+    tiny_qwen3_vl(cache_root() / "tiny")
+    qwen3 = overrides("tiny_qwen3_vl", "qwen3_vl")
+    assert main(qwen3) == 0
+    assert_aligned(capsys.readouterr().out)
+
+    assert main([*qwen3, '+train.extra_args.system="你是一个专利分析专家。"']) == 1
+    out = capsys.readouterr().out
+    for form in FORMS:
+        assert re.search(rf"^  {form} +DIFFERS +{SYSTEM_VS_USER}$", out, re.M), out
+    assert re.search(rf"^MISALIGNED: with_context: {SYSTEM_VS_USER}$", out, re.M), out
+
+    assert main([*qwen3, "model.image_factor=28"]) == 1
+    out = capsys.readouterr().out
+    assert "image_factor: model.image_factor 28 != HF processor patch_size x merge_size 32 (16 x 2)" in out, out
+    assert out.rstrip().splitlines()[-1].startswith("MISALIGNED: image_factor"), out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["model=no_such_model"], "no_such_model"),
+    (["model=tiny", "model.build_tiny=false", "model.path=/nonexistent/tiny"], "/nonexistent/tiny does not exist"),
+])
+def test_bad_input_exits_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
