@@ -58,12 +58,17 @@ def main(cfg: DictConfig) -> float | None:
     return objective(result)
 
 
+NODE_HYDRA_OVERRIDES = ("hydra.output_subdir=null", "hydra/job_logging=stdout")
+
+
 def node_argv(argv: list[str], environ: dict[str, str]) -> list[str]:
-    """Nodes after the first (``NODE_RANK`` > 0) share node 0's run dir and write no Hydra record into it
-    (``.hydra/``: node 0's is the run's; two nodes rewriting one file at once could tear it)."""
-    if int(environ.get("NODE_RANK") or 0) > 0 and not any(a.startswith("hydra.output_subdir=") for a in argv):
-        return [*argv, "hydra.output_subdir=null"]
-    return argv
+    """Nodes after the first (``NODE_RANK`` > 0) share node 0's run dir and write no Hydra file into it: no
+    ``.hydra/`` record and no ``__main__.log`` (node 0's are the run's; two nodes rewriting one file at once
+    could tear it); such a node logs to its stdout (its job's own log) and its swift log."""
+    if int(environ.get("NODE_RANK") or 0) == 0:
+        return argv
+    given = {a.split("=", 1)[0] for a in argv}
+    return [*argv, *(o for o in NODE_HYDRA_OVERRIDES if o.split("=", 1)[0] not in given)]
 
 
 if __name__ == "__main__":

@@ -108,6 +108,33 @@ def test_lora_requests_change_vllm_answers(parity: dict) -> None:
     assert a != base and b != base and a != b
 
 
+def test_parity_fails_on_a_perturbed_adapter_naming_the_position_and_both_margins(
+        hf_traces: dict, vllm_engine: Any, form_prompts: list[Prompt], adapters: tuple[Path, Path],
+        tmp_path: Path) -> None:
+    """What patentqa.infer.parity reports (and exits 1 on) when vLLM's adapter is not transformers': vLLM gets a
+    copy of checkpoint-4 with every LoRA B matrix negated, transformers' traces are of the real one."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    perturbed = tmp_path / adapters[1].name
+    shutil.copytree(adapters[1], perturbed)
+    weights = load_file(str(perturbed / "adapter_model.safetensors"))
+    save_file({k: -v if "lora_B" in k else v for k, v in weights.items()}, str(perturbed / "adapter_model.safetensors"))
+    name = adapters[1].name
+    theirs = collect_traces(vllm_engine, form_prompts, [(name, str(perturbed))], SAMPLING)
+    report = check_parity({name: hf_traces[name]}, theirs, form_prompts, SAMPLING)
+    text = format_report(report)
+    assert not report["all_identical"] and report["differences"], text
+    for case in report["differences"]:
+        diff = case["first_diff"]
+        assert case["transformers_tokens"][:diff] == case["vllm_tokens"][:diff], case  # equal up to there
+        assert case["transformers_tokens"][diff:diff + 1] != case["vllm_tokens"][diff:diff + 1], case
+        assert isinstance(case["transformers_margin"], float) and isinstance(case["vllm_margin"], float), case
+        assert f"at token {diff}: margins transformers " in text
+    print(text)
+
+
 def test_vllm_engine_answers_text_through_the_pipeline_api(vllm_engine: Any, form_prompts: list[Prompt],
                                                            adapters: tuple[Path, Path]) -> None:
     texts = vllm_engine.generate(form_prompts, SAMPLING, adapter=str(adapters[1]))
