@@ -24,8 +24,6 @@ from filelock import FileLock
 # processes of two spinning threads each ran the smoke training ~4x slower than alone; with one thread each,
 # each keeps a core. The same in one process (WORKERS=0), so a test's numbers do not depend on the worker count.
 os.environ["OMP_NUM_THREADS"] = "1"
-from PIL import Image, ImageDraw
-
 from patentqa.data.prompts import PageImage, Prompt, PromptConfig, build_prompt, classifier_prompt, style_prompt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,17 +188,10 @@ def adapters(tiny_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 
 
 def drawn_page(path: Path, number: int, size: tuple[int, int] = (392, 560)) -> PageImage:
-    """A small drawn patent page: boxes, a leader line and part numbers (varies with ``number``)."""
-    page = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(page)
-    for i in range(3):
-        x = 30 + 40 * i + 7 * number
-        draw.rectangle([x, 60 + 30 * i, x + 120, 160 + 30 * i], outline="black", width=3)
-        draw.text((x + 125, 60 + 30 * i), str(number + i), fill="black")
-    draw.line([(10, size[1] - 20), (size[0] - 10, 300 - 9 * number)], fill="black", width=2)
-    draw.text((size[0] // 2, size[1] - 40), f"图{number}", fill="black")
-    page.save(path)
-    return PageImage(number, str(path))
+    """A small drawn patent page with its figure label (the alignment command's pages, captioned)."""
+    from patentqa.infer.align import drawn_page as page
+
+    return page(path, number, size, caption=True)
 
 
 @pytest.fixture(scope="session")

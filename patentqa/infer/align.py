@@ -53,8 +53,9 @@ QUESTIONS = {"with_context": "在文件中第1页的示意图中，部件1位于
 
 # --- the prompts ---------------------------------------------------------------------------------
 
-def drawn_page(path: Path, number: int, size: tuple[int, int] = (392, 560)) -> PageImage:
-    """A small drawn patent page: boxes, part numbers and a leader line (varies with ``number``)."""
+def drawn_page(path: Path, number: int, size: tuple[int, int] = (392, 560), caption: bool = False) -> PageImage:
+    """A small drawn patent page: boxes, part numbers and a leader line (varies with ``number``); ``caption``
+    adds its figure label (图N). The tests' pages are these too."""
     from PIL import Image, ImageDraw
 
     page = Image.new("RGB", size, "white")
@@ -64,6 +65,8 @@ def drawn_page(path: Path, number: int, size: tuple[int, int] = (392, 560)) -> P
         draw.rectangle([x, 60 + 30 * i, x + 120, 160 + 30 * i], outline="black", width=3)
         draw.text((x + 125, 60 + 30 * i), str(number + i), fill="black")
     draw.line([(10, size[1] - 20), (size[0] - 10, 300 - 9 * number)], fill="black", width=2)
+    if caption:
+        draw.text((size[0] // 2, size[1] - 40), f"图{number}", fill="black")
     page.save(path)
     return PageImage(number, str(path))
 
