@@ -242,24 +242,24 @@ class _Handler(BaseHTTPRequestHandler):
             action = stub.script.pop(0) if stub.script else "200"
             stub.in_flight += 1
             stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
-        try:
-            time.sleep(stub.delay_s)
-            if action == "sleep":
-                time.sleep(1.0)  # longer than the client's timeout
-                return
-            if action == "500":
-                self._send(500, {"message": "internal error"})
-            elif action == "400":
-                self._send(400, {"message": "bad request"})
-            elif action == "401echo":  # a server that echoes the credentials it got
-                self._send(401, {"message": f"bad key: {self.headers.get('Authorization')}"})
-            else:
-                text = "".join(p.get("text", "") for p in body["messages"][0]["content"])
-                answer = f"{body['model']}|{len(text)}|{text[-6:]}"
-                self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
-        finally:
-            with stub.lock:
-                stub.in_flight -= 1
+        time.sleep(stub.delay_s)
+        # Counted out before the reply is written: once the client has its reply it may send the next
+        # request, which another server thread could count before a decrement placed after the write.
+        with stub.lock:
+            stub.in_flight -= 1
+        if action == "sleep":
+            time.sleep(1.0)  # longer than the client's timeout
+            return
+        if action == "500":
+            self._send(500, {"message": "internal error"})
+        elif action == "400":
+            self._send(400, {"message": "bad request"})
+        elif action == "401echo":  # a server that echoes the credentials it got
+            self._send(401, {"message": f"bad key: {self.headers.get('Authorization')}"})
+        else:
+            text = "".join(p.get("text", "") for p in body["messages"][0]["content"])
+            answer = f"{body['model']}|{len(text)}|{text[-6:]}"
+            self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
 
 
 @pytest.fixture
