@@ -18,7 +18,7 @@ SPEC = {"n_docs": 6, "seed": 3, "scan_dpi": 300}
 
 
 def dataset():
-    from patentqa.data.synth import SynthSpec, generate
+    from patentqa.data.synth.patents import SynthSpec, generate
 
     out = DATA / "ocr-n{n_docs}-s{seed}-dpi{scan_dpi}".format(**SPEC)
     if not (out / "synth.json").is_file():

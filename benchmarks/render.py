@@ -27,7 +27,7 @@ GOAL = 40.0
 
 def corpus(n_docs: int = 20, scan_dpi: int = 300) -> Path:
     """The synthetic set (generated on first use, then reused)."""
-    from patentqa.data.synth import SynthSpec, generate
+    from patentqa.data.synth.patents import SynthSpec, generate
 
     out = BENCH / f"render-n{n_docs}-dpi{scan_dpi}"
     if not (out / "synth.json").is_file():

@@ -22,7 +22,7 @@ has no default system prompt.
 
 CLI: ``python -m patentqa.tiny out_dir=DIR`` builds all three and prints the paths.
 
-This module imports only the leaf word list ``patentqa.data.synth_vocab`` so every stage may use it.
+This module imports only the leaf word list ``patentqa.data.synth.vocab`` so every stage may use it.
 """
 from __future__ import annotations
 
@@ -271,7 +271,7 @@ def recipe_digest(recipe: dict[str, Any]) -> str:
 
 def tokenizer_corpus() -> list[str]:
     """CORPUS lines plus every string in the synthetic patents' word lists."""
-    from patentqa.data import synth_vocab
+    from patentqa.data.synth import vocab as synth_vocab
 
     def strings(value: Any) -> list[str]:
         if isinstance(value, str):

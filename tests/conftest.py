@@ -130,7 +130,7 @@ def reference() -> Path:
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic CCKS-layout patent set (12 documents, seed 0)."""
-    from patentqa.data.synth import SynthSpec, generate
+    from patentqa.data.synth.patents import SynthSpec, generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, SynthSpec(n_docs=12, seed=0))

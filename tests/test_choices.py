@@ -69,7 +69,7 @@ def test_round_a_items_score_by_accuracy_and_round_b_by_composite() -> None:
 
 
 def test_synthetic_round_a_balances_letters_and_draws_distractors_of_the_same_kind(tmp_path: Path) -> None:
-    from patentqa.data.synth import SynthSpec, generate
+    from patentqa.data.synth.patents import SynthSpec, generate
 
     generate(tmp_path, SynthSpec(n_docs=8, seed=3, rounds=["a", "b"]))
     rows = [json.loads(line) for line in (tmp_path / "train" / "train.jsonl").read_text(encoding="utf-8").splitlines()]

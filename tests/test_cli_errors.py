@@ -44,10 +44,10 @@ def test_ocr_on_a_missing_dataset_says_which_file(tmp_path: Path) -> None:
 
 
 def test_ccitt_refuses_a_missing_src_and_an_out_inside_src(tmp_path: Path) -> None:
-    done = run("patentqa.data.ccitt", f"src={tmp_path / 'nope'}", f"out={tmp_path / 'g4'}", cwd=tmp_path)
+    done = run("patentqa.data.synth.ccitt", f"src={tmp_path / 'nope'}", f"out={tmp_path / 'g4'}", cwd=tmp_path)
     assert done.returncode == 2 and error_lines(done) == [f"error: src={tmp_path / 'nope'}: no such directory"]
     (tmp_path / "set").mkdir()
-    done = run("patentqa.data.ccitt", f"src={tmp_path / 'set'}", f"out={tmp_path / 'set' / 'g4'}", cwd=tmp_path)
+    done = run("patentqa.data.synth.ccitt", f"src={tmp_path / 'set'}", f"out={tmp_path / 'set' / 'g4'}", cwd=tmp_path)
     assert done.returncode == 2 and "inside src=" in error_lines(done)[0]
     assert not (tmp_path / "g4").exists() and not (tmp_path / "set" / "g4").exists()
 
@@ -68,7 +68,7 @@ def test_ccitt_reports_a_corrupt_pdf_and_writes_the_rest(tmp_path: Path) -> None
     (docs / "bad.pdf").write_bytes(b"%PDF-1.4\n this is not a pdf")
     (tmp_path / "set" / "train" / "train.jsonl").write_text('{"question": "q", "document": "good.pdf", "answer": "a"}\n')
     out = tmp_path / "g4"
-    done = run("patentqa.data.ccitt", f"src={tmp_path / 'set'}", f"out={out}", cwd=REPO)
+    done = run("patentqa.data.synth.ccitt", f"src={tmp_path / 'set'}", f"out={out}", cwd=REPO)
     assert done.returncode == 1, done.stderr
     problems = [line for line in done.stderr.splitlines() if line.startswith("problem:")]
     assert len(problems) == 2 and all(p.endswith("(left out)") for p in problems), problems

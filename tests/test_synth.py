@@ -12,7 +12,8 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from patentqa.data.synth import SynthSpec, generate, main
+from patentqa.data.synth.__main__ import main
+from patentqa.data.synth.patents import SynthSpec, generate
 
 REPO = Path(__file__).resolve().parents[1]
 SIDES = ("左侧", "右侧", "上方", "下方")

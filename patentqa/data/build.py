@@ -80,7 +80,7 @@ def ensure_corpus(cfg: DictConfig) -> Path:
     data_dir = Path(cfg.data.dir)
     if cfg.data.synth is None:
         return data_dir
-    from patentqa.data.synth import SynthSpec, generate
+    from patentqa.data.synth.patents import SynthSpec, generate
 
     spec = SynthSpec(**OmegaConf.to_container(cfg.data.synth, resolve=True))
     if not (data_dir / cfg.data.train_split).is_dir():

@@ -4,7 +4,7 @@ A position question ("部件4相对于部件5的位置关系是？") names two p
 The baseline finds where OCR read each number on that page (inside the question's figure when
 the layout knows it) and answers with the side of the dominant axis between the two label
 centres, in the answer form that goes with the question's phrasing (the round-B phrasings of
-``patentqa.data.synth_vocab``; an unknown phrasing gets "部件A位于部件B的<side>"). "Which part
+``patentqa.data.synth.vocab``; an unknown phrasing gets "部件A位于部件B的<side>"). "Which part
 lies on side X of part A" questions get the nearest label on that side. Other questions, or a
 number OCR did not find, get an empty answer, which scores 0 and is counted.
 
@@ -18,7 +18,7 @@ import math
 import re
 from typing import Any, Optional
 
-from patentqa.data import synth_vocab as V
+from patentqa.data.synth import vocab as V
 from patentqa.data.corpus import Document, Question
 from patentqa.data.questions import normalize, parse_question
 

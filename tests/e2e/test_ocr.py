@@ -19,7 +19,7 @@ from patentqa.config import compose
 from patentqa.data.build import build_dataset
 from patentqa.data.corpus import inspect_pdf
 from patentqa.data.ocr import OcrSpec, layer_path, load_layer, ocr_documents
-from patentqa.data.synth import SynthSpec, generate
+from patentqa.data.synth.patents import SynthSpec, generate
 from patentqa.eval.baselines import label_geometry_records
 from salted import scan_pdf
 
@@ -55,7 +55,7 @@ def test_ocr_meets_its_goals_on_300_dpi_scans(scans) -> None:
 def test_ccitt_g4_scans_stay_within_1_5x(scans, tmp_path: Path) -> None:
     """Error figures of the bilevel G4 copy within 1.5x (plus half a point, as the figures are ~0.1-5%)."""
     data, cache, jpeg = scans
-    done = subprocess.run([sys.executable, "-m", "patentqa.data.ccitt", f"src={data}", f"out={tmp_path / 'g4'}"],
+    done = subprocess.run([sys.executable, "-m", "patentqa.data.synth.ccitt", f"src={data}", f"out={tmp_path / 'g4'}"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     import pymupdf

@@ -12,12 +12,10 @@ import math
 import random
 import re
 from itertools import permutations
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from patentqa.data import synth_vocab as V
-
-if TYPE_CHECKING:
-    from patentqa.data.synth import Part
+from patentqa.data.synth import vocab as V
+from patentqa.data.synth.vocab import Part
 
 KINDS = ("figure_position", "figure_other", "document")
 GAP = 8.0  # points of clear space needed between two parts for a position answer

@@ -1,9 +1,25 @@
-"""Word lists and phrasings for the synthetic patents (``patentqa.data.synth``).
+"""Word lists and phrasings for the synthetic patents (``patentqa.data.synth``), and ``Part``, the
+numbered part that the generator and its questions share.
 
 Part names, what each part does, how parts are joined, patent boilerplate and the
 question/answer phrasings of the real CCKS 2025 round-B questions.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Part:
+    """A numbered part: what it is called, what it does, what carries it and how."""
+
+    number: int
+    name: str
+    function: str
+    carrier: int | None = None
+    joint: str | None = None         # sentence fragment, e.g. "通过螺栓与机架1固定连接"
+    joint_answer: str | None = None  # e.g. "螺栓连接"
+
 
 # (part name, what it does); names are distinct and no function repeats, so
 # "哪个部件用于…" has one answer within a document.

@@ -13,7 +13,7 @@ import random
 import re
 from typing import Any
 
-from patentqa.data import synth_vocab as V
+from patentqa.data.synth import vocab as V
 from patentqa.data.choices import LETTERS
 
 DIRECTIONS = ("左侧", "右侧", "上方", "下方")

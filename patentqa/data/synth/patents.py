@@ -16,25 +16,22 @@ import json
 import multiprocessing
 import random
 import re
-import sys
-import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING
 from tqdm import tqdm
 
-from patentqa.cli import parse_args
 from patentqa.cpus import pool_size
-from patentqa.data import synth_vocab as V
-from patentqa.data.synth_choices import to_choice
-from patentqa.data.synth_questions import (KINDS, document_candidates, figure_other_candidates, pick_questions,
+from patentqa.data.synth import vocab as V
+from patentqa.data.synth.choices import to_choice
+from patentqa.data.synth.questions import (KINDS, document_candidates, figure_other_candidates, pick_questions,
                                            plain, position_candidates)
+from patentqa.data.synth.render import (FIGURE_REGIONS, assign_figures, front_lines, layout_figure, line_boxes,
+                                        render_pdf, wrap)
+from patentqa.data.synth.vocab import Part
 from patentqa.tracking import atomic_write
-from patentqa.data.synth_render import (FIGURE_REGIONS, assign_figures, front_lines, layout_figure, line_boxes,
-                                       render_pdf, wrap)
 
 LINES_PER_PAGE = 35
 
@@ -53,23 +50,6 @@ class SynthSpec:
     figure_other_share: float = 0.46  # other figure-page questions; the rest are whole-patent
     rounds: list[str] = field(default_factory=lambda: ["b"])  # b: open answers; a: 4-way choice; [a, b]: alternate
     workers: int = 0                  # document processes; 0 = one per CPU this job may use (patentqa/cpus.py)
-
-
-@dataclass
-class SynthArgs(SynthSpec):
-    out_dir: str = MISSING
-
-
-@dataclass
-class Part:
-    """A numbered part: what it is called, what it does, what carries it and how."""
-
-    number: int
-    name: str
-    function: str
-    carrier: int | None = None
-    joint: str | None = None         # sentence fragment, e.g. "通过螺栓与机架1固定连接"
-    joint_answer: str | None = None  # e.g. "螺栓连接"
 
 
 def dumps(obj: Any) -> str:
@@ -345,24 +325,3 @@ def generate(out_dir: str | Path, spec: SynthSpec) -> dict:
     recorded = {k: v for k, v in asdict(spec).items() if k != "workers"}  # workers never change the output
     atomic_write(out / "synth.json", (dumps({"spec": recorded, "counts": counts}) + "\n").encode())
     return counts
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: generate, print a one-line summary; bad arguments exit 2 with a message."""
-    args = parse_args(SynthArgs, argv)
-    spec = SynthSpec(**{f.name: getattr(args, f.name) for f in fields(SynthSpec)})
-    try:
-        validate(spec)
-        start = time.perf_counter()
-        counts = generate(args.out_dir, spec)
-    except (ValueError, FileExistsError) as err:
-        print(f"patentqa.data.synth: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {spec.n_docs} patents ({counts['documents']['train']} train, {counts['documents']['test']} test), "
-          f"{counts['pages']} pages, {sum(counts['questions'].values())} questions {counts['kinds']} "
-          f"to {args.out_dir} in {time.perf_counter() - start:.1f}s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
