@@ -37,7 +37,7 @@ def config(data, cache, ocr: bool):
 def run(repeats: int, quick: bool = False) -> Result:
     from patentqa.data.build import build_dataset
     from patentqa.data.corpus import read_split
-    from patentqa.data.ocr import OcrSpec, ocr_documents
+    from patentqa.data.ocr.reader import OcrSpec, ocr_documents
 
     data = dataset()
     documents = sorted({**read_split(data, "train").documents,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from patentqa.data.corpus import Document, Question
-from patentqa.data.figures import caption_number, find_figures, iou
-from patentqa.data.ocr import reading_order
+from patentqa.data.ocr.figures import caption_number, find_figures, iou
+from patentqa.data.ocr.reader import reading_order
 from patentqa.data.prompts import PageImage, PromptConfig, build_prompt
 from patentqa.data.retrieval import RRF_K, Bm25Retriever, HybridRetriever
 from patentqa.eval.baselines import label_geometry_answer, side
@@ -79,7 +79,7 @@ def test_ocr_text_beside_and_instead() -> None:
 
 
 class FakeLayout:
-    """Page texts and OCR lines, as ``patentqa.data.layout.Layout`` gives them."""
+    """Page texts and OCR lines, as ``patentqa.data.ocr.layout.Layout`` gives them."""
 
     def __init__(self, texts: dict[tuple[str, int], str], lines: dict[tuple[str, int], list] | None = None,
                  figure: dict | None = None) -> None:

@@ -132,8 +132,8 @@ def test_cropped_figure_with_ocr_text_too(tmp_path: Path, processor, swift_train
 
     from PIL import Image
 
-    from patentqa.data.layout import Layout
-    from patentqa.data.ocr import OcrResult
+    from patentqa.data.ocr.layout import Layout
+    from patentqa.data.ocr.reader import OcrResult
 
     _, encode_rows = swift_train
     scan_pdf(tmp_path / "doc.pdf", pages=3, seed=2)

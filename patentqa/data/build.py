@@ -123,8 +123,8 @@ def ocr_needed(cfg: DictConfig) -> bool:
 
 def build_layout(cfg: DictConfig, documents: dict[str, Document], spec: RenderSpec) -> Any:
     """The OCR layer of every page (cached per page) wrapped for prompts and retrievers."""
-    from patentqa.data.layout import Layout
-    from patentqa.data.ocr import OcrSpec, ocr_documents
+    from patentqa.data.ocr.layout import Layout
+    from patentqa.data.ocr.reader import OcrSpec, ocr_documents
 
     ocr = cfg.data.get("ocr") or {}
     result = ocr_documents(sorted(documents.values(), key=lambda d: d.name), Path(cfg.paths.cache_dir) / "ocr",

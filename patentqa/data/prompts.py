@@ -12,7 +12,7 @@ Prompt forms (which one a question gets is routing's decision, see ``prompt_form
 Variants (config group ``prompt``): ``seed_b`` (the seed's round-B templates verbatim),
 ``page_labels`` (each image labelled 第N页：, the asked page named in the text),
 ``minimal`` (pages + bare question: the "minimal prompt" ablation), and two that use the OCR
-layer (``patentqa.data.layout``) with seed_b's words: ``figure_crop`` (the asked figure cropped
+layer (``patentqa.data.ocr.layout``) with seed_b's words: ``figure_crop`` (the asked figure cropped
 from its page, at the form's pixel budget, in place of the whole page) and ``ocr_text`` (each
 shown page's OCR text, within ``ocr_max_chars``, ``beside`` its image or ``instead`` of the
 images of the context pages).

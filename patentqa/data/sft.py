@@ -40,7 +40,7 @@ def question_prompt(config: PromptConfig, question: Question, document: Document
                     layout: Any = None) -> Prompt:
     """Route, retrieve and build the prompt of one question (form from routing unless given).
 
-    ``layout`` (``patentqa.data.layout.Layout``) gives the OCR text and figure crops that the
+    ``layout`` (``patentqa.data.ocr.layout.Layout``) gives the OCR text and figure crops that the
     ``figure_crop`` and ``ocr_text`` variants need.
     """
     if config.uses_layout and layout is None:

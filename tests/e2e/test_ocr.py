@@ -18,7 +18,7 @@ from conftest import cache_root
 from patentqa.config import compose
 from patentqa.data.build import build_dataset
 from patentqa.data.corpus import inspect_pdf
-from patentqa.data.ocr import OcrSpec, layer_path, load_layer, ocr_documents
+from patentqa.data.ocr.reader import OcrSpec, layer_path, load_layer, ocr_documents
 from patentqa.data.synth.patents import SynthSpec, generate
 from patentqa.eval.baselines import label_geometry_records
 from salted import scan_pdf

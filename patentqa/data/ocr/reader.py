@@ -4,23 +4,18 @@ The model is PP-OCRv4 (detection + recognition, ONNX) as shipped inside the
 ``rapidocr-onnxruntime`` 1.4.4 wheel: nothing is downloaded at run time. Each page is rendered
 from its PDF at ``OcrSpec.dpi`` (grayscale), read, and stored as JSON: every text line with its
 box in PDF points (origin top-left, y down) and its confidence, the page size, and the page's
-figures (``patentqa.data.figures``: each ``图N`` caption with the region it labels).
+figures (``patentqa.data.ocr.figures``: each ``图N`` caption with the region it labels).
 
 Cache: ``CACHE/ocr/<pdf sha256[:2]>/<sha256>/<spec key>/p0001.json``, written atomically, so a
 killed run resumes where it stopped and never reads half a file. Pages run in a process pool
 (one model per worker, one thread each) behind a progress bar. A page that fails is reported
 with the PDF, the page and the error, and gets no text layer; the rest go on.
-
-    python -m patentqa.data.ocr dir=DIR split=train [truth=true] [dpi=200] [workers=0]
-
-prints a summary; with ``truth=true`` on a synthetic set it scores the layer against the
-generator's ground truth (``patentqa.data.ocr_truth``). Its last line is one JSON object.
+``python -m patentqa.data.ocr`` (``__main__``) runs it over a split; ``truth`` scores it.
 """
 from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 import unicodedata
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -35,7 +30,7 @@ from patentqa.data.corpus import Document, Problem
 from patentqa.tracking import atomic_write
 
 ENGINE = "rapidocr-onnxruntime-1.4.4/PP-OCRv4"
-LAYOUT_VERSION = 5  # figure finding (patentqa.data.figures): bump when its output changes
+LAYOUT_VERSION = 5  # figure finding (patentqa.data.ocr.figures): bump when its output changes
 PageKey = tuple[str, int]
 
 
@@ -196,7 +191,7 @@ def _read_words(pixels: Any, ink: Any, scale: float, spec: OcrSpec) -> list[dict
 
 def ocr_page(pdf: str, page: int, spec: OcrSpec) -> dict[str, Any]:
     """The text layer of one page (lines in reading order, figures)."""
-    from patentqa.data.figures import find_figures, is_drawing_page
+    from patentqa.data.ocr.figures import find_figures, is_drawing_page
 
     started = time.perf_counter()
     image, width, height = render_gray(pdf, page, spec.dpi)
@@ -309,53 +304,3 @@ def summarize(result: OcrResult) -> dict[str, Any]:
             "mean_confidence": round(sum(confidence) / len(confidence), 4) if confidence else None,
             "drawing_pages": drawing, "figures": figures, "figure_fallbacks": fallback,
             "problems": [str(p) for p in result.problems]}
-
-
-@dataclass
-class OcrArgs:
-    """``python -m patentqa.data.ocr`` arguments."""
-
-    dir: str = ""                 # a dataset in the CCKS layout
-    split: str = "train"
-    truth: bool = False           # score against {split}/truth/*.json (synthetic sets)
-    dpi: int = OcrSpec.dpi
-    workers: int = 0              # processes; 0 = one per CPU
-    cache_dir: str = ".cache"     # the layer goes to CACHE/ocr/
-
-
-def main(argv: list[str] | None = None) -> int:
-    from patentqa.cli import parse_args
-    from patentqa.data.corpus import read_split
-
-    args = parse_args(OcrArgs, argv)
-    if not args.dir:
-        print("usage: python -m patentqa.data.ocr dir=DIR split=train [truth=true]", file=sys.stderr)
-        return 2
-    data = read_split(args.dir, args.split, require_answer=False)
-    if not data.documents:  # nothing to read: say why in one line, write nothing
-        reason = data.problems[0] if data.problems else f"{Path(args.dir) / args.split}: no readable document"
-        print(f"error: no document to OCR in dir={args.dir} split={args.split}: {reason}", file=sys.stderr)
-        return 2
-    for problem in data.problems:
-        print(f"problem: {problem}", file=sys.stderr)
-    spec = OcrSpec(dpi=args.dpi)
-    result = ocr_documents(sorted(data.documents.values(), key=lambda d: d.name),
-                           Path(args.cache_dir) / "ocr", spec, workers=args.workers or None)
-    summary = summarize(result)
-    for problem in summary["problems"]:
-        print(f"problem: {problem}", file=sys.stderr)
-    print(f"ocr: {summary['pages']} pages ({summary['read']} read, {summary['cached']} cached) in "
-          f"{summary['seconds']} s; {summary['lines']} lines, {summary['chars']} characters; "
-          f"{summary['figures']} figures, {summary['figure_fallbacks']} whole-page fallbacks")
-    if args.truth:
-        from patentqa.data.ocr_truth import format_scores, score_split
-
-        scores = score_split(Path(args.dir), args.split, data.documents, result)
-        print(format_scores(scores))
-        summary.update(scores)
-    print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

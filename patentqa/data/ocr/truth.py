@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from patentqa.data.corpus import Document
-from patentqa.data.figures import HEADER_SHARE, iou
-from patentqa.data.ocr import OcrResult, layer_text, normalize_text, reading_order
+from patentqa.data.ocr.figures import HEADER_SHARE, iou
+from patentqa.data.ocr.reader import OcrResult, layer_text, normalize_text, reading_order
 
 TEXT_ROLES = ("abstract", "claims", "description")
 ROLE_NAMES = {"figure": "drawings"}

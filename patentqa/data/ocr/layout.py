@@ -1,6 +1,6 @@
 """Document structure for prompts: each page's OCR text and figures, and figure crops.
 
-``Layout`` wraps a finished OCR pass (``patentqa.data.ocr``) for the prompt builder's variants
+``Layout`` wraps a finished OCR pass (``patentqa.data.ocr.reader``) for the prompt builder's variants
 and the text retrievers:
 
 - ``text(document, page)``: the page's OCR text in reading order;
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from patentqa.data.corpus import Document, Question
-from patentqa.data.ocr import OcrResult, layer_text, normalize_text
+from patentqa.data.ocr.reader import OcrResult, layer_text, normalize_text, summarize
 from patentqa.data.pages import RenderSpec, encode_page, render_page
 from patentqa.data.questions import parse_question
 from patentqa.tracking import atomic_write
@@ -97,6 +97,4 @@ class Layout:
         return path
 
     def summary(self) -> dict[str, Any]:
-        from patentqa.data.ocr import summarize
-
         return summarize(self.ocr)
