@@ -19,12 +19,15 @@ OmegaConf.register_new_resolver("abspath", lambda path: str(Path(str(path)).expa
 OmegaConf.register_new_resolver("join", lambda items, sep="": sep.join(str(i) for i in items), replace=True)
 
 
+def world_size(cfg: DictConfig) -> int:
+    """Training processes of the whole job, as the launcher group says: nodes × processes per node."""
+    return int(cfg.launcher.get("nnodes") or 1) * int(cfg.launcher.get("nproc_per_node") or 1)
+
+
 def accumulation_for(global_batch: int, *, _root_: DictConfig) -> int:
     """Gradient accumulation that makes ``global_batch`` rows an optimizer step on this config's launcher:
     ``global_batch / (train.per_device_train_batch_size × world size)``. ``conf/exp/lora_r8.yaml`` uses it
     (``${accumulation_for:16}``) so the seed's batch of 16 stays 16 on 8 ranks (2) and in one process (16)."""
-    from patentqa.train.launch import world_size
-
     per_step = int(_root_.train.per_device_train_batch_size) * world_size(_root_)
     if int(global_batch) % per_step:
         raise ValueError(f"a global batch of {global_batch} rows cannot be split into per-device batches of "

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from patentqa.data.chains import FINAL, accept, cot_response, final_answer
+from patentqa.data.chains import FINAL, cot_response, final_answer
+from patentqa.eval.chains import accept
 from patentqa.data.choices import check_options, parse_choice, split_option
 from patentqa.data.corpus import read_split
 from patentqa.eval.metrics import COMPOSITE, score_items

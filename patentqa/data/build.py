@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from patentqa.data.chains import asking_config, cache_path, cached_chains, chain_spec, synthetic_chains
 from patentqa.data.corpus import DataError, Document, Question, SplitData, file_sha256, problems_as_dicts, read_split
 from patentqa.data.pages import RenderResult, RenderSpec, render_documents
 from patentqa.data.prompts import PromptConfig
@@ -167,14 +168,12 @@ def recall_table(cfg: DictConfig, pages: dict, questions: list[Question], docume
 
 
 def train_chains(cfg: DictConfig, data_dir: Path, questions: list[Question]) -> dict[str, str]:
-    """Reasoning chains of training questions: the synthetic truth's, else ``python -m patentqa.data.chains``'s cache."""
-    from patentqa.data.chains import asking_config, cache_path, cached_chains, chain_spec, synthetic_chains
-
+    """Reasoning chains of training questions: the synthetic truth's, else ``python -m patentqa.eval.chains``'s cache."""
     if (data_dir / cfg.data.train_split / "truth").is_dir():
         return synthetic_chains(data_dir, cfg.data.train_split, [q.id for q in questions])
     path = cache_path(Path(cfg.paths.cache_dir), dataset_key(asking_config(cfg)), chain_spec(cfg))
     if not path.is_file():
-        raise DataError(f"prompt.target=cot needs reasoning chains: run `python -m patentqa.data.chains` with this "
+        raise DataError(f"prompt.target=cot needs reasoning chains: run `python -m patentqa.eval.chains` with this "
                         f"experiment first (expected {path})")
     return cached_chains(path)
 

@@ -5,11 +5,9 @@ Where chains come from:
 - a synthetic set: the generator's truth (``{split}/truth/*.json``) says which parts a question
   is about, where their labels and leader lines are and which side one lies on, or which page
   states the fact; ``synthetic_chain`` writes that down;
-- real data: ``python -m patentqa.data.chains +exp=NAME`` asks a model (any engine, the run's
-  ``infer`` group; ``checkpoint=DIR`` for a tuned one) for a chain per *training* question and
-  keeps a chain only when its final answer scores at least ``data.chains.threshold`` char F1
-  against the gold answer (rejection sampling). Kept and rejected chains are cached in
-  ``CACHE/chains/<dataset>-<hash>/chains.jsonl`` (atomic), with the acceptance rate by kind.
+- real data: ``python -m patentqa.eval.chains +exp=NAME`` asks a model for a chain per *training*
+  question and keeps those whose final answer scores (rejection sampling); this module says where
+  they are cached (``CACHE/chains/<dataset>-<hash>/chains.jsonl``) and reads the accepted ones.
 
 Chains go into training rows only: dev and test rows keep the plain answer, and evaluation reads
 the final line (``final_answer``; a reply without it is scored on its last line, and counted).
@@ -20,7 +18,6 @@ import hashlib
 import json
 import re
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
@@ -100,17 +97,6 @@ def cache_path(cache_dir: Path, dataset_key: str, spec: dict[str, Any]) -> Path:
     return Path(cache_dir) / "chains" / f"{dataset_key}-{digest}" / "chains.jsonl"
 
 
-def accept(reply: str, gold: str, threshold: float) -> dict[str, Any]:
-    """Whether a generated chain's final answer scores at least ``threshold`` char F1 against ``gold``."""
-    from patentqa.eval.metrics import char_f1
-
-    answer, has_final = final_answer(reply)
-    score = char_f1(answer, gold) if answer else 0.0
-    chain = reply[:reply.rfind(FINAL)].strip() if has_final and FINAL in reply else ""
-    return {"chain": chain, "final": answer, "has_final_line": has_final, "score": round(score, 4),
-            "accepted": bool(has_final and chain and score >= threshold)}
-
-
 def cached_chains(path: Path) -> dict[str, str]:
     """Accepted chains of a cache file, by question id."""
     if not path.is_file():
@@ -119,58 +105,13 @@ def cached_chains(path: Path) -> dict[str, str]:
     return {r["id"]: r["chain"] for r in rows if r["accepted"]}
 
 
-def generate_chains(cfg: Any) -> dict[str, Any]:
-    """Ask the configured engine for a chain per training question; cache; report acceptance by kind."""
-    from patentqa.data.build import build_dataset, prompt_config
-    from patentqa.data.prompts import with_chain_request
-    from patentqa.data.questions import parse_question
-    from patentqa.data.sft import question_prompt
-    from patentqa.infer.engine import Sampling
-    from patentqa.infer.engines import make_engine
-    from patentqa.tracking import atomic_write
-
-    build = build_dataset(asking_config(cfg))  # the rows to ask from: no chains needed yet
-    train = [q for q in build.questions["train"] if q.answer]
-    config = prompt_config(cfg)
-    settings = cfg.data.chains
-    prompts = [with_chain_request(question_prompt(config, q, build.documents[q.document], build.pages.paths,
-                                                  build.retriever, layout=build.layout)) for q in train]
-    engine = make_engine(cfg.infer, cfg.model)
-    try:
-        replies = engine.generate(prompts, Sampling(max_new_tokens=int(settings.max_new_tokens)), cfg.checkpoint)
-    finally:
-        engine.close()
-    rows = [{"id": q.id, "kind": parse_question(q.question).kind, **accept(r, q.answer, float(settings.threshold))}
-            for q, r in zip(train, replies)]
-    spec = chain_spec(cfg)
-    path = cache_path(Path(cfg.paths.cache_dir), build.manifest["dataset_key"], spec)
-    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
-    kinds = Counter(r["kind"] for r in rows)
-    accepted = Counter(r["kind"] for r in rows if r["accepted"])
-    return {"cache": str(path), "questions": len(rows), "accepted": sum(accepted.values()),
-            "acceptance_by_kind": {k: round(accepted[k] / n, 4) for k, n in sorted(kinds.items())},
-            "without_final_line": sum(not r["has_final_line"] for r in rows), "spec": spec}
-
-
 def chain_spec(cfg: Any) -> dict[str, Any]:
-    """What the build looks up in the chains cache (the same keys ``generate_chains`` wrote)."""
+    """What the build looks up in the chains cache (the same keys ``patentqa.eval.chains`` wrote)."""
     settings = cfg.data.chains
     return {"model": str(cfg.model.path), "checkpoint": cfg.checkpoint, "infer": cfg.infer.name,
             "threshold": float(settings.threshold), "max_new_tokens": int(settings.max_new_tokens)}
 
 
-def main() -> None:
-    import hydra
-
-    from patentqa.config import CONF_DIR
-
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-    def run(cfg: Any) -> None:
-        print(json.dumps(generate_chains(cfg), ensure_ascii=False, indent=2))
-
-    sys.argv[0] = "patentqa.data.chains"
-    run()
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit("patentqa.data.chains is no command: a model's chains are asked by "
+             "python -m patentqa.eval.chains +exp=NAME [checkpoint=DIR]")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from patentqa.data.chains import cot_response
 from patentqa.data.corpus import Document, Question
 from patentqa.data.prompts import (IMAGE_TAG, PageImage, Prompt, PromptConfig, build_prompt, prompt_form,
                                    prompt_to_json, to_swift_row)
@@ -94,8 +95,6 @@ def sft_rows(config: PromptConfig, items: list[PromptedQuestion], documents: dic
 
 
 def _row(question: Question, kind: str, prompt: Prompt, chain: str | None = None) -> dict[str, Any]:
-    from patentqa.data.chains import cot_response
-
     response = cot_response(chain, question.answer or "") if chain else question.answer or ""
     row = to_swift_row(prompt, response)
     row.update(id=question.id, document=question.document, kind=kind, form=prompt.form, chain=chain is not None)

@@ -15,16 +15,11 @@ from omegaconf import DictConfig
 LAUNCH_VARS = ("NPROC_PER_NODE", "CUDA_VISIBLE_DEVICES", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 # of those, the ones that decide how many processes swift starts: an inherited value the launcher does not set
 # is dropped, or e.g. NPROC_PER_NODE=8 left in a shell would silently turn launcher=local into an 8-rank
-# torchrun whose world size, global batch and steps differ from the plan (train.launch.world_size)
+# torchrun whose world size, global batch and steps differ from the plan (config.world_size)
 TOPOLOGY_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK")
 # the others are the user's, kept unless the launcher sets a value: CUDA_VISIBLE_DEVICES=3 picks the GPU of a
 # launcher=local run, MASTER_ADDR/MASTER_PORT keep two jobs on one node off each other's port (torchrun's
 # default 29500), and NCCL_* (NCCL_SOCKET_IFNAME, NCCL_IB_DISABLE, ...) tune the interconnect
-
-
-def world_size(cfg: DictConfig) -> int:
-    """Training processes of the whole job: nodes × processes per node."""
-    return int(cfg.launcher.get("nnodes") or 1) * int(cfg.launcher.get("nproc_per_node") or 1)
 
 
 # swift model types whose qwen-vl-utils budget is read in tokens (IMAGE_MAX_TOKEN_NUM): Qwen3-VL's loader converts a

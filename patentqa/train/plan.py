@@ -238,7 +238,7 @@ def make_plan(cfg: DictConfig, rows_file: Path | None = None) -> Plan:
     params = tower_params(model)
     largest = largest_layer_params(model)
     trainable, modules, tuner = trainable_params(model, str(cfg.model.model_type), cfg.train)
-    from patentqa.train.launch import world_size
+    from patentqa.config import world_size
 
     gpus = world_size(cfg)
     tokenizer, note = plan_tokenizer(cfg)

@@ -27,20 +27,18 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from patentqa.config import world_size
+
 MIN_CHECKPOINTS = 3  # fewer leaves the checkpoint sweep (and a search's objective) next to nothing to choose from
 
 
 def global_batch(cfg: DictConfig) -> int:
     """Rows per optimizer step: per-device batch × accumulation × training processes."""
-    from patentqa.train.launch import world_size
-
     return int(cfg.train.per_device_train_batch_size) * int(cfg.train.gradient_accumulation_steps) * world_size(cfg)
 
 
 def steps_per_epoch(cfg: DictConfig, rows: int) -> int:
     """Optimizer steps in one epoch over ``rows`` (transformers' count, see module doc)."""
-    from patentqa.train.launch import world_size
-
     batches = math.ceil(rows / (int(cfg.train.per_device_train_batch_size) * world_size(cfg)))
     return max(math.ceil(batches / int(cfg.train.gradient_accumulation_steps)), 1)
 
@@ -154,8 +152,6 @@ class Schedule:
 
 def make_schedule(cfg: DictConfig, rows_file: Path) -> Schedule:
     """The schedule of ``cfg``'s run over the rows in ``rows_file`` (estimated when not built yet)."""
-    from patentqa.train.launch import world_size
-
     rows = built_rows(rows_file)
     source = f"built: {rows_file}"
     if rows is None:
