@@ -1,14 +1,17 @@
-"""``key=value`` command lines for the small stand-alone tools (synth, check, tiny).
+"""How every command refuses bad input, and the arguments of the small stand-alone tools.
 
-The pipeline stages are Hydra apps; these tools take a handful of typed arguments,
-parsed onto a dataclass so unknown keys and wrong types are one-line errors. Both kinds refuse
-bad input the same way: ``InputError`` → one ``error: <path or key=value>: <reason>`` line, exit 2.
+The pipeline stages are Hydra apps. The tools (synth, ocr, check, score, report, merge, parity,
+gpucheck) take a handful of typed ``key=value`` arguments: their dataclass goes into Hydra's config
+store and the command line is composed onto it with Hydra's own override grammar, so they read
+exactly like a stage's overrides (``runs=[A,B]``, ``baseline=null``) without a config tree, output
+directory or logging set-up. What Hydra does not give is the shape of a refusal, the same for both
+kinds: ``InputError`` → one ``error: <path or key=value>: <reason>`` line, exit 2.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -35,23 +38,47 @@ def fail(error: Exception, code: int = 2) -> int:
     return code
 
 
+def _compose(name: str, overrides: list[str]) -> Any:
+    from hydra import compose, initialize
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app or a test that composed: its store is ours
+        return compose(config_name=name, overrides=overrides)
+    with initialize(version_base="1.3", config_path=None):
+        return compose(config_name=name, overrides=overrides)
+
+
+def _first_lines(error: BaseException) -> str:
+    """The first line of an error and of the error that caused it (Hydra wraps OmegaConf's)."""
+    lines = [str(e).splitlines()[0].rstrip(".") for e in (error, error.__cause__) if e is not None and str(e).strip()]
+    return ": ".join(dict.fromkeys(lines)) or type(error).__name__
+
+
 def parse_args(schema: type[T], argv: list[str] | None = None) -> T:
-    """Parse ``key=value`` arguments onto dataclass ``schema``; exit 2 with a message on error."""
-    argv = sys.argv[1:] if argv is None else argv
+    """``key=value`` arguments in Hydra's override grammar onto dataclass ``schema`` (a structured config in
+    Hydra's store, composed as a stage's config is: unknown keys and wrong types are refused); exit 2 with a
+    one-line message. ``+key``/``~key`` (adding or deleting keys) have no place in a fixed schema."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import HydraException, OverrideParseException
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    fields = list(schema.__dataclass_fields__)  # type: ignore[attr-defined]
     wants_help = any(arg in ("-h", "--help") for arg in argv)
-    bad = [arg for arg in argv if "=" not in arg and arg not in ("-h", "--help")]
+    bad = [arg for arg in argv if ("=" not in arg or arg.startswith(("+", "~"))) and arg not in ("-h", "--help")]
     if bad or wants_help:
-        fields = " ".join(f"{name}=..." for name in schema.__dataclass_fields__)  # type: ignore[attr-defined]
-        print(f"usage: {fields}" + (f"\nnot key=value: {' '.join(bad)}" if bad else ""), file=sys.stderr)
+        usage = " ".join(f"{name}=..." for name in fields)
+        print(f"usage: {usage}" + (f"\nnot key=value: {' '.join(bad)}" if bad else ""), file=sys.stderr)
         raise SystemExit(2 if bad else 0)
+    name = f"patentqa_cli_{schema.__module__.replace('.', '_')}_{schema.__qualname__}"
+    ConfigStore.instance().store(name=name, node=schema)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(argv))
-        missing = sorted(OmegaConf.missing_keys(merged))
+        composed = _compose(name, argv)
+        missing = sorted(OmegaConf.missing_keys(composed))
         if missing:
             raise ValueError(f"missing required argument(s): {', '.join(m + '=...' for m in missing)}")
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
-    except (OmegaConfBaseException, ValueError) as error:
-        message = str(error).splitlines()[0]
-        valid = ", ".join(schema.__dataclass_fields__)  # type: ignore[attr-defined]
-        print(f"error: {message}\nvalid keys: {valid}", file=sys.stderr)
+        return OmegaConf.to_object(composed)  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        hint = " (a value with characters the grammar does not take bare is quoted: key='...')" \
+            if isinstance(error, OverrideParseException) else ""
+        print(f"error: {_first_lines(error)}{hint}\nvalid keys: {', '.join(fields)}", file=sys.stderr)
         raise SystemExit(2) from None
