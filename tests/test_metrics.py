@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from patentqa.eval import aggregate as A
 from patentqa.eval import metrics as M
 from patentqa.eval.score import main as score_main
 from patentqa.eval.score import output_paths, score_file
@@ -115,34 +116,34 @@ def test_empty_predictions_are_counted() -> None:
     rows = M.score_items(items, ["char_f1", "exact_match"], M.resolve_weights("default"))
     assert [r["empty"] for r in rows] == [False, True, False]
     assert rows[1]["scores"] == {"char_f1": 0.0, "exact_match": 0.0, "char_rouge_l": 0.0, "composite": 0.0}
-    agg = M.aggregate(rows, by="kind", resamples=200)
+    agg = A.aggregate(rows, by="kind", resamples=200)
     assert (agg["n"], agg["n_empty"]) == (3, 1)
     assert agg["metrics"]["char_f1"]["mean"] == pytest.approx(2 / 3)
     assert agg["groups"]["document"]["n"] == 2 and agg["groups"]["document"]["n_empty"] == 1
     assert agg["groups"]["document"]["metrics"]["char_f1"]["mean"] == pytest.approx(0.5)
-    assert M.headline(agg)["kind=figure_other/composite"] == 1.0
+    assert A.headline(agg)["kind=figure_other/composite"] == 1.0
 
 
 def test_bootstrap_ci_contains_mean_and_is_seeded() -> None:
     values = [((i * 37) % 101) / 100 for i in range(300)]
     mean = sum(values) / len(values)
-    low, high = M.bootstrap_ci(values, resamples=2000, seed=7)
+    low, high = A.bootstrap_ci(values, resamples=2000, seed=7)
     assert low < mean < high and high - low < 0.2
-    assert M.bootstrap_ci(values, resamples=2000, seed=7) == (low, high)
-    assert M.bootstrap_ci(values, resamples=2000, seed=8) != (low, high)
-    assert M.bootstrap_ci([0.5], resamples=100) == (0.5, 0.5)
+    assert A.bootstrap_ci(values, resamples=2000, seed=7) == (low, high)
+    assert A.bootstrap_ci(values, resamples=2000, seed=8) != (low, high)
+    assert A.bootstrap_ci([0.5], resamples=100) == (0.5, 0.5)
 
 
 def test_paired_bootstrap() -> None:
     a = [((i * 13) % 7) / 7 for i in range(200)]
-    same = M.paired_bootstrap(a, list(a), resamples=2000, seed=0)
+    same = A.paired_bootstrap(a, list(a), resamples=2000, seed=0)
     assert same["diff"] == 0.0 and same["ci_low"] == same["ci_high"] == 0.0 and same["p_value"] == pytest.approx(1.0)
     better = [min(1.0, x + 0.2) for x in a]
-    result = M.paired_bootstrap(better, a, resamples=2000, seed=0)
+    result = A.paired_bootstrap(better, a, resamples=2000, seed=0)
     assert result["diff"] > 0.1 and result["ci_low"] > 0 and result["p_value"] < 0.05
-    assert M.paired_bootstrap(better, a, resamples=2000, seed=0) == result
+    assert A.paired_bootstrap(better, a, resamples=2000, seed=0) == result
     with pytest.raises(ValueError):
-        M.paired_bootstrap([1.0], [1.0, 0.0])
+        A.paired_bootstrap([1.0], [1.0, 0.0])
 
 
 def _write(path: Path, lines: list[str]) -> Path:

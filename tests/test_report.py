@@ -23,7 +23,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from patentqa.eval.metrics import headline
+from patentqa.eval.aggregate import headline
 from patentqa.eval.render import fmt_ci
 from patentqa.eval.report import build_report, main
 from patentqa.eval.runs import NO_TEST

@@ -25,8 +25,9 @@ from omegaconf import MISSING, OmegaConf
 
 from patentqa.cli import parse_args
 from patentqa.config import CONF_DIR
-from patentqa.eval.metrics import (COMPOSITE, MetricUnavailable, aggregate, configure_bertscore, metrics_for,
-                                   resolve_weights, score_items)
+from patentqa.eval.aggregate import aggregate
+from patentqa.eval.metrics import (COMPOSITE, MetricUnavailable, configure_bertscore, metrics_for, resolve_weights,
+                                   score_items)
 from patentqa.tracking import atomic_write, package_versions, write_json_atomic
 
 KEEP = ("id", "kind", "round")  # fields copied from a prediction line into its scores line

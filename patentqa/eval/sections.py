@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from patentqa.eval.metrics import COMPOSITE, paired_bootstrap, strip_whitespace
+from patentqa.eval.aggregate import paired_bootstrap
+from patentqa.eval.metrics import COMPOSITE, strip_whitespace
 from patentqa.eval.render import Block, ascii_label, fmt, fmt_ci, fmt_p
 from patentqa.eval.runs import BASE, Run, Scored, differing_keys, get, stat
 

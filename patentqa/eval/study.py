@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patentqa.eval.metrics import COMPOSITE, bootstrap_ci, paired_bootstrap
+from patentqa.eval.aggregate import bootstrap_ci, paired_bootstrap
+from patentqa.eval.metrics import COMPOSITE
 from patentqa.eval.plots import plot_folds, plot_params
 from patentqa.eval.render import Block, fmt, fmt_p, write_document
 from patentqa.eval.runs import IGNORED_CONFIG, Run, differing_keys, get

@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from patentqa.cli import InputError
 from patentqa.data.build import DatasetBuild, build_dataset
 from patentqa.data.corpus import DataError, Question
-from patentqa.eval.metrics import configure_bertscore, headline
+from patentqa.eval.aggregate import headline
+from patentqa.eval.metrics import configure_bertscore
 from patentqa.eval.runs import BASE
 from patentqa.eval.score import score_file
 from patentqa.infer.engine import Engine
