@@ -107,6 +107,25 @@ def cleanup(text: str) -> str:
     return text.rstrip(_TRAILING).strip()
 
 
+def final_prediction(answer: str, options: Any, clean: bool) -> dict[str, Any]:
+    """The scored prediction of an answer: a round-A reply read as the option letter it names ("" when it names
+    none or several, ``unparsed``); an open answer cleaned up (``pipeline.cleanup``)."""
+    if options:
+        choice = parse_choice(answer, options)
+        return {"prediction": choice.letter or "", "choice": choice.how, "unparsed": choice.letter is None}
+    return {"prediction": cleanup(answer) if clean else str(answer)}
+
+
+def reply_prediction(reply: str, options: Any = None, *, thinking: bool = False, cot: bool = False,
+                     clean: bool = True) -> str:
+    """A reply read as ``answer_chunk`` reads it when there is no style pass: the think block dropped, a chain cut
+    to its "答案：" line, then ``final_prediction``. What GRPO's reward scores (patentqa/train/reward.py)."""
+    answer, think = think_answer(reply, thinking)
+    if cot and think != "unclosed":
+        answer, _ = final_answer(answer)
+    return final_prediction(answer, options, clean)["prediction"]
+
+
 def _route(chunk: list[Question], engine: Engine, settings: PipelineSettings, adapter: str | None) -> list[dict]:
     """Form per question, plus the classifier's raw output when the LLM router is on."""
     routes = [{"form": prompt_form(q.question), "classifier": None} for q in chunk]
@@ -161,11 +180,9 @@ def answer_chunk(chunk: list[Question], ctx: AnswerContext, engine: Engine, sett
                   "raw_answer": str(raw_answer), "truncated": getattr(raw_answer, "truncated", None),
                   "styled_answer": str(styled_answer) if settings.style_pass and not question.options else None,
                   "answer": question.answer, "final_line": final_line, "think": think}
-        if question.options:  # round A: the letter the reply names, "" when it names none or several
-            choice = parse_choice(answer, question.options)
-            record.update(prediction=choice.letter or "", choice=choice.how, unparsed=choice.letter is None)
-        else:
-            record["prediction"] = cleanup(styled_answer) if settings.cleanup else str(styled_answer)
+        # round A: the letter the reply names ("" when none or several); an open answer: its rewrite, cleaned up
+        record.update(final_prediction(answer if question.options else styled_answer, question.options,
+                                       settings.cleanup))
         records.append(record)
     return records
 

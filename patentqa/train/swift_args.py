@@ -1,6 +1,7 @@
-"""``swift sft`` arguments: rendered from config, validated against the installed ms-swift.
+"""``swift sft`` / ``swift rlhf`` arguments: rendered from config, validated against the installed ms-swift.
 
-Validation uses swift's own parser (``HfArgumentParser`` over ``SftArguments``) without
+``train.rlhf_type`` set (``train=grpo``) makes the command ``swift rlhf``; otherwise ``swift sft``.
+Validation uses swift's own parser (``HfArgumentParser`` over ``SftArguments`` or ``RLHFArguments``) without
 constructing the arguments, so an unknown, renamed or mistyped flag fails before any
 process starts, naming the flag and, where known, its replacement.
 """
@@ -24,33 +25,39 @@ RENAMED: dict[str, str] = {
     "dtype": "torch_dtype",
 }
 # train config keys that are ours, not swift flags
-_NOT_SWIFT = {"extra_args", "enabled"}
+_NOT_SWIFT = {"extra_args", "enabled", "init_from", "reward"}
 
 
 class SwiftArgError(ValueError):
     """A swift flag that the installed ms-swift does not accept."""
 
 
-@functools.lru_cache(maxsize=1)
-def _parser() -> Any:
-    """swift's own argument parser for ``swift sft`` (built once: ~5 s of imports)."""
-    from swift import SftArguments
+def command_of(cfg: DictConfig) -> str:
+    """The swift subcommand a train config runs: ``rlhf`` when it sets ``rlhf_type`` (GRPO), else ``sft``."""
+    return "rlhf" if cfg.train.get("rlhf_type") else "sft"
+
+
+@functools.lru_cache(maxsize=2)
+def _parser(command: str = "sft") -> Any:
+    """swift's own argument parser for ``swift sft`` or ``swift rlhf`` (built once each: ~5 s of imports)."""
+    import swift
     from swift.utils.utils import _patch_get_type_hints
     from transformers import HfArgumentParser
 
+    arguments = {"sft": swift.SftArguments, "rlhf": swift.RLHFArguments}[command]
     with _patch_get_type_hints():
-        parser = HfArgumentParser([SftArguments])
+        parser = HfArgumentParser([arguments])
 
     def fail(message: str) -> None:
-        raise SwiftArgError(f"swift sft rejects the arguments: {message}")
+        raise SwiftArgError(f"swift {command} rejects the arguments: {message}")
 
     parser.error = fail  # type: ignore[method-assign]
     return parser
 
 
-def known_flags() -> set[str]:
-    """Every flag name the installed ``swift sft`` accepts."""
-    return {action.dest for action in _parser()._actions}
+def known_flags(command: str = "sft") -> set[str]:
+    """Every flag name the installed ``swift COMMAND`` accepts."""
+    return {action.dest for action in _parser(command)._actions}
 
 
 def to_argv(args: dict[str, Any]) -> list[str]:
@@ -75,9 +82,9 @@ def _scalar(value: Any) -> str:
     return str(value)
 
 
-def validate(args: dict[str, Any]) -> None:
-    """Raise ``SwiftArgError`` for any flag or value the installed ``swift sft`` would reject."""
-    flags = known_flags()
+def validate(args: dict[str, Any], command: str = "sft") -> None:
+    """Raise ``SwiftArgError`` for any flag or value the installed ``swift COMMAND`` would reject."""
+    flags = known_flags(command)
     for key in args:
         if key in flags:
             continue
@@ -85,10 +92,10 @@ def validate(args: dict[str, Any]) -> None:
             raise SwiftArgError(f"--{key} is not a flag of the installed ms-swift; it was renamed to --{RENAMED[key]}")
         close = difflib.get_close_matches(key, flags, n=3)
         hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
-        raise SwiftArgError(f"--{key} is not a flag of the installed ms-swift (swift sft){hint}")
-    _, unknown = _parser().parse_known_args(to_argv(args))
+        raise SwiftArgError(f"--{key} is not a flag of the installed ms-swift (swift {command}){hint}")
+    _, unknown = _parser(command).parse_known_args(to_argv(args))
     if unknown:
-        raise SwiftArgError(f"swift sft does not accept: {' '.join(unknown)}")
+        raise SwiftArgError(f"swift {command} does not accept: {' '.join(unknown)}")
     if "device_map" in args and args.get("deepspeed"):
         raise SwiftArgError("--device_map cannot be combined with --deepspeed (swift and ZeRO-3 both refuse it)")
 
@@ -123,7 +130,8 @@ def render(cfg: DictConfig, train_file: Path, val_file: Path, output_dir: Path, 
         "template": model.template,
         "torch_dtype": model.torch_dtype,
         "dataset": [str(train_file)],
-        "val_dataset": [str(val_file)],  # our document-level dev split, never swift's random split
+        # our document-level dev split, never swift's random split (GRPO: the checkpoint sweep scores dev)
+        **({"val_dataset": [str(val_file)]} if command_of(cfg) == "sft" else {}),
         "split_dataset_ratio": 0.0,
         "output_dir": str(output_dir),
         "seed": cfg.seed,
@@ -137,10 +145,18 @@ def render(cfg: DictConfig, train_file: Path, val_file: Path, output_dir: Path, 
     for key, value in train.items():
         if key not in _NOT_SWIFT and value is not None:
             args[key] = value
+    plugins = []
+    if command_of(cfg) == "rlhf":  # the reward is our metric (patentqa/train/reward.py)
+        from patentqa.train.grpo import PLUGIN, REWARD
+
+        plugins.append(str(PLUGIN))
+        args["reward_funcs"] = [REWARD]
     if cfg.launcher.get("deepspeed"):
         args["deepspeed"] = cfg.launcher.deepspeed
     if cfg.launcher.get("cpu_ranks"):  # several CPU processes must agree they are one job (cpu_distributed.py)
-        args["external_plugins"] = [str(Path(__file__).with_name("cpu_distributed.py"))]
+        plugins.append(str(Path(__file__).with_name("cpu_distributed.py")))
+    if plugins:
+        args["external_plugins"] = plugins
         if cfg.launcher.get("deepspeed"):
             args["fp16"] = False  # DeepSpeed refuses fp16 on a CPU; swift turns it on for float32 models
     for key, value in (train.get("extra_args") or {}).items():

@@ -19,11 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from patentqa import residency
 from patentqa.data.build import build_dataset, dataset_dir
 from patentqa.data.corpus import DataError
+from patentqa.config import world_size
 from patentqa.device import require_gpu
 from patentqa.tracking import Checkpoint, Tracker, checkpoints, run_manifest, scrub, update_manifest, write_json_atomic
-from patentqa.train import swift_args
+from patentqa.train import grpo, swift_args
 from patentqa.train.launch import (RANKS_APART, child_env, launch_env, ranks_trained_apart, run_streaming,
-                                   swift_executable, swift_summary, world_size)
+                                   swift_executable, swift_summary)
 
 
 class TrainFailed(RuntimeError):
@@ -103,14 +104,24 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
     """
     rank = node_rank(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = scrub(OmegaConf.to_container(cfg, resolve=True))
-    if rank == 0:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)), encoding="utf-8")
+    command_name = swift_args.command_of(cfg)
+    build = None
     if cfg.dry_run:
         data_dir = dataset_dir(cfg)
     else:  # a real model on a machine without a working GPU stops here, before anything loads (patentqa/device.py)
-        require_gpu(cfg.model, cfg.get("device"), stage="training (swift sft)")
-        data_dir = build_dataset(cfg).out_dir if rank == 0 else wait_for_rank0(cfg, run_dir)
+        require_gpu(cfg.model, cfg.get("device"), stage=f"training (swift {command_name})")
+        if rank == 0:
+            build = build_dataset(cfg)
+            data_dir = build.out_dir
+        else:
+            data_dir = wait_for_rank0(cfg, run_dir)
+    train_file, start = data_dir / "train.jsonl", None
+    if grpo.is_grpo(cfg):  # GRPO starts from the SFT run's best checkpoint, merged: model.path becomes that model
+        start = grpo.start_point(cfg, data_dir, build)
+        train_file = data_dir / grpo.ROWS
+    config = scrub(OmegaConf.to_container(cfg, resolve=True))
+    if rank == 0:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)), encoding="utf-8")
     resume = find_resume_point(cfg, run_dir) if cfg.resume else None
     if cfg.resume:
         print(f"resume: continuing from {resume[0].path} (step {resume[0].step})" if resume else
@@ -118,27 +129,27 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
     tracker = Tracker(OmegaConf.to_container(cfg.logger, resolve=True) if rank == 0 else None, run_dir=run_dir,
                       name=cfg.name, group=group or cfg.name, tags=list(cfg.tags), config=config,
                       run_id=((resume[1].get("wandb") or {}).get("id") if resume else None))
-    args = swift_args.render(cfg, data_dir / "train.jsonl", data_dir / "dev.jsonl", run_dir / "swift",
+    args = swift_args.render(cfg, train_file, data_dir / "dev.jsonl", run_dir / "swift",
                              report_to="wandb" if tracker.enabled else "none",
                              model_path=swift_args.model_for_swift(cfg))
     if resume:
         args["resume_from_checkpoint"] = str(resume[0].path)
-    swift_args.validate(args)
-    launch = launch_env(cfg)
+    swift_args.validate(args, command_name)
+    launch = {**launch_env(cfg), **(grpo.reward_spec(cfg).to_env() if grpo.is_grpo(cfg) else {})}
     if rank == 0:
         swift_args.write_config_file(run_dir / "swift_args.yaml", args, launch)
-    command = [swift_executable(), "sft", *swift_args.to_argv(args)]
+    command = [swift_executable(), command_name, *swift_args.to_argv(args)]
     result = TrainResult(run_dir, command, launch)
     if cfg.dry_run:
-        print("dry run: swift sft arguments validated against the installed ms-swift\n"
+        print(f"dry run: swift {command_name} arguments validated against the installed ms-swift\n"
               + " ".join(f"{k}={shlex.quote(v)}" for k, v in launch.items()) + " \\\n  " + shlex.join(command))
         print(dry_run_plan(cfg, data_dir / "train.jsonl"))
         return result
-    log_path = run_dir / "logs" / ("swift_sft.log" if rank == 0 else f"swift_sft.node{rank}.log")
+    log_path = run_dir / "logs" / (f"swift_{command_name}.log" if rank == 0 else f"swift_{command_name}.node{rank}.log")
     if rank > 0:
         result.exit_code, tail = run_streaming(command, child_env(launch, {}), log_path)
         if result.exit_code != 0:
-            raise TrainFailed(f"node {rank}: swift sft exited with status {result.exit_code}\nlast lines:\n"
+            raise TrainFailed(f"node {rank}: swift {command_name} exited with status {result.exit_code}\nlast lines:\n"
                               + "\n".join(tail[-15:]), result.exit_code)
         return result
     manifest_path = run_dir / "manifest.json"
@@ -150,12 +161,13 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
         "dataset": {"dir": str(data_dir), "manifest_sha256": _sha256(data_dir / "manifest.json"),
                     **_split_checks(data_dir / "manifest.json")},
         "seeds": {"seed": cfg.seed, "data_seed": cfg.seed}, "wandb": tracker.info(),
+        "init_from": start.record() if start is not None else None,
         "resumed_from": str(resume[0].path) if resume else None}))
     started = time.perf_counter()
     with tracker:
         if cfg.train.enabled:
             # swift's trainer logs into this same W&B run; no model of ours may be alive meanwhile (GME released)
-            with tracker.handoff() as wandb_env, residency.holding("swift sft", str(cfg.model.path)):
+            with tracker.handoff() as wandb_env, residency.holding(f"swift {command_name}", str(cfg.model.path)):
                 result.exit_code, tail = run_streaming(command, child_env(launch, wandb_env), log_path)
         else:
             print("train.enabled=false: no swift sft run (the base model is what gets evaluated)")
@@ -168,7 +180,7 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
                         summary=result.summary, error=cause if failed else None,
                         error_tail="\n".join(tail[-15:]) if failed else None)
         if failed:
-            raise TrainFailed(f"swift sft exited with status {result.exit_code}: {cause}\nlast lines:\n"
+            raise TrainFailed(f"swift {command_name} exited with status {result.exit_code}: {cause}\nlast lines:\n"
                               + "\n".join(tail[-15:]), result.exit_code)
         tracker.summary({f"train/{k}": v for k, v in result.summary.items() if isinstance(v, (int, float))})
         if cfg.eval.after_train:

@@ -1,0 +1,189 @@
+"""GRPO after SFT (``train=grpo``): where it starts, what it rolls out on, what rewards it.
+
+* **Start**: ``train.init_from`` names an SFT run (its dir, or an experiment name: that experiment's latest
+  run with a sweep). Its best-on-dev checkpoint is merged (``patentqa.train.merge``, with the equivalence
+  check) and the merged model is GRPO's ``--model``: the LoRA policy starts at the SFT policy and the reference
+  (the same model with the adapter off) *is* the SFT policy, so the KL starts at 0. (``--adapters`` alone would
+  make the reference the base model: KL ~9 at step 1.)
+* **Rollout prompts**: the SFT rows' prompts (same images, budgets, template), the gold answer as ``solution``;
+  training documents only, and the SFT run must have used the same document split.
+* **Reward**: ``patentqa/train/reward.py`` with the run's metric settings (``reward_spec``).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from patentqa.data.corpus import DataError, Question
+from patentqa.data.sft import write_jsonl_atomic
+from patentqa.eval.metrics import resolve_weights
+from patentqa.train.reward import NAME as REWARD, RewardSpec
+
+PLUGIN = Path(__file__).with_name("reward.py")
+ROWS = "grpo_train.jsonl"
+
+
+def is_grpo(cfg: DictConfig) -> bool:
+    return cfg.train.get("rlhf_type") == "grpo"
+
+
+def grpo_rows(sft_rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """SFT rows without the assistant turn, with ``solution`` (the gold answer), ``round`` and ``options``
+    (JSON text) of their question; ``answers`` maps question id → {answer, round, options}."""
+    rows = []
+    for row in sft_rows:
+        question = answers[row["id"]]
+        messages = [m for m in row["messages"] if m["role"] != "assistant"]
+        rows.append({**{k: v for k, v in row.items() if k != "messages"}, "messages": messages,
+                     "solution": question["answer"], "round": question.get("round") or "b",
+                     "options": json.dumps(question.get("options") or [], ensure_ascii=False)})
+    return rows
+
+
+def write_grpo_rows(data_dir: Path, questions: list[Question]) -> Path:
+    """``grpo_train.jsonl`` beside the dataset's ``train.jsonl`` (rewritten only when its content changes);
+    ``questions``: the training split's."""
+    sft = [json.loads(line) for line in (data_dir / "train.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    answers = {q.id: {"answer": q.answer, "round": q.round, "options": list(q.options or [])} for q in questions}
+    missing = sorted({row["id"] for row in sft} - set(answers))
+    if missing:
+        raise DataError(f"{data_dir}/train.jsonl: rows of questions outside the training split: {missing[:5]}")
+    path = data_dir / ROWS
+    write_jsonl_atomic(path, grpo_rows(sft, answers))
+    return path
+
+
+def reward_spec(cfg: DictConfig) -> RewardSpec:
+    """The reward's settings from the run's config: ``train.reward`` over ``eval`` and the prompt."""
+    reward = cfg.train.get("reward") or {}
+    metric = reward.get("metric") or cfg.eval.select_by
+    return RewardSpec(metric=str(metric), weights=resolve_weights(cfg.eval.composite),
+                      thinking=bool(cfg.model.get("thinking", False)), cot=cfg.prompt.get("target") == "cot",
+                      cleanup=bool(cfg.pipeline.cleanup), format_weight=float(reward.get("format_weight") or 0.0),
+                      max_answer_chars=int(reward.get("max_answer_chars") or 64))
+
+
+# --- the starting point ---------------------------------------------------------------------------------
+
+def sft_run(cfg: DictConfig) -> Path | None:
+    """The SFT run ``train.init_from`` names: a run dir, or an experiment name (its latest run with a sweep);
+    None when the experiment has no swept run yet."""
+    given = str(cfg.train.init_from)
+    path = Path(given).expanduser()
+    if path.is_dir():
+        if not (path / "eval" / "sweep.json").is_file():
+            raise DataError(f"train.init_from={given}: no eval/sweep.json (the run's checkpoint sweep picks the "
+                            f"checkpoint GRPO starts from): run python -m patentqa.eval run_dir={given}")
+        return path.resolve()
+    runs = []
+    for sweep in Path(cfg.paths.runs_dir).rglob("eval/sweep.json"):
+        try:
+            manifest = json.loads((sweep.parent.parent / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if manifest.get("name") == given and manifest.get("state") == "succeeded":
+            runs.append((manifest.get("started_at", ""), sweep.parent.parent.resolve()))
+    return max(runs)[1] if runs else None
+
+
+def train_sft_first(cfg: DictConfig) -> Path:
+    """No swept run of experiment ``train.init_from`` yet: train it now (``+exp=NAME`` with this invocation's
+    other overrides, e.g. paths and logger), into its own run dir, and return that dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from patentqa.config import compose
+    from patentqa.train.train import train
+
+    name = str(cfg.train.init_from)
+    own = ("+exp=", "exp=", "train.", "+train.", "train=", "name=", "eval.", "hydra.", "dry_run=")
+    try:
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(own)]
+    except ValueError:  # not under Hydra (tests call train() directly)
+        overrides = [f"paths.root={cfg.paths.root}", f"paths.cache_dir={cfg.paths.cache_dir}"]
+    sft = compose([f"+exp={name}", *overrides, "eval.after_train=true"])
+    run_dir = Path(sft.paths.runs_dir) / name / time.strftime("%Y-%m-%d_%H-%M-%S-for-grpo")
+    print(f"train.init_from={name}: no swept run of experiment {name} under {cfg.paths.runs_dir}: training it first "
+          f"into {run_dir}", flush=True)
+    train(sft, run_dir)
+    return run_dir.resolve()
+
+
+def best_checkpoint(run: Path) -> Path:
+    """The SFT run's best-on-dev checkpoint (its sweep's choice)."""
+    best = json.loads((run / "eval" / "sweep.json").read_text(encoding="utf-8"))["best"]
+    if not best.get("path") or best.get("baseline"):
+        raise DataError(f"{run}: its sweep chose {best.get('name')}, not a checkpoint: nothing to start GRPO from")
+    return Path(best["path"])
+
+
+def check_same_split(run: Path, data_dir: Path) -> None:
+    """GRPO trains on the SFT run's training documents only: both datasets must split documents alike."""
+    theirs = json.loads((run / "manifest.json").read_text(encoding="utf-8"))["dataset"]["dir"]
+    ours = json.loads((data_dir / "manifest.json").read_text(encoding="utf-8"))["documents"]
+    sft = json.loads((Path(theirs) / "manifest.json").read_text(encoding="utf-8"))["documents"]
+    if ours != sft:
+        moved = {s: sorted(set(ours.get(s, [])) ^ set(sft.get(s, []))) for s in ("train", "dev", "test")}
+        raise DataError(f"train.init_from={run}: its dataset {theirs} splits documents differently from {data_dir} "
+                        f"(differences per split: {moved}); GRPO would train on the SFT run's held-out documents")
+
+
+def merged_start(checkpoint: Path, prompts: Path | None, k: int = 4) -> Path:
+    """``CHECKPOINT-merged`` (merged once, checked equivalent to base + adapter; reused after)."""
+    from patentqa.train.merge import REPORT_NAME, merge_checkpoint
+
+    merged = checkpoint.with_name(f"{checkpoint.name}-merged")
+    report_path = merged / REPORT_NAME
+    if report_path.is_file() and json.loads(report_path.read_text(encoding="utf-8")).get("equivalent"):
+        return merged
+    report = merge_checkpoint(checkpoint, prompts=prompts, k=k, merged=merged if merged.is_dir() else None)
+    if not report.equivalent:
+        raise DataError(f"{merged}: the merged SFT checkpoint does not answer as base + adapter "
+                        f"({'; '.join(report.problems)}); see {report_path}")
+    return merged
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """Where a GRPO run starts: the SFT run, its best checkpoint, and that checkpoint merged (GRPO's model)."""
+
+    run: Path
+    checkpoint: Path
+    merged: Path
+
+    def record(self) -> dict[str, str]:
+        return {"run": str(self.run), "checkpoint": str(self.checkpoint), "merged": str(self.merged)}
+
+
+def start_point(cfg: DictConfig, data_dir: Path, build: Any = None) -> StartPoint | None:
+    """Resolve ``train.init_from``, check its split, merge its best checkpoint, write the rollout rows
+    (``build``: node 0's dataset build) and point ``cfg.model.path`` at the merged model. A dry run merges
+    nothing and says what it would start from (None when there is no such run yet)."""
+    if not cfg.train.get("init_from"):
+        raise DataError("train=grpo needs train.init_from: an SFT run dir or experiment name (GRPO starts from its "
+                        "best-on-dev checkpoint)")
+    run = sft_run(cfg)
+    if run is None and cfg.dry_run:
+        print(f"dry run: experiment {cfg.train.init_from} has no swept run yet: a real run trains it first, then "
+              "starts GRPO from its best checkpoint, merged")
+        return None
+    run = run or train_sft_first(cfg)
+    checkpoint = best_checkpoint(run)
+    merged = checkpoint.with_name(f"{checkpoint.name}-merged")
+    if cfg.dry_run:
+        print(f"dry run: GRPO starts from {checkpoint} (best on dev of {run}), merged into {merged}")
+        return StartPoint(run, checkpoint, merged)
+    check_same_split(run, data_dir)
+    if build is not None:
+        merged = merged_start(checkpoint, data_dir / "dev_eval.jsonl")
+        write_grpo_rows(data_dir, build.questions["train"])
+    from patentqa.infer.engines import full_checkpoint_model
+
+    with open_dict(cfg):  # the merged model is the model from here on (a tiny model's merge stays tiny)
+        cfg.model = full_checkpoint_model(cfg.model, merged)
+    print(f"GRPO starts from {checkpoint} (best on dev of {run}), merged: {merged}", flush=True)
+    return StartPoint(run, checkpoint, merged)
