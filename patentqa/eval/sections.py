@@ -127,6 +127,15 @@ def provenance(runs: list[Run]) -> list[Block]:
     return blocks
 
 
+def base_name(run: Run) -> str:
+    """What a run's base row is: the untuned model, or (GRPO, ``init_from``) the SFT policy it started from."""
+    start = run.manifest.get("init_from")
+    if not start:
+        return "base model"
+    checkpoint = Path(start["checkpoint"])
+    return f"SFT policy ({checkpoint.name} of {Path(start['run']).name})"
+
+
 def entries_of(runs: list[Run]) -> list[dict[str, Any]]:
     """Main-table rows: each run's best checkpoint, plus each distinct base model evaluated."""
     entries, seen = [], set()
@@ -137,8 +146,10 @@ def entries_of(runs: list[Run]) -> list[dict[str, Any]]:
         key = run.sweep.get("eval_key") or run.label
         if run.base is not None and key not in seen:
             seen.add(key)
-            entries.append({"label": f"{run.label}: base model", "plot_label": f"{ascii_label(run.label, f'run {i + 1}')}"
-                            ": base model", "run": run, "scored": run.base, "is_base": True, "color": color})
+            what = base_name(run)
+            entries.append({"label": f"{run.label}: {what}", "plot_label": f"{ascii_label(run.label, f'run {i + 1}')}"
+                            f": {ascii_label(what, 'base model')}", "run": run, "scored": run.base, "is_base": True,
+                            "color": color})
     for e in entries:
         e["split"] = e["scored"].split
         e["stats"] = {m: stat(e["scored"].aggregate, m) for m in MAIN_METRICS}
@@ -211,22 +222,23 @@ def paired_section(runs: list[Run], baseline: Run, metrics: list[str], resamples
                            ("p", f"run − baseline on the items both answered (aligned by id), paired bootstrap "
                                  f"({resamples} resamples, seed 0); p: two-sided, against no difference.")]
     rows, numbers = [], {}
-    for run in runs:
-        if run is baseline:
-            continue
-        base_scored, run_scored = common_split(baseline, run)
+    pairs = [(run.label, *common_split(baseline, run)) for run in runs if run is not baseline]
+    # a run that started from an SFT policy (GRPO) is also set against that policy, on the same split
+    pairs += [(f"{run.label} − its {base_name(run)}", run.base, run.main) for run in runs
+              if run.manifest.get("init_from") and run.base is not None and run.base.split == run.main.split]
+    for label, base_scored, run_scored in pairs:
         result = paired(base_scored, run_scored, metrics, resamples)
-        numbers[run.label] = result
+        numbers[label] = result
         split = run_scored.split if run_scored.split == "test" else "dev (a run has no test split)"
         if not result["n"]:
-            rows.append([run.label, split, "0: not comparable (no shared item ids)", *(["–"] * len(metrics))])
+            rows.append([label, split, "0: not comparable (no shared item ids)", *(["–"] * len(metrics))])
             continue
         cells = []
         for m in metrics:
             r = result["metrics"].get(m)
             cells.append(f"{fmt(r['diff'], True)} [{fmt(r['ci_low'], True)}, {fmt(r['ci_high'], True)}] "
                          f"p={fmt_p(r['p_value'])}" if r else "–")
-        rows.append([run.label, split, f"{result['n']}" + (f" ({result['unmatched']} unmatched)"
+        rows.append([label, split, f"{result['n']}" + (f" ({result['unmatched']} unmatched)"
                                                           if result["unmatched"] else ""), *cells])
     if rows:
         blocks.append(("table", ["run", "split", "paired items", *(f"Δ {m} [95% CI] p" for m in metrics)], rows))

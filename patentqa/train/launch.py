@@ -93,8 +93,12 @@ def ranks_trained_apart(log_path: Path) -> bool:
     return log_path.is_file() and RANKS_APART in log_path.read_text(encoding="utf-8", errors="replace")
 
 
+GRPO_LOGGED = ("reward", "reward_std", "kl", "completions/mean_length")
+
+
 def swift_summary(swift_dir: Path) -> dict[str, object]:
-    """Last/best checkpoint and final losses from swift's logging.jsonl files."""
+    """Last/best checkpoint and final losses (GRPO: first and last reward, KL, completion length) from swift's
+    logging.jsonl files."""
     summary: dict[str, object] = {}
     for log in sorted(swift_dir.glob("v*/logging.jsonl")):
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -104,5 +108,9 @@ def swift_summary(swift_dir: Path) -> dict[str, object]:
                 continue
             for key in ("loss", "eval_loss", "last_model_checkpoint", "best_model_checkpoint", "global_step/max_steps"):
                 if key in record:
+                    summary[key] = record[key]
+            for key in GRPO_LOGGED:  # GRPO's (swift rlhf): the first step's value and the last
+                if key in record:
+                    summary.setdefault(f"{key}@first", record[key])
                     summary[key] = record[key]
     return summary
