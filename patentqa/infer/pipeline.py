@@ -65,7 +65,7 @@ class AnswerContext:
     pages: dict[tuple[str, int], Path]
     retriever: Any
     style_answers: dict[str, list[str]] = field(default_factory=dict)
-    layout: Any = None  # patentqa.data.layout.Layout when the prompt variant needs OCR text or crops
+    layout: Any = None  # patentqa.data.ocr.layout.Layout when the prompt variant needs OCR text or crops
 
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
