@@ -86,7 +86,8 @@ def sft_run(cfg: DictConfig) -> Path | None:
             manifest = json.loads((sweep.parent.parent / "manifest.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if manifest.get("name") == given and manifest.get("state") == "succeeded":
+        # an SFT run: a GRPO run of the same experiment (+exp/ablate=grpo) has an init_from of its own
+        if manifest.get("name") == given and manifest.get("state") == "succeeded" and not manifest.get("init_from"):
             runs.append((manifest.get("started_at", ""), sweep.parent.parent.resolve()))
     return max(runs)[1] if runs else None
 

@@ -38,8 +38,10 @@ def global_batch(cfg: DictConfig) -> int:
 
 
 def steps_per_epoch(cfg: DictConfig, rows: int) -> int:
-    """Optimizer steps in one epoch over ``rows`` (transformers' count, see module doc)."""
-    batches = math.ceil(rows / (int(cfg.train.per_device_train_batch_size) * world_size(cfg)))
+    """Optimizer steps in one epoch over ``rows`` (transformers' count, see module doc); GRPO's batches hold
+    completions, ``num_generations`` of each row."""
+    samples = rows * int(cfg.train.get("num_generations") or 1) if cfg.train.get("rlhf_type") else rows
+    batches = math.ceil(samples / (int(cfg.train.per_device_train_batch_size) * world_size(cfg)))
     return max(math.ceil(batches / int(cfg.train.gradient_accumulation_steps)), 1)
 
 
@@ -64,7 +66,10 @@ def checkpoints_of(cfg: DictConfig, steps: int | None) -> int | None:
 
 
 def dev_evaluations_of(cfg: DictConfig, steps: int | None) -> int | None:
-    """swift's dev-loss evaluations during training (``eval_steps``, default ``save_steps``)."""
+    """swift's dev-loss evaluations during training (``eval_steps``, default ``save_steps``); GRPO has none (no
+    dev set is given to it: the checkpoint sweep scores dev)."""
+    if cfg.train.get("rlhf_type"):
+        return 0
     return every(int(cfg.train.get("eval_steps") or cfg.train.get("save_steps") or 0), steps)
 
 
@@ -145,7 +150,8 @@ class Schedule:
         lines.append(f"  checkpoints: {n(self.checkpoints)} (every {self.save_steps} steps and the last; every one "
                      "kept and scored on dev by the sweep)")
         lines.append(f"  dev evaluations: {n(self.dev_evaluations)} (swift's dev loss every {self.eval_steps} steps "
-                     "and at the last)")
+                     "and at the last)" if self.dev_evaluations != 0 else
+                     "  dev evaluations: none during training (the checkpoint sweep scores every checkpoint on dev)")
         lines += [f"  WARNING: {warning}" for warning in self.warnings]
         return "\n".join(lines)
 

@@ -214,10 +214,16 @@ def dry_run_plan(cfg: DictConfig, rows_file: Path) -> str:
     from patentqa.train.plan import make_plan
     from patentqa.train.schedule import make_schedule
 
-    parts = []
-    for name, build in (("schedule", make_schedule), ("plan", make_plan), ("inference plan", make_inference_plan)):
+    from patentqa.train.grpo_plan import make_grpo_plan
+
+    parts, built = [], {}
+    steps = [("schedule", make_schedule), ("plan", make_plan), ("inference plan", make_inference_plan)]
+    if grpo.is_grpo(cfg):  # rollouts and memory on top of the policy's plan
+        steps.insert(2, ("GRPO plan", lambda cfg, _: make_grpo_plan(cfg, built["plan"])))
+    for name, build in steps:
         try:
-            parts.append(build(cfg, rows_file).format())
+            built[name] = build(cfg, rows_file)
+            parts.append(built[name].format())
         except (ValueError, KeyError, OSError, ImportError) as error:
             parts.append(f"{name}: not available ({type(error).__name__}: {error})")
     return "\n".join(parts)

@@ -31,3 +31,28 @@ def test_lora_r8_dry_run_prints_the_seed_schedule_and_the_inference_plan(tmp_pat
     assert 200 <= steps <= 240 and checkpoints >= 20 and "WARNING: this run leaves" not in out
     assert "inference plan (infer=vllm)" in out and "8 GPU(s) × 79.2 GiB" in out
     assert "recommended: TP 2 × DP 4" in out and "host RAM:" in out
+
+
+def test_grpo_r8_dry_run_validates_swift_rlhf_and_prints_rollouts_and_memory(tmp_path: Path, reference: Path) -> None:
+    """No lora_r8 run exists yet: the dry run says a real run trains it first, trains nothing, and plans GRPO."""
+    from conftest import cache_root
+
+    questions = tmp_path / "data" / "ccks2025" / "train" / "train.jsonl"
+    questions.parent.mkdir(parents=True)
+    shutil.copy(reference / "seed_round_b_questions.jsonl", questions)
+    done = subprocess.run([sys.executable, "-m", "patentqa.train", "+exp=grpo_r8", "dry_run=true", "logger=none",
+                           f"paths.root={tmp_path}", f"paths.cache_dir={cache_root()}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "experiment lora_r8 has no swept run yet: a real run trains it first" in out
+    assert "swift rlhf arguments validated" in out and "--rlhf_type grpo" in out and "--reward_funcs patentqa" in out
+    assert "--vllm_mode colocate" in out and "PATENTQA_REWARD=" in out and "--val_dataset" not in out
+    assert "GRPO: 64 completions a step = 8 question(s) × 8 generations" in out
+    rows = int(re.search(r"rows:\s+([\d,]+)", out)[1].replace(",", ""))
+    steps = int(re.search(r"steps:\s+([\d,]+) per epoch", out)[1].replace(",", ""))
+    assert steps == -(-rows * 8 // 64)  # an epoch: every row's 8 completions, 64 a step
+    assert "dev evaluations: none during training" in out
+    memory = re.search(r"memory per GPU \(GiB\): (.*) = ([\d.]+); ([\d.]+) GiB left of 79.2", out)
+    assert memory and "vLLM colocate (0.3 of the GPU) 23.8" in memory[1] and "ERROR" not in out
+    assert not (tmp_path / "runs" / "lora_r8").exists()  # the dry run trained nothing

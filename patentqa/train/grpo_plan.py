@@ -1,0 +1,103 @@
+"""GRPO's part of the dry-run plan: rollouts per step and memory per GPU, before anything loads.
+
+On top of the SFT plan (``patentqa.train.plan``: ZeRO-3 model states of the policy), one GPU of a
+GRPO run holds:
+
+- **reference**: nothing more for LoRA (the reference is the same partitioned weights with the adapter
+  off, which is why GRPO starts from the merged SFT model); a second partitioned bf16 copy for full
+  fine-tuning;
+- **rollouts by transformers** (``use_vllm: false``): the KV cache of the rank's completions while they
+  are generated (its ``per_device_train_batch_size`` sequences of the longest prompt + ``max_completion_length``,
+  bf16), and float32 logits of policy and reference over the completions for the loss;
+- **rollouts by vLLM in colocate mode** (``use_vllm: true, vllm_mode: colocate``): the share of the GPU vLLM
+  reserves (``vllm_gpu_memory_utilization``: its weights at ``vllm_tensor_parallel_size`` and its KV cache),
+  released while the policy trains when ``sleep_level`` ≥ 1.
+
+Activations of the training forward/backward are not estimated (gradient checkpointing is on); the
+margin left says how much room they have.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from patentqa.config import world_size
+from patentqa.infer.capacity import GIB, Shape, gpu_memory, kv_bytes_per_token
+
+
+@dataclass
+class GrpoPlan:
+    completions_per_step: int
+    generations: int
+    prompts_per_step: int | None
+    gpu_gib: float | None
+    gpu_source: str
+    memory_gib: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        prompts = f"{self.prompts_per_step:,}" if self.prompts_per_step else "not a whole number of"
+        lines = [f"GRPO: {self.completions_per_step:,} completions a step = {prompts} question(s) × "
+                 f"{self.generations} generations (train.num_generations)"]
+        parts = " + ".join(f"{name} {gib:.1f}" for name, gib in self.memory_gib.items())
+        total = sum(self.memory_gib.values())
+        room = (f"; {self.gpu_gib - total:.1f} GiB left of {self.gpu_gib:.1f} ({self.gpu_source}) for activations"
+                if self.gpu_gib else f" ({self.gpu_source}: no GPU size to compare with)")
+        lines.append(f"  memory per GPU (GiB): {parts} = {total:.1f}{room}")
+        lines += [f"  note:  {note}" for note in self.notes]
+        lines += [f"  ERROR: {error}" for error in self.errors]
+        return "\n".join(lines)
+
+
+def make_grpo_plan(cfg: DictConfig, plan: object) -> GrpoPlan:
+    """GRPO's rollouts and memory for ``cfg``, from the SFT plan ``plan`` (``patentqa.train.plan.Plan``)."""
+    from patentqa.train.plan import model_config
+
+    train = cfg.train
+    per_device, generations = int(train.per_device_train_batch_size), int(train.num_generations)
+    completions = per_device * int(train.gradient_accumulation_steps) * world_size(cfg)
+    errors = []
+    if completions % generations:
+        errors.append(f"{completions} completions a step (per device × accumulation × ranks) is not a multiple of "
+                      f"num_generations {generations}: swift refuses it")
+    config, _ = model_config(cfg.model)
+    total = plan.params["total"]  # type: ignore[attr-defined]
+    shape = Shape.from_config(config, total)
+    gpus = max(plan.gpus, 1)  # type: ignore[attr-defined]
+    memory = {"policy (ZeRO-3 model states)": plan.memory_gib["this_run"]}  # type: ignore[attr-defined]
+    notes = []
+    if str(train.get("tuner_type", "lora")) == "full":
+        memory["reference (bf16, partitioned)"] = 2 * total / gpus / GIB
+    else:
+        notes.append("reference: the policy's own weights with the LoRA adapter off (no second copy)")
+    prompt = max((t["max_tokens"] for t in plan.tokens.values()), default=0)  # type: ignore[attr-defined]
+    completion = int(train.max_completion_length)
+    memory["logits (policy + reference, fp32)"] = 2 * per_device * completion * shape.vocab * 4 / GIB
+    gpu_gib, source = gpu_memory(cfg)
+    if train.get("use_vllm"):
+        mode = str(train.get("vllm_mode") or "server")
+        if mode == "colocate":
+            tp = int(train.get("vllm_tensor_parallel_size") or 1)
+            utilization = float(train.get("vllm_gpu_memory_utilization") or 0.9)
+            reserved = utilization * (gpu_gib or 0.0)
+            weights = 2 * total / tp / GIB
+            memory[f"vLLM colocate ({utilization:g} of the GPU)"] = reserved
+            kv = kv_bytes_per_token(shape, tp, 2)
+            notes.append(f"vLLM colocate: weights {weights:.1f} GiB a GPU at TP {tp}, KV cache "
+                         f"{max(reserved - weights, 0):.1f} GiB = {int(max(reserved - weights, 0) * GIB / kv):,} tokens "
+                         f"(a rollout needs {prompt + completion:,})" + ("; released while training (sleep_level "
+                                                                        f"{train.get('sleep_level')})" if train.get("sleep_level") else ""))
+            if reserved and weights > reserved:
+                errors.append(f"vLLM's weights ({weights:.1f} GiB at TP {tp}) exceed its share ({reserved:.1f} GiB): "
+                              "raise vllm_gpu_memory_utilization or vllm_tensor_parallel_size")
+        else:
+            notes.append(f"vLLM rollouts in {mode} mode: a separate server (swift rollout) on its own GPUs")
+    else:
+        kv = kv_bytes_per_token(shape, 1, 2)
+        memory["rollout KV cache (transformers)"] = per_device * (prompt + completion) * kv / GIB
+        notes.append("rollouts by transformers generate under ZeRO-3 gather every layer for every token: slow "
+                     "on 32B; the node's preset (+exp=grpo_r8) uses vLLM in colocate mode")
+    return GrpoPlan(completions, generations, completions // generations if not completions % generations else None,
+                    gpu_gib, source, memory, notes, errors)
