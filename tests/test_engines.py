@@ -178,6 +178,42 @@ def test_lora_rank_rounds_up_to_vllm_ranks(tmp_path: Path) -> None:
         lora_rank(tmp_path / "missing")
 
 
+def test_transformers_text_is_what_vllms_detokenizer_leaves(processor: Any) -> None:
+    """Same tokens, same text: the transformers engine renders generated ids as vLLM's incremental detokenizer
+    (tokenizers' DecodeStream after the prompt, as vllm/v1/engine/detokenizer.py drives it) ends up with, on the
+    tiny tokenizer's byte-level pieces: a character cut at the end, a stray byte, and the tiny Qwen3-VL's
+    '此不再赯' + stray-byte pair repeated (vLLM stops emitting after '封'), plus random id runs."""
+    import random
+
+    from tokenizers.decoders import DecodeStream
+
+    from patentqa.infer.engines.transformers_engine import _complete
+
+    tokenizer = processor.tokenizer
+    prompt = tokenizer("部件1位于哪里？")["input_ids"]
+
+    def vllm_text(ids: list[int]) -> str:
+        stream, text = DecodeStream(ids=prompt, skip_special_tokens=True), ""
+        for token in ids:
+            try:
+                text += stream.step(tokenizer._tokenizer, token) or ""
+            except Exception as error:  # vLLM resets the stream on tokenizers' "Invalid prefix" (vllm #17448)
+                assert str(error).startswith("Invalid prefix"), error
+                stream = DecodeStream(skip_special_tokens=True)
+                text += stream.step(tokenizer._tokenizer, token) or ""
+        return text
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    rng = random.Random(0)
+    cases = [[617, 1714, 1045, 2163, 1326, 2163, 1326, 2163], [617, 1714, 1045, 2163], [617, 1326, 1045],
+             [1045, 151645], *([rng.randrange(100, 3000) for _ in range(rng.randrange(1, 16))] for _ in range(300))]
+    mismatched = [ids for ids in cases if _complete(decode, ids) != vllm_text(ids)]
+    assert not mismatched, [(ids, _complete(decode, ids), vllm_text(ids)) for ids in mismatched[:3]]
+    assert _complete(decode, cases[0]) == decode([617, 1714, 1045]) != decode(cases[0]).rstrip("\ufffd")
+
+
 def test_vllm_engine_without_vllm_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
     infer_cfg = OmegaConf.load(REPO / "conf/infer/vllm.yaml")

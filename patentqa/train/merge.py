@@ -357,10 +357,13 @@ def _encode(base_path: str | Path, merged_dir: Path, prompts: list[Prompt], batc
 
     processor = AutoProcessor.from_pretrained(merged_dir)
     base_processor = AutoProcessor.from_pretrained(base_path)
+    # the base model family's pixels a side of one visual token (28 Qwen2.5-VL, 32 Qwen3-VL): pages are resized
+    # to multiples of it, as in training; a merged processor with another factor fails encode_prompts' check
+    factor = base_processor.image_processor.patch_size * base_processor.image_processor.merge_size
     chunks = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
-    batches = [encode_prompts(processor, chunk) for chunk in chunks]
+    batches = [encode_prompts(processor, chunk, factor) for chunk in chunks]
     diffs = sorted({key for batch, chunk in zip(batches, chunks)
-                    for key in _input_diffs(batch, encode_prompts(base_processor, chunk))})
+                    for key in _input_diffs(batch, encode_prompts(base_processor, chunk, factor))})
     return processor, batches, diffs
 
 

@@ -20,7 +20,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from patentqa import residency
 from patentqa.config import cfg_get
@@ -103,10 +103,17 @@ def prompt_length(processor: Any, prompt: Prompt, factor: int = 28) -> int:
     return length
 
 
-def _complete(text: str) -> str:
-    """Text without the replacement characters of a multi-byte character cut at ``max_new_tokens``,
-    as vLLM's detokenizer leaves them out (the tokens are the same; only their rendering differed)."""
-    return text.rstrip("\ufffd")
+def _complete(decode: Callable[[list[int]], str], ids: list[int]) -> str:
+    """The text vLLM's incremental detokenizer ends with for ``ids`` (tokenizers' ``DecodeStream``: text is
+    emitted only at a token whose text so far does not end in a replacement character): the decode of the longest
+    prefix of ``ids`` that does not end in U+FFFD. So a multi-byte character cut at ``max_new_tokens`` is left out,
+    and so is everything after a stray byte when each later token again ends in one (a tiny Qwen3-VL's base model
+    repeated such a pair: '…封此不再赯\ufffd此不再…' where vLLM gave '…封'); the tokens are the same."""
+    for end in range(len(ids), -1, -1):  # one decode unless the text ends in U+FFFD
+        text = decode(ids[:end])
+        if not text.endswith("\ufffd"):
+            return text
+    return ""
 
 
 @dataclass
@@ -203,6 +210,9 @@ class TransformersEngine:
             kwargs.update(do_sample=False)
         return GenerationConfig(**kwargs)
 
+    def _decode(self, ids: list[int]) -> str:
+        return self.processor.decode(ids, skip_special_tokens=True)
+
     def _generate_batch(self, prompts: list[Prompt], config: Any, top: int = 0) -> list[Any]:
         """Texts of one batch; with ``top`` > 0, ``Trace`` objects (ids cut after the stop token)."""
         import torch
@@ -217,17 +227,16 @@ class TransformersEngine:
         stop = set(eos if isinstance(eos, list) else [eos])
         if not top:
             new = output[:, batch["input_ids"].shape[1]:]
-            texts = self.processor.batch_decode(new, skip_special_tokens=True)
-            return [Reply(_complete(text), truncated=not (stop & set(ids)) and len(ids) >= config.max_new_tokens)
-                    for text, ids in zip(texts, new.tolist())]
+            return [Reply(_complete(self._decode, ids),
+                          truncated=not (stop & set(ids)) and len(ids) >= config.max_new_tokens)
+                    for ids in new.tolist()]
         logprobs = torch.stack(output.logits, dim=1).float().log_softmax(dim=-1)  # (batch, steps, vocab)
         best = logprobs.topk(top, dim=-1)
         traces = []
         for row, ids in enumerate(output.sequences[:, batch["input_ids"].shape[1]:].tolist()):
             end = next((i + 1 for i, token in enumerate(ids) if token in stop), len(ids))
             steps = [list(zip(best.indices[row, i].tolist(), best.values[row, i].tolist())) for i in range(end)]
-            traces.append(Trace(text=_complete(self.processor.decode(ids[:end], skip_special_tokens=True)),
-                                tokens=ids[:end], top=steps))
+            traces.append(Trace(text=_complete(self._decode, ids[:end]), tokens=ids[:end], top=steps))
         return traces
 
     def _batched(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None, top: int = 0) -> list[Any]:
