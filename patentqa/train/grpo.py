@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,8 @@ from omegaconf import DictConfig, open_dict
 from patentqa.data.corpus import DataError, Question
 from patentqa.data.sft import write_jsonl_atomic
 from patentqa.eval.metrics import resolve_weights
-from patentqa.train.reward import NAME as REWARD, RewardSpec
+from patentqa.train.reward import RewardSpec
 
-PLUGIN = Path(__file__).with_name("reward.py")
 ROWS = "grpo_train.jsonl"
 
 
@@ -73,6 +71,9 @@ def reward_spec(cfg: DictConfig) -> RewardSpec:
 def sft_run(cfg: DictConfig) -> Path | None:
     """The SFT run ``train.init_from`` names: a run dir, or an experiment name (its latest run with a sweep);
     None when the experiment has no swept run yet."""
+    if not cfg.train.get("init_from"):
+        raise DataError("train=grpo needs train.init_from: an SFT run dir or experiment name (GRPO starts from its "
+                        "best-on-dev checkpoint)")
     given = str(cfg.train.init_from)
     path = Path(given).expanduser()
     if path.is_dir():
@@ -90,28 +91,6 @@ def sft_run(cfg: DictConfig) -> Path | None:
         if manifest.get("name") == given and manifest.get("state") == "succeeded" and not manifest.get("init_from"):
             runs.append((manifest.get("started_at", ""), sweep.parent.parent.resolve()))
     return max(runs)[1] if runs else None
-
-
-def train_sft_first(cfg: DictConfig) -> Path:
-    """No swept run of experiment ``train.init_from`` yet: train it now (``+exp=NAME`` with this invocation's
-    other overrides, e.g. paths and logger), into its own run dir, and return that dir."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from patentqa.config import compose
-    from patentqa.train.train import train
-
-    name = str(cfg.train.init_from)
-    own = ("+exp=", "exp=", "train.", "+train.", "train=", "name=", "eval.", "hydra.", "dry_run=")
-    try:
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(own)]
-    except ValueError:  # not under Hydra (tests call train() directly)
-        overrides = [f"paths.root={cfg.paths.root}", f"paths.cache_dir={cfg.paths.cache_dir}"]
-    sft = compose([f"+exp={name}", *overrides, "eval.after_train=true"])
-    run_dir = Path(sft.paths.runs_dir) / name / time.strftime("%Y-%m-%d_%H-%M-%S-for-grpo")
-    print(f"train.init_from={name}: no swept run of experiment {name} under {cfg.paths.runs_dir}: training it first "
-          f"into {run_dir}", flush=True)
-    train(sft, run_dir)
-    return run_dir.resolve()
 
 
 def best_checkpoint(run: Path) -> Path:
@@ -160,19 +139,10 @@ class StartPoint:
         return {"run": str(self.run), "checkpoint": str(self.checkpoint), "merged": str(self.merged)}
 
 
-def start_point(cfg: DictConfig, data_dir: Path, build: Any = None) -> StartPoint | None:
-    """Resolve ``train.init_from``, check its split, merge its best checkpoint, write the rollout rows
+def start_point(cfg: DictConfig, run: Path, data_dir: Path, build: Any = None) -> StartPoint:
+    """From the SFT run ``run`` (``sft_run``): check its split, merge its best checkpoint, write the rollout rows
     (``build``: node 0's dataset build) and point ``cfg.model.path`` at the merged model. A dry run merges
-    nothing and says what it would start from (None when there is no such run yet)."""
-    if not cfg.train.get("init_from"):
-        raise DataError("train=grpo needs train.init_from: an SFT run dir or experiment name (GRPO starts from its "
-                        "best-on-dev checkpoint)")
-    run = sft_run(cfg)
-    if run is None and cfg.dry_run:
-        print(f"dry run: experiment {cfg.train.init_from} has no swept run yet: a real run trains it first, then "
-              "starts GRPO from its best checkpoint, merged")
-        return None
-    run = run or train_sft_first(cfg)
+    nothing and says what it would start from."""
     checkpoint = best_checkpoint(run)
     merged = checkpoint.with_name(f"{checkpoint.name}-merged")
     if cfg.dry_run:

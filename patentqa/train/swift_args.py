@@ -146,11 +146,11 @@ def render(cfg: DictConfig, train_file: Path, val_file: Path, output_dir: Path, 
         if key not in _NOT_SWIFT and value is not None:
             args[key] = value
     plugins = []
-    if command_of(cfg) == "rlhf":  # the reward is our metric (patentqa/train/reward.py)
-        from patentqa.train.grpo import PLUGIN, REWARD
+    if command_of(cfg) == "rlhf":  # the reward is our metric: a plugin swift imports in each rank
+        from patentqa.train import reward
 
-        plugins.append(str(PLUGIN))
-        args["reward_funcs"] = [REWARD]
+        plugins.append(str(Path(reward.__file__)))
+        args["reward_funcs"] = [reward.NAME]
     if cfg.launcher.get("deepspeed"):
         args["deepspeed"] = cfg.launcher.deepspeed
     if cfg.launcher.get("cpu_ranks"):  # several CPU processes must agree they are one job (cpu_distributed.py)

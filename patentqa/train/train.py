@@ -117,7 +117,14 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
             data_dir = wait_for_rank0(cfg, run_dir)
     train_file, start = data_dir / "train.jsonl", None
     if grpo.is_grpo(cfg):  # GRPO starts from the SFT run's best checkpoint, merged: model.path becomes that model
-        start = grpo.start_point(cfg, data_dir, build)
+        sft = grpo.sft_run(cfg)
+        if sft is None and cfg.dry_run:
+            print(f"dry run: experiment {cfg.train.init_from} has no swept run yet: a real run trains it first, "
+                  "then starts GRPO from its best checkpoint, merged")
+        elif sft is None and rank > 0:
+            raise DataError(f"node {rank}: no swept run of {cfg.train.init_from}: start GRPO on every node after it")
+        else:
+            start = grpo.start_point(cfg, sft or train_sft_first(cfg), data_dir, build)
         train_file = data_dir / grpo.ROWS
     config = scrub(OmegaConf.to_container(cfg, resolve=True))
     if rank == 0:
@@ -192,6 +199,27 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
             update_manifest(manifest_path, best_checkpoint=result.sweep["best"], report=str(report))
             print(f"report: {report}")
     return result
+
+
+def train_sft_first(cfg: DictConfig) -> Path:
+    """No swept run of experiment ``train.init_from`` yet: train it now (``+exp=NAME`` with this invocation's
+    other overrides, e.g. paths and logger), into its own run dir, and return that dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from patentqa.config import compose
+
+    name = str(cfg.train.init_from)
+    own = ("+exp=", "exp=", "train.", "+train.", "train=", "name=", "eval.", "hydra.", "dry_run=")
+    try:
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(own)]
+    except ValueError:  # not under Hydra (tests call train() directly)
+        overrides = [f"paths.root={cfg.paths.root}", f"paths.cache_dir={cfg.paths.cache_dir}"]
+    sft = compose([f"+exp={name}", *overrides, "eval.after_train=true"])
+    run_dir = Path(sft.paths.runs_dir) / name / time.strftime("%Y-%m-%d_%H-%M-%S-for-grpo")
+    print(f"train.init_from={name}: no swept run of experiment {name} under {cfg.paths.runs_dir}: training it first "
+          f"into {run_dir}", flush=True)
+    train(sft, run_dir)
+    return run_dir.resolve()
 
 
 def run_summary(cfg: DictConfig, run_dir: Path, log_path: Path, wall_seconds: float) -> dict[str, Any]:

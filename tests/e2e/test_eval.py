@@ -17,10 +17,14 @@ from patentqa.train.train import train
 pytestmark = pytest.mark.e2e
 
 
-def smoke(tmp: Path, *overrides: str):
+def smoke(tmp: Path, *overrides: str, exp: str = "smoke"):
+    return compose([f"+exp={exp}", *tiny_overrides(tmp), *overrides])
+
+
+def tiny_overrides(tmp: Path) -> list[str]:
     tiny = cache_root() / "tiny"
-    return compose(["+exp=smoke", f"paths.root={tmp}", f"paths.cache_dir={tmp}/cache",
-                    f"model.path={tiny}/qwen2_5_vl", f"model.embedder_path={tiny}/qwen2_vl_gme", *overrides])
+    return [f"paths.root={tmp}", f"paths.cache_dir={tmp}/cache", f"model.path={tiny}/qwen2_5_vl",
+            f"model.embedder_path={tiny}/qwen2_vl_gme"]
 
 
 FAKE_KEY = "sk-fake-9f8e7d6c5b4a39281706"
@@ -120,3 +124,92 @@ def test_base_model_ablation_trains_nothing_and_scores_the_base(tmp_path: Path, 
     result = train(smoke(tmp_path, "+exp/ablate=base_model", "data.synth.n_docs=8"), tmp_path / "runs" / "b")
     assert result.checkpoints == [] and result.sweep["best"]["name"] == "base"
     assert not (tmp_path / "runs" / "b" / "swift").exists()
+
+
+# --- GRPO from the smoke run's best checkpoint (train=grpo, +exp=smoke_grpo) ---------------------------------
+
+@pytest.fixture(scope="module")
+def grpo(swept):
+    """4 GRPO steps (checkpoints 2 and 4) from the swept smoke run, then their sweep and report."""
+    tmp, sft_dir, _ = swept
+    run_dir = tmp / "runs" / "smoke_grpo" / "a"
+    return run_dir, train(smoke(tmp, f"train.init_from={sft_dir}", "train.max_steps=4", "train.save_steps=2",
+                                exp="smoke_grpo"), run_dir)
+
+
+def test_grpo_starts_at_the_sft_policy_and_its_reference_is_that_policy(swept, grpo) -> None:
+    """The best SFT checkpoint, merged, is GRPO's model: the KL to the reference is 0 at the first step, and the
+    GRPO run's base row (the merged model) scores on dev what the SFT run's best checkpoint scored."""
+    _, sft_dir, _ = swept
+    run_dir, result = grpo
+    sft_best = json.loads((sft_dir / "eval" / "sweep.json").read_text())["best"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    merged = Path(manifest["init_from"]["merged"])
+    assert manifest["init_from"]["checkpoint"] == sft_best["path"] and merged.name == f"{sft_best['name']}-merged"
+    assert json.loads((merged / "merge_report.json").read_text())["equivalent"]
+    args = result.command
+    assert args[1] == "rlhf" and args[args.index("--model") + 1] == str(merged)
+    assert args[args.index("--rlhf_type") + 1] == "grpo" and args[args.index("--reward_funcs") + 1] == "patentqa"
+    assert result.summary["kl@first"] == pytest.approx(0.0, abs=1e-4), result.summary  # --adapters alone: ~9
+    assert result.summary["reward@first"] >= 0.0
+    sweep = json.loads((run_dir / "eval" / "sweep.json").read_text())
+    assert sweep["base"]["dev"]["composite"] == pytest.approx(sft_best["dev"]["composite"], abs=1e-9)
+
+
+def test_grpo_rollouts_are_the_sft_rows_prompts_on_training_documents(grpo) -> None:
+    run_dir, _ = grpo
+    data = Path(json.loads((run_dir / "manifest.json").read_text())["dataset"]["dir"])
+    sft = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (data / "grpo_train.jsonl").read_text().splitlines()]
+    assert len(rows) == len(sft)
+    for row, sft_row in zip(rows, sft):
+        assert [m["role"] for m in row["messages"]] == ["user"] and row["messages"][0] == sft_row["messages"][0]
+        assert row["images"] == sft_row["images"] and row["chat_template_kwargs"] == sft_row["chat_template_kwargs"]
+        assert row["solution"] == sft_row["messages"][1]["content"] and row["id"] == sft_row["id"]
+    documents = json.loads((data / "manifest.json").read_text())["documents"]
+    assert {r["document"] for r in rows} <= set(documents["train"])
+
+
+def test_grpo_checkpoints_are_swept_and_reported_beside_the_sft_policy(grpo) -> None:
+    run_dir, result = grpo
+    assert [c.step for c in result.checkpoints] == [2, 4]
+    sweep = json.loads((run_dir / "eval" / "sweep.json").read_text())
+    assert [c["name"] for c in sweep["checkpoints"]] == ["checkpoint-2", "checkpoint-4"] and sweep["best"]["test"]
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "smoke_grpo: SFT policy (checkpoint-" in report and "smoke_grpo − its SFT policy (checkpoint-" in report
+    history = b"".join(f.read_bytes() for p in (run_dir / "wandb").glob("offline-run-*") for f in p.glob("*.wandb"))
+    for key in (b"train/reward", b"train/kl", b"train/completions/mean_length"):
+        assert key in history, key
+
+
+def test_grpo_killed_with_9_resumes_from_its_last_checkpoint(swept, grpo, tmp_path: Path) -> None:
+    """A GRPO run is resumed like an SFT run (tests/e2e/test_resume.py): from its last complete checkpoint."""
+    import os
+    import signal
+    import time
+
+    from patentqa.tracking import checkpoints
+
+    tmp, sft_dir, _ = swept
+    runs = tmp_path / "runs"
+    argv = [sys.executable, "-m", "patentqa.train", "+exp=smoke_grpo", *tiny_overrides(tmp), f"paths.runs_dir={runs}",
+            f"train.init_from={sft_dir}", "train.save_steps=2", "logger=none", "eval.after_train=false"]
+    killed = runs / "smoke_grpo" / "killed"
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen([*argv, "train.max_steps=400", f"hydra.run.dir={killed}"], cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while len(checkpoints(killed / "swift")) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    done = checkpoints(killed / "swift")
+    assert len(done) >= 2, (tmp_path / "killed.log").read_text()[-3000:]
+    last = done[-1]
+    again = subprocess.run([*argv, "resume=true", f"train.max_steps={last.step + 2}",
+                            f"hydra.run.dir={runs / 'smoke_grpo' / 'resumed'}"], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resume: continuing from {last.path} (step {last.step})" in again.stdout
+    resumed = checkpoints(runs / "smoke_grpo" / "resumed" / "swift")
+    assert [c.step for c in resumed] == [last.step + 2]  # only the steps after the last complete checkpoint
