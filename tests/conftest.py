@@ -14,7 +14,8 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Callable
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import pytest
 from filelock import FileLock
@@ -182,6 +183,49 @@ def adapters(tiny_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
         return {"run_dir": str(tiny_lora_sft(tiny_vl, work, ADAPTER_STEPS, "--save_steps", "2"))}
     run_dir = Path(built_once(tmp_path_factory, "engine_sft", build)["run_dir"])
     a, b = run_dir / "checkpoint-2", run_dir / f"checkpoint-{ADAPTER_STEPS}"
+    for checkpoint in (a, b):
+        assert (checkpoint / "adapter_config.json").is_file(), checkpoint
+    return a, b
+
+
+def qwen3_run_cfg(root: Path) -> Any:
+    """+exp=smoke model=tiny_qwen3_vl, 4 LoRA steps saved at 2 and 4 (retrieval=none, 6 documents) under ``root``;
+    r8 at lr 2e-2 like ``adapters``: 4 steps visibly change the model (vLLM parity asserts the adapters matter)."""
+    from patentqa.config import compose
+
+    tiny = cache_root() / "tiny"
+    return compose(["+exp=smoke", "model=tiny_qwen3_vl", f"paths.root={root}", f"paths.cache_dir={root}/cache",
+                    f"model.path={tiny}/qwen3_vl", f"model.embedder_path={tiny}/qwen2_vl_gme", "retrieval=none",
+                    "data.synth.n_docs=6", "logger=none", "train.max_steps=4", "train.save_steps=2",
+                    "train.eval_steps=2", "train.learning_rate=2e-2", "train.lora_rank=8", "train.lora_alpha=32",
+                    "eval.after_train=false"])
+
+
+@pytest.fixture(scope="session")
+def qwen3_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, SimpleNamespace]:
+    """(config, result) of the session's one real training run of the tiny Qwen3-VL: ``patentqa.train`` (data
+    stage → ``swift sft --model_type qwen3_vl --template qwen3_vl``), built once for all workers; e2e tier.
+    ``result`` has the fields of ``TrainResult`` the tests read (run_dir, command, exit_code, checkpoints)."""
+    from patentqa.tiny import tiny_qwen3_vl
+    from patentqa.train.train import train
+
+    tiny_qwen3_vl(cache_root() / "tiny")
+
+    def build(work: Path) -> dict:
+        result = train(qwen3_run_cfg(work), work / "runs" / "smoke" / "a")
+        return {"run_dir": str(result.run_dir), "command": result.command, "exit_code": result.exit_code,
+                "checkpoints": [[c.step, str(c.path)] for c in result.checkpoints]}
+    built = built_once(tmp_path_factory, "qwen3_sft", build)
+    result = SimpleNamespace(run_dir=Path(built["run_dir"]), command=built["command"], exit_code=built["exit_code"],
+                             checkpoints=[SimpleNamespace(step=s, path=Path(p)) for s, p in built["checkpoints"]])
+    return qwen3_run_cfg(session_root(tmp_path_factory) / "shared-qwen3_sft"), result
+
+
+@pytest.fixture(scope="session")
+def qwen3_adapters(qwen3_run: tuple[Any, SimpleNamespace]) -> tuple[Path, Path]:
+    """Checkpoints 2 and 4 of the tiny Qwen3-VL's session run (``qwen3_run``), like ``adapters``."""
+    a, b = (c.path for c in qwen3_run[1].checkpoints[-2:])
+    assert (a.name, b.name) == ("checkpoint-2", f"checkpoint-{ADAPTER_STEPS}"), (a, b)
     for checkpoint in (a, b):
         assert (checkpoint / "adapter_config.json").is_file(), checkpoint
     return a, b

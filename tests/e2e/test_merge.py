@@ -226,3 +226,26 @@ def test_swift_trained_on_page_images_and_the_merged_model_reads_them(adapters: 
     with torch.no_grad():
         drawn_logits, blank_logits = model(**batch).logits[0, -1], model(**blank).logits[0, -1]
     assert (drawn_logits - blank_logits).abs().max() > 1e-4
+
+
+@pytest.mark.e2e
+def test_qwen3_vl_merge_is_equivalent(qwen3_run: tuple[Any, Any], qwen3_adapters: tuple[Path, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m patentqa.train.merge`` on a Qwen3-VL LoRA checkpoint (the session's patentqa.train run of the tiny
+    Qwen3-VL, in a copy of its run dir) over that run's own dev prompts (page images at 32 px a token): swift export
+    merges it, and base + adapter and the merged model give the same tokens and first-step logits."""
+    cfg, result = qwen3_run
+    run_dir = tmp_path / qwen3_adapters[1].parent.name
+    shutil.copytree(qwen3_adapters[1].parent, run_dir)
+    ckpt = run_dir / qwen3_adapters[1].name
+    dev = Path(json.loads((result.run_dir / "manifest.json").read_text())["dataset"]["dir"]) / "dev_eval.jsonl"
+    report = merge.main([f"checkpoint={ckpt}", f"prompts={dev}", "k=4", "max_new_tokens=6", "min_new_tokens=4"])
+    assert "[merge] equivalent: 4 prompts" in capsys.readouterr().out
+    assert report.equivalent and Path(report.base_model) == Path(cfg.model.path), report.problems
+    merged_config = json.loads((Path(report.merged_dir) / "config.json").read_text(encoding="utf-8"))
+    assert merged_config["model_type"] == "qwen3_vl"
+    eq = report.equivalence
+    assert not eq.input_diffs and not eq.warnings and eq.dtype == "float32", eq.warnings
+    assert eq.adapter_effect > 100 * eq.tolerance, (eq.adapter_effect, eq.tolerance)  # the adapter matters
+    assert eq.max_logit_diff_prefix <= 5e-5, eq.max_logit_diff_prefix
+    assert all(p.equal and len(p.adapter_tokens) >= 4 for p in eq.prompts)

