@@ -174,3 +174,34 @@ def plot_params(trials: list[dict[str, Any]]) -> bytes:
     fig.suptitle("Search: objective against each parameter")
     fig.tight_layout()
     return png(fig)
+
+
+GRPO_PANELS = (("reward", "reward (the metric on sampled answers)"), ("kl", "KL to the SFT policy"),
+               ("completions/mean_length", "completion length (tokens)"))
+
+
+def plot_grpo_curves(logs: list[tuple[str, list[dict[str, Any]]]]) -> bytes:
+    """Per GRPO run: reward (with its 10-step mean), KL and completion length against the training step."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 3.6))
+    for k, (key, title) in enumerate(GRPO_PANELS):
+        ax = fig.add_subplot(1, len(GRPO_PANELS), k + 1)
+        for i, (label, records) in enumerate(logs):
+            points = [(r["step"], float(r[key])) for r in records if r.get(key) is not None]
+            if not points:
+                continue
+            steps, values = [s for s, _ in points], [v for _, v in points]
+            ax.plot(steps, values, color=f"C{i % 10}", alpha=0.35 if key == "reward" else 1.0,
+                    label=ascii_label(label, f"run {i + 1}"))
+            if key == "reward" and len(values) >= 10:
+                mean = [sum(values[max(0, j - 9):j + 1]) / len(values[max(0, j - 9):j + 1]) for j in range(len(values))]
+                ax.plot(steps, mean, color=f"C{i % 10}", linewidth=2, label="10-step mean")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        if k == 0:
+            ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return png(fig)
+

@@ -21,7 +21,7 @@ from omegaconf import MISSING
 from patentqa.cli import parse_args
 from patentqa.eval import plots, sections
 from patentqa.eval.render import Block, write_document
-from patentqa.eval.runs import load_run, unique_labels
+from patentqa.eval.runs import Run, grpo_log, load_run, unique_labels
 from patentqa.eval.study import find_runs, search_dbs, search_page, study_section
 from patentqa.tracking import write_json_atomic
 
@@ -62,7 +62,7 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
         ("h", 2, "Dev curves: every checkpoint on dev"),
         ("p", "One line per run; the star is the checkpoint chosen on dev, the dashed line the base model on dev."),
         ("img", "dev_curves.png", "dev metrics per checkpoint", plots.plot_dev_curves(loaded, metrics)),
-        sections.dev_table(loaded), *failure_blocks, *sections.side_by_side(loaded, base_run)]
+        sections.dev_table(loaded), *grpo_blocks(loaded), *failure_blocks, *sections.side_by_side(loaded, base_run)]
     out = Path(out)
     path = write_document(out, "report", blocks, title)
     write_json_atomic(out / "report.json", {
@@ -74,6 +74,17 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
         "paired_vs_baseline": paired_numbers, "failures": failure_numbers, "recall_table": recall_numbers,
         "study": study_numbers})
     return path
+
+
+def grpo_blocks(runs: list[Run]) -> list[Block]:
+    """Training curves of the GRPO runs among ``runs`` (none: no section)."""
+    logs = [(run.label, log) for run in runs if (log := grpo_log(run))]
+    if not logs:
+        return []
+    return [("h", 2, "GRPO: reward, KL and completion length per step"),
+            ("p", "From swift's logging.jsonl: the reward is the run's metric on the answers sampled at the "
+                  "training temperature (the sweep scores greedy answers); KL is to the SFT policy GRPO started from."),
+            ("img", "grpo_curves.png", "GRPO reward, KL and completion length", plots.plot_grpo_curves(logs))]
 
 
 @dataclass

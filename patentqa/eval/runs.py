@@ -156,3 +156,19 @@ def stat(aggregate: dict[str, Any], metric: str) -> dict[str, Any] | None:
     """A metric's {mean, ci_low, ci_high} in a ``metrics.json`` aggregate; None when it has no mean."""
     stats = aggregate.get("metrics", {}).get(metric)
     return stats if stats and stats.get("mean") is not None else None
+
+
+def grpo_log(run: Run) -> list[dict[str, Any]]:
+    """A GRPO run's per-step records (reward, kl, completion length) from swift's logging.jsonl; [] otherwise."""
+    records = []
+    for path in sorted((run.path / "swift").glob("v*/logging.jsonl")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "reward" in record and "global_step/max_steps" in record:
+                record["step"] = int(str(record["global_step/max_steps"]).split("/")[0])
+                records.append(record)
+    return records
+

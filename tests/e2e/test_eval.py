@@ -177,6 +177,8 @@ def test_grpo_checkpoints_are_swept_and_reported_beside_the_sft_policy(grpo) -> 
     assert [c["name"] for c in sweep["checkpoints"]] == ["checkpoint-2", "checkpoint-4"] and sweep["best"]["test"]
     report = (run_dir / "report" / "report.md").read_text()
     assert "smoke_grpo: SFT policy (checkpoint-" in report and "smoke_grpo − its SFT policy (checkpoint-" in report
+    assert "## GRPO: reward, KL and completion length per step" in report
+    assert (run_dir / "report" / "grpo_curves.png").stat().st_size > 10_000
     history = b"".join(f.read_bytes() for p in (run_dir / "wandb").glob("offline-run-*") for f in p.glob("*.wandb"))
     for key in (b"train/reward", b"train/kl", b"train/completions/mean_length"):
         assert key in history, key
