@@ -1,6 +1,7 @@
 """``resume=true`` picks the last complete checkpoint of the latest earlier run of the same experiment."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from patentqa.config import compose
@@ -31,3 +32,17 @@ def test_latest_run_of_this_experiment_last_complete_checkpoint(tmp_path: Path) 
     assert checkpoint.path == latest / "swift" / "v0-x" / "checkpoint-4" and checkpoint.step == 4
     assert manifest["wandb"]["id"] == "planted2"
     assert find_resume_point(compose(["+exp=lora_r8", f"paths.root={tmp_path}"]), tmp_path / "x") is None
+
+
+def test_another_variant_of_the_experiment_is_not_resumed(tmp_path: Path) -> None:
+    """+exp=smoke +exp/ablate=grpo and +exp=smoke are both named smoke: each resumes only its own runs."""
+    runs = tmp_path / "runs"
+    sft = plant_run(runs, "smoke", "2026-12-06T05:00:00+00:00", [2, 4])
+    grpo = plant_run(runs, "smoke", "2026-12-06T06:00:00+00:00", [2])  # newer, the grpo variant
+    manifest = json.loads((grpo / "manifest.json").read_text())
+    write_json_atomic(grpo / "manifest.json", {**manifest, "config": {"variant": "grpo"}})
+    checkpoint, _ = find_resume_point(compose(["+exp=smoke", f"paths.root={tmp_path}"]), runs / "smoke" / "new")
+    assert checkpoint.path.parent.parent.parent == sft and checkpoint.step == 4
+    checkpoint, _ = find_resume_point(compose(["+exp=smoke", "+exp/ablate=grpo", f"paths.root={tmp_path}"]),
+                                      runs / "smoke" / "new")
+    assert checkpoint.path.parent.parent.parent == grpo and checkpoint.step == 2

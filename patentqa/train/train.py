@@ -49,7 +49,8 @@ class TrainResult:
 
 
 def find_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Checkpoint, dict[str, Any]] | None:
-    """The last checkpoint of the latest earlier run of this experiment, with that run's manifest."""
+    """The last checkpoint of the latest earlier run of this experiment and variant (``+exp/ablate=grpo`` and the
+    SFT run of the same experiment are different runs), with that run's manifest."""
     runs = []
     for manifest_path in Path(cfg.paths.runs_dir).rglob("manifest.json"):
         if manifest_path.parent.resolve() == run_dir.resolve():
@@ -59,7 +60,8 @@ def find_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Checkpoint, dict[
         except (OSError, json.JSONDecodeError):
             continue
         found = checkpoints(manifest_path.parent / "swift")
-        if manifest.get("name") == cfg.name and found:
+        variant = (manifest.get("config") or {}).get("variant") or "main"
+        if manifest.get("name") == cfg.name and variant == cfg.get("variant", "main") and found:
             runs.append((manifest.get("started_at", ""), found[-1], manifest))
     if not runs:
         return None
@@ -115,9 +117,12 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
             data_dir = build.out_dir
         else:
             data_dir = wait_for_rank0(cfg, run_dir)
+    resume = find_resume_point(cfg, run_dir) if cfg.resume else None
     train_file, start = data_dir / "train.jsonl", None
     if grpo.is_grpo(cfg):  # GRPO starts from the SFT run's best checkpoint, merged: model.path becomes that model
-        sft = grpo.sft_run(cfg)
+        # a resumed GRPO run keeps the SFT run its checkpoints grew from, even when a newer one exists now
+        started = ((resume[1].get("init_from") or {}).get("run") if resume else None)
+        sft = Path(started) if started else grpo.sft_run(cfg)
         if sft is None and cfg.dry_run:
             print(f"dry run: experiment {cfg.train.init_from} has no swept run yet: a real run trains it first, "
                   "then starts GRPO from its best checkpoint, merged")
@@ -129,7 +134,6 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
     config = scrub(OmegaConf.to_container(cfg, resolve=True))
     if rank == 0:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)), encoding="utf-8")
-    resume = find_resume_point(cfg, run_dir) if cfg.resume else None
     if cfg.resume:
         print(f"resume: continuing from {resume[0].path} (step {resume[0].step})" if resume else
               f"resume: no earlier checkpoint of experiment '{cfg.name}' under {cfg.paths.runs_dir}; starting fresh")
