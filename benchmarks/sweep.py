@@ -105,7 +105,7 @@ def our_sweep(found: list, prompts: list, out: Path) -> tuple[dict[str, list[str
 
 def run(repeats: int, quick: bool = False) -> Result:
     """Sweep the checkpoints ``repeats`` times each way; wall time and bytes written."""
-    from patentqa.train.merge import load_prompts
+    from patentqa.train.equivalence import load_prompts
 
     with Clock() as setup:
         _, build = smoke_build()

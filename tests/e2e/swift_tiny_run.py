@@ -11,7 +11,7 @@ import pytest
 
 from patentqa.data.prompts import to_swift_row
 from patentqa.train import merge
-from patentqa.train.merge import synthetic_prompts
+from patentqa.train.equivalence import synthetic_prompts
 
 MAX_PIXELS = 280 * 280  # 100 image tokens per page: fast on CPU
 ANSWERS = ["左侧", "右侧", "上方", "下方"]

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from patentqa.data.prompts import Prompt, classifier_prompt
 from patentqa.infer.engine import Sampling
 from patentqa.infer.engines import make_engine
-from patentqa.train.merge import synthetic_prompts
+from patentqa.train.equivalence import synthetic_prompts
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from patentqa.data.prompts import prompt_to_json
-from patentqa.train import merge
-from patentqa.train.merge import MergeError, MergeReport, merge_checkpoint, synthetic_prompts
+from patentqa.train import equivalence as check, merge
+from patentqa.train.equivalence import synthetic_prompts
+from patentqa.train.merge import MergeError, MergeReport, merge_checkpoint
 from conftest import ADAPTER_STEPS
 from swift_tiny_run import run_logged
 
@@ -173,12 +174,12 @@ def test_token_mismatch_is_named() -> None:
     import torch
 
     logits = [torch.zeros(2, 5) for _ in range(3)]
-    adapter = merge._Run(tokens=[[1, 2, 3], [1, 2, 4]], step_logits=logits)
-    merged_run = merge._Run(tokens=[[1, 2, 3], [1, 2, 0, 4]], step_logits=[t.clone() for t in logits] + [logits[0]])
-    base = merge._Run(tokens=[[4], [4]], step_logits=[logits[0] + 1])
-    results, prefix = merge._compare(adapter, merged_run, base, decode=lambda ids: str(ids))
+    adapter = check._Run(tokens=[[1, 2, 3], [1, 2, 4]], step_logits=logits)
+    merged_run = check._Run(tokens=[[1, 2, 3], [1, 2, 0, 4]], step_logits=[t.clone() for t in logits] + [logits[0]])
+    base = check._Run(tokens=[[4], [4]], step_logits=[logits[0] + 1])
+    results, prefix = check._compare(adapter, merged_run, base, decode=lambda ids: str(ids))
     assert [r.equal for r in results] == [True, False] and results[1].first_diff == 2 and prefix == 0.0
-    equivalence = merge.Equivalence(
+    equivalence = check.Equivalence(
         base_model="b", adapter_dir="a", merged_dir="m", k=2, max_new_tokens=4, min_new_tokens=0, dtype="float32",
         atol=1e-3, rtol=0.0, logit_scale=0.0, tolerance=1e-3, max_logit_diff=0.0, max_logit_diff_prefix=prefix,
         adapter_effect=1.0, adapter_changes_first_token=2, input_diffs=[], prompts=results, timings={})
