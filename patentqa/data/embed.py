@@ -88,7 +88,7 @@ def load_vector(path: Path) -> np.ndarray | None:
 
 
 # GME's published checkpoints keep the LM head of the Qwen2-VL-Instruct they were tuned from (the
-# transformers < 4.52 ``Qwen2VLForConditionalGeneration`` layout, see patentqa/tiny.py); an
+# transformers < 4.52 ``Qwen2VLForConditionalGeneration`` layout, see patentqa/tiny/gme.py); an
 # embedding never reads it. Every other key must match the model exactly.
 GME_UNUSED_KEYS = frozenset({"lm_head.weight"})
 
