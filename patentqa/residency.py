@@ -140,7 +140,8 @@ def _record(event: str, held: Hold) -> None:
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     """The events of a residency log, in file order."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = Path(path).read_text(encoding="utf-8")  # split at \n only: str.splitlines() splits inside strings too
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 def overlaps(events: list[dict[str, Any]], across_processes: bool = False) -> list[str]:

@@ -105,6 +105,14 @@ def file_mode() -> int:
     return 0o666 & ~umask
 
 
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """The records of a JSONL file, split at ``\n`` only: ``str.splitlines()`` also splits at U+2028, U+0085 and
+    other separators that ``json.dumps(..., ensure_ascii=False)`` leaves inside strings, and a model's reply may
+    hold them. Blank lines are skipped."""
+    text = Path(path).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` via a temp file in the same folder + ``os.replace``: readers never see half a file.
 

@@ -338,3 +338,15 @@ def test_atomic_write_gives_the_mode_a_plain_write_would(tmp_path: Path) -> None
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_jsonl_records_keep_line_separators_inside_strings(tmp_path) -> None:
+    """json.dumps(ensure_ascii=False) leaves U+2028, U+2029 and U+0085 unescaped; a model's reply can hold them."""
+    import json
+
+    from patentqa.tracking import read_jsonl
+
+    rows = [{"id": "a", "raw_answer": "左\u2028侧"}, {"id": "b", "raw_answer": "下\x85方\u2029"}, {"id": "c"}]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + "\n", encoding="utf-8")
+    assert read_jsonl(path) == rows

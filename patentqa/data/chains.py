@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from patentqa.tracking import read_jsonl
+
 FINAL = "答案："
 _FINAL_LINE = re.compile(r"^\s*(?:最终)?答案\s*[:：]\s*(.*\S)\s*$")
 
@@ -101,7 +103,7 @@ def cached_chains(path: Path) -> dict[str, str]:
     """Accepted chains of a cache file, by question id."""
     if not path.is_file():
         return {}
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(path)
     return {r["id"]: r["chain"] for r in rows if r["accepted"]}
 
 

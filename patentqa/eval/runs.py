@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from patentqa.eval.score import read_items
+from patentqa.tracking import read_jsonl
 
 BASE = "base"            # the sweep's name for the untuned model (eval.include_base)
 NO_TEST = "dev — no test split"
@@ -61,7 +62,7 @@ class Run:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def _key(row: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from patentqa.infer.engine import Engine
 from patentqa.infer.engines import full_checkpoint_model, make_engine
 from patentqa.infer.pipeline import PipelineSettings, answer_questions
 from patentqa.infer.run import answer_context
-from patentqa.tracking import Checkpoint, Tracker, checkpoints, write_json_atomic
+from patentqa.tracking import Checkpoint, Tracker, checkpoints, read_jsonl, write_json_atomic
 
 
 
@@ -126,9 +126,8 @@ def _log(tracker: Tracker | None, record: dict[str, Any]) -> None:
     split, name = record["split"], record["checkpoint"]
     metrics = {f"{split}/{k}": v for k, v in record["headline"].items() if v is not None}
     tracker.log(metrics, step=record["step"])
-    rows = [json.loads(line) for line in Path(record["scores_file"]).read_text(encoding="utf-8").splitlines()]
-    questions = {json.loads(line)["id"]: json.loads(line)["question"]
-                 for line in Path(record["predictions"]).read_text(encoding="utf-8").splitlines()}
+    rows = read_jsonl(record["scores_file"])
+    questions = {r["id"]: r["question"] for r in read_jsonl(record["predictions"])}
     tracker.log_table(f"{split}_predictions/{name}", ["id", "question", "kind", "gold", "prediction", "char_f1", "composite"],
                       [[r.get("id"), questions.get(r.get("id")), r.get("kind"), r["answer"], r["prediction"],
                         r["scores"].get("char_f1"), r["scores"].get("composite")] for r in rows])

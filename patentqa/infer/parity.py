@@ -30,7 +30,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from patentqa.cli import InputError, fail, run_config_file
 from patentqa.data.prompts import Prompt, classifier_prompt, prompt_from_json, style_prompt
 from patentqa.infer.engine import Sampling, Trace
-from patentqa.tracking import Checkpoint, checkpoints, write_json_atomic
+from patentqa.tracking import Checkpoint, checkpoints, read_jsonl, write_json_atomic
 
 BASE = "base"
 
@@ -125,8 +125,7 @@ def parity_prompts(eval_file: Path, per_form: int) -> list[Prompt]:
     chosen: list[Prompt] = []
     taken: Counter = Counter()
     first_question, first_style = None, []
-    for line in eval_file.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(eval_file):
         prompt = prompt_from_json(record["prompt"])
         first_question = first_question or record["question"]
         first_style = first_style or record.get("style_answers") or []

@@ -22,6 +22,7 @@ from patentqa.data.corpus import DataError, Question
 from patentqa.data.sft import write_jsonl_atomic
 from patentqa.eval.metrics import resolve_weights
 from patentqa.train.reward import RewardSpec
+from patentqa.tracking import read_jsonl
 
 ROWS = "grpo_train.jsonl"
 
@@ -46,7 +47,7 @@ def grpo_rows(sft_rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]]
 def write_grpo_rows(data_dir: Path, questions: list[Question]) -> Path:
     """``grpo_train.jsonl`` beside the dataset's ``train.jsonl`` (rewritten only when its content changes);
     ``questions``: the training split's."""
-    sft = [json.loads(line) for line in (data_dir / "train.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    sft = read_jsonl(data_dir / "train.jsonl")
     answers = {q.id: {"answer": q.answer, "round": q.round, "options": list(q.options or [])} for q in questions}
     missing = sorted({row["id"] for row in sft} - set(answers))
     if missing:

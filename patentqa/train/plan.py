@@ -181,8 +181,9 @@ def prompt_tokens(cfg: DictConfig, tokenizer: Any, rows_file: Path | None) -> di
     if rows_file is not None and rows_file.is_file():
         from PIL import Image
 
-        for line in rows_file.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        from patentqa.tracking import read_jsonl
+
+        for row in read_jsonl(rows_file):
             budget = row.get("chat_template_kwargs", {})
             image_tokens = []
             for image in row["images"]:
