@@ -250,6 +250,17 @@ def test_same_experiment_twice_gets_distinct_labels(layout: dict[str, Path], tmp
     assert len(set(labels)) == 2 and all(label.startswith("baseline/") for label in labels)
 
 
+def test_a_multirun_over_a_group_is_labelled_by_its_choices(layout: dict[str, Path], tmp_path: Path) -> None:
+    """-m +exp=smoke model=tiny,tiny_qwen3_vl: both runs are named smoke; the model tells them apart."""
+    twin = make_run(tmp_path, "baseline", {10: 3, 20: 5, 30: 6}, _baseline_predictions())
+    config = OmegaConf.load(twin / "config.yaml")
+    config.model.name = "tiny_qwen3_vl"
+    OmegaConf.save(config, twin / "config.yaml")
+    build_report([layout["baseline"], twin], layout["baseline"], tmp_path / "out", resamples=200)
+    labels = [r["label"] for r in json.loads((tmp_path / "out" / "report.json").read_text())["runs"]]
+    assert labels == ["baseline model=tiny", "baseline model=tiny_qwen3_vl"]
+
+
 def test_html_in_headless_chromium(report: Path) -> None:
     """The page a person opens: it renders (not blank), every plot loads, the console shows no error."""
     from browser import open_page

@@ -117,7 +117,15 @@ def load_run(run_dir: Path) -> Run:
 
 
 def unique_labels(runs: list[Run]) -> None:
-    """Same experiment name twice (two timestamps): add the run dir's name."""
+    """Same experiment name twice: add what tells the runs apart, the config groups they chose differently
+    (``model=tiny_qwen3_vl``, ``variant=grpo``: a multirun over a group), else the run dir's name, else a number."""
+    for label in [label for label, n in Counter(run.label for run in runs).items() if n > 1]:
+        same = [run for run in runs if run.label == label]
+        choices = [{k.removesuffix(".name"): v for k, v in flatten(run.design_config).items()
+                    if k == "variant" or (k.endswith(".name") and k.count(".") == 1)} for run in same]
+        differ = [k for k in sorted(set().union(*choices)) if len({c.get(k) for c in choices}) > 1]
+        for run, chose in zip(same, choices):
+            run.label += "".join(f" {k}={chose.get(k)}" for k in differ)
     for suffix in (lambda i, run: f"/{run.path.name}", lambda i, run: f"#{i + 1}"):
         counts = Counter(run.label for run in runs)
         for i, run in enumerate(runs):
