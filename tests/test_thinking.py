@@ -96,6 +96,22 @@ def test_the_style_pass_reads_its_reply_the_same_way_and_skips_unclosed_answers(
     assert [r["prediction"] for r in records] == ["电动机", "", "弹簧"]
 
 
+def test_the_llm_router_reads_the_verdict_after_think_and_falls_back_to_the_rules_when_unclosed() -> None:
+    """The seed's classifier says Y (figure only) or N; a Thinking model's verdict is after </think>, and 8 tokens
+    rarely get there: an unfinished think decides nothing (the 'y' in 'thinking about it' must not count)."""
+    questions = [Question(id=f"q{i}", question=f"在文件中第1页的示意图中，部件{i}是什么？", document="CN1.pdf",
+                          answer="电动机") for i in range(2)]  # figure_other: the rules give with_context
+    config = PromptConfig(name="seed_b", max_pixels={"with_context": 50176, "figure_only": 100352})
+    documents = {"CN1.pdf": Document("CN1.pdf", Path("CN1.pdf"), "0" * 64, 1)}
+    ctx = AnswerContext(config, documents, {("CN1.pdf", 1): Path("p1.png")}, NoPages())
+    classifier = [Reply("<think>看图</think>Y", truncated=False), Reply("<think>嗯，用户问的是 y 轴", truncated=True)]
+    engine = ScriptedEngine(classifier, ["电动机", "电动机"])
+    settings = PipelineSettings(router="llm", style_pass=False, max_new_tokens=99, thinking=True)
+    records = answer_chunk(questions, ctx, engine, settings)
+    assert [r["form"] for r in records] == ["figure_only", "with_context"]
+    assert [r["classifier"] for r in records] == list(map(str, classifier))
+
+
 def test_an_instruct_model_s_records_are_unchanged() -> None:
     questions, ctx = _chunk(2)
     records = answer_chunk(questions, ctx, ScriptedEngine(["电动机", "答案：弹簧。"]),

@@ -135,7 +135,9 @@ def _route(chunk: list[Question], engine: Engine, settings: PipelineSettings, ad
     outputs = engine.generate([classifier_prompt(chunk[i].question) for i in page_questions],
                               Sampling(max_new_tokens=8), adapter)
     for i, output in zip(page_questions, outputs):
-        routes[i] = {"form": prompt_form(chunk[i].question, parse_classifier_answer(output)), "classifier": output}
+        verdict, think = think_answer(output, settings.thinking)  # a Thinking model's Y/N comes after </think>
+        figure_only = None if think == "unclosed" else parse_classifier_answer(verdict)  # unfinished: the rules
+        routes[i] = {"form": prompt_form(chunk[i].question, figure_only), "classifier": str(output)}
     return routes
 
 
