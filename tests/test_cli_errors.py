@@ -146,3 +146,20 @@ def test_parity_refuses_a_dir_that_is_no_run_and_a_run_with_no_checkpoint(tmp_pa
     assert error_lines(done) == [f"error: {run_dir / 'swift'}: no complete checkpoint (checkpoint-N with "
                                  "trainer_state.json): nothing of this run to compare"]
     assert written(tmp_path, run_dir / "config.yaml") == []
+
+
+def test_parity_refuses_a_vision_tower_lora_before_anything_loads(tmp_path: Path) -> None:
+    """A checkpoint trained with freeze_vit=false: vLLM would drop its tower weights; one line, exit 2, before the
+    data stage or any model (it was a traceback after transformers had answered)."""
+    from test_strict_loading import fake_adapter
+
+    run_dir = smoke_run_dir(tmp_path)
+    checkpoint = fake_adapter(run_dir / "swift" / "v0-x" / "checkpoint-2", tower=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    before = files_under(tmp_path)
+    done = run("patentqa.infer.parity", f"run_dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    [line] = error_lines(done)
+    assert line.startswith(f"error: {checkpoint / 'adapter_model.safetensors'} holds 2 LoRA weights of the vision "
+                           "tower") and "freeze_vit=false" in line
+    assert "Traceback" not in done.stderr and files_under(tmp_path) == before  # no dataset, no report

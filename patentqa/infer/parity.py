@@ -185,14 +185,17 @@ def run_parity(args: ParityArgs) -> dict[str, Any]:
     from patentqa.data.build import build_dataset
     from patentqa.infer.engines import full_checkpoint_model, make_engine
 
+    from patentqa.infer.engines.vllm_engine import check_tower_lora
+
     run_dir = Path(args.run_dir)
     cfg = OmegaConf.load(run_config_file(run_dir))  # InputError for a dir that is no training run
-    found = parity_checkpoints(run_dir)
-    build = build_dataset(cfg)
-    prompts = parity_prompts(build.out_dir / "dev_eval.jsonl", args.per_form)
-    picked = pick_checkpoints(found, args.checkpoints)
+    picked = pick_checkpoints(parity_checkpoints(run_dir), args.checkpoints)
     adapters = [(c.path.name, str(c.path)) for c in picked if not c.full]
     hf_cfg, vllm_cfg = engine_configs(cfg, args.tensor_parallel_size)
+    for _, adapter in adapters:  # an adapter vLLM would refuse: said before the data stage or any model loads
+        check_tower_lora(adapter, bool(vllm_cfg.get("tower_lora", False)))
+    build = build_dataset(cfg)
+    prompts = parity_prompts(build.out_dir / "dev_eval.jsonl", args.per_form)
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
     # one pair of engines for the base model and its adapters, one pair per full checkpoint (its own weights)
     groups = [(cfg.model, [(BASE, None)] + adapters)] if args.base or adapters else []

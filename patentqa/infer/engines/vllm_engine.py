@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from patentqa import residency
+from patentqa.cli import InputError
 from patentqa.config import cfg_get
 from patentqa.device import require_gpu
 from patentqa.data.prompts import Prompt, to_vllm_request
@@ -75,8 +76,9 @@ def served_lora_rank(configured: Any, adapters: Sequence[str | Path] = ()) -> in
     return max((lora_rank(adapter) for adapter in adapters), default=None)
 
 
-class TowerLoraError(ValueError):
-    """An adapter with vision-tower LoRA weights, which this vLLM engine would silently drop."""
+class TowerLoraError(InputError):
+    """An adapter with vision-tower LoRA weights, which this vLLM engine would silently drop (bad input: a
+    command prints it as one line and exits 2)."""
 
 
 TOWER_KEY = re.compile(r"(^|\.)visual\.")  # Qwen-VL's vision tower and merger: visual.blocks.*, visual.merger.*
