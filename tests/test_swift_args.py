@@ -91,3 +91,15 @@ def test_child_env_launcher_values_win() -> None:
                     {}, USER_ENV)
     assert (env["CUDA_VISIBLE_DEVICES"], env["NPROC_PER_NODE"]) == ("4,5,6,7", "8")
     assert "NNODES" not in env and env["MASTER_PORT"] == "29611" and env["NCCL_SOCKET_IFNAME"] == "ib0"
+
+
+def test_a_grpo_flag_swift_rlhf_rejects_stops_before_any_sft_run_or_merge(tmp_path: Path) -> None:
+    """+exp=smoke_grpo with no smoke run yet would train one first: a mistyped flag must stop it before that."""
+    from patentqa.config import compose
+    from patentqa.train.train import train
+
+    cfg = compose(["+exp=smoke_grpo", f"paths.root={tmp_path}", "+train.extra_args.num_generatoins=4"])
+    with pytest.raises(swift_args.SwiftArgError, match="--num_generatoins is not a flag of the installed ms-swift "
+                                                       r"\(swift rlhf\); did you mean --num_generations"):
+        train(cfg, tmp_path / "runs" / "smoke_grpo" / "a")
+    assert not (tmp_path / "runs" / "smoke").exists() and not (tmp_path / "data").exists()  # no corpus, no SFT run

@@ -107,6 +107,10 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
     rank = node_rank(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     command_name = swift_args.command_of(cfg)
+    # every flag checked against the installed ms-swift first: before a data build, a merge or an SFT run for GRPO
+    swift_args.validate(swift_args.render(cfg, dataset_dir(cfg) / "train.jsonl", dataset_dir(cfg) / "dev.jsonl",
+                                          run_dir / "swift", report_to="none", model_path=str(cfg.model.path)),
+                        command_name)
     build = None
     if cfg.dry_run:
         data_dir = dataset_dir(cfg)
