@@ -13,17 +13,22 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_lora_r8_dry_run_prints_the_seed_schedule_and_the_inference_plan(tmp_path: Path, reference: Path) -> None:
+def dry_run(exp: str, root: Path, reference: Path) -> str:
+    """What ``python -m patentqa.train +exp=EXP dry_run=true`` prints on the CCKS layout of the 600 real questions."""
     from conftest import cache_root
 
-    questions = tmp_path / "data" / "ccks2025" / "train" / "train.jsonl"
+    questions = root / "data" / "ccks2025" / "train" / "train.jsonl"
     questions.parent.mkdir(parents=True)
     shutil.copy(reference / "seed_round_b_questions.jsonl", questions)
-    done = subprocess.run([sys.executable, "-m", "patentqa.train", "+exp=lora_r8", "dry_run=true", "logger=none",
-                           f"paths.root={tmp_path}", f"paths.cache_dir={cache_root()}"],
+    done = subprocess.run([sys.executable, "-m", "patentqa.train", f"+exp={exp}", "dry_run=true", "logger=none",
+                           f"paths.root={root}", f"paths.cache_dir={cache_root()}"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    return done.stdout
+
+
+def test_lora_r8_dry_run_prints_the_seed_schedule_and_the_inference_plan(tmp_path: Path, reference: Path) -> None:
+    out = dry_run("lora_r8", tmp_path, reference)
     assert "--gradient_accumulation_steps 2" in out and "--save_steps 10" in out and "--eval_steps 10" in out
     assert "world size 8; global batch 16" in out and "600 questions" in out
     steps = int(re.search(r"per epoch × 5 epochs = (\d+)", out)[1])
@@ -35,16 +40,7 @@ def test_lora_r8_dry_run_prints_the_seed_schedule_and_the_inference_plan(tmp_pat
 
 def test_grpo_r8_dry_run_validates_swift_rlhf_and_prints_rollouts_and_memory(tmp_path: Path, reference: Path) -> None:
     """No lora_r8 run exists yet: the dry run says a real run trains it first, trains nothing, and plans GRPO."""
-    from conftest import cache_root
-
-    questions = tmp_path / "data" / "ccks2025" / "train" / "train.jsonl"
-    questions.parent.mkdir(parents=True)
-    shutil.copy(reference / "seed_round_b_questions.jsonl", questions)
-    done = subprocess.run([sys.executable, "-m", "patentqa.train", "+exp=grpo_r8", "dry_run=true", "logger=none",
-                           f"paths.root={tmp_path}", f"paths.cache_dir={cache_root()}"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    out = dry_run("grpo_r8", tmp_path, reference)
     assert "experiment lora_r8 has no swept run yet: a real run trains it first" in out
     assert "swift rlhf arguments validated" in out and "--rlhf_type grpo" in out and "--reward_funcs patentqa" in out
     assert "--vllm_mode colocate" in out and "PATENTQA_REWARD=" in out and "--val_dataset" not in out
