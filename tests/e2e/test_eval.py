@@ -130,18 +130,40 @@ def test_base_model_ablation_trains_nothing_and_scores_the_base(tmp_path: Path, 
 
 @pytest.fixture(scope="module")
 def grpo(swept):
-    """4 GRPO steps (checkpoints 2 and 4) from the swept smoke run, then their sweep and report."""
+    """GRPO from the swept smoke run as a user meets a crash: ``python -m patentqa.train +exp=smoke_grpo`` killed
+    with -9 after its second checkpoint, then ``resume=true`` to two steps more, swept and reported.
+    (killed run dir, its complete checkpoints, resumed run dir, the resumed run's result)."""
+    import os
+    import signal
+    import time
+
+    from patentqa.tracking import checkpoints
+
     tmp, sft_dir, _ = swept
-    run_dir = tmp / "runs" / "smoke_grpo" / "a"
-    return run_dir, train(smoke(tmp, f"train.init_from={sft_dir}", "train.max_steps=4", "train.save_steps=2",
-                                exp="smoke_grpo"), run_dir)
+    killed, resumed = tmp / "runs" / "smoke_grpo" / "killed", tmp / "runs" / "smoke_grpo" / "resumed"
+    argv = [sys.executable, "-m", "patentqa.train", "+exp=smoke_grpo", *tiny_overrides(tmp), f"train.init_from={sft_dir}",
+            "train.save_steps=2", "train.max_steps=400", "eval.after_train=false", f"hydra.run.dir={killed}"]
+    with open(tmp / "grpo_killed.log", "w") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while len(checkpoints(killed / "swift")) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)  # swift rlhf and its parent, mid-run
+        proc.wait(timeout=60)
+    done = checkpoints(killed / "swift")
+    assert len(done) >= 2, (tmp / "grpo_killed.log").read_text()[-3000:]
+    result = train(smoke(tmp, f"train.init_from={sft_dir}", "resume=true", f"train.max_steps={done[-1].step + 2}",
+                         "train.save_steps=2", exp="smoke_grpo"), resumed)
+    return killed, done, resumed, result
 
 
 def test_grpo_starts_at_the_sft_policy_and_its_reference_is_that_policy(swept, grpo) -> None:
     """The best SFT checkpoint, merged, is GRPO's model: the KL to the reference is 0 at the first step, and the
     GRPO run's base row (the merged model) scores on dev what the SFT run's best checkpoint scored."""
+    from patentqa.train.launch import swift_summary
+
     _, sft_dir, _ = swept
-    run_dir, result = grpo
+    killed, _, run_dir, result = grpo
     sft_best = json.loads((sft_dir / "eval" / "sweep.json").read_text())["best"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     merged = Path(manifest["init_from"]["merged"])
@@ -150,14 +172,15 @@ def test_grpo_starts_at_the_sft_policy_and_its_reference_is_that_policy(swept, g
     args = result.command
     assert args[1] == "rlhf" and args[args.index("--model") + 1] == str(merged)
     assert args[args.index("--rlhf_type") + 1] == "grpo" and args[args.index("--reward_funcs") + 1] == "patentqa"
-    assert result.summary["kl@first"] == pytest.approx(0.0, abs=1e-4), result.summary  # --adapters alone: ~9
-    assert result.summary["reward@first"] >= 0.0
+    first = swift_summary(killed / "swift")  # the run's first steps were the killed process's
+    assert first["kl@first"] == pytest.approx(0.0, abs=1e-4), first  # with --adapters alone: ~9
+    assert first["reward@first"] >= 0.0
     sweep = json.loads((run_dir / "eval" / "sweep.json").read_text())
     assert sweep["base"]["dev"]["composite"] == pytest.approx(sft_best["dev"]["composite"], abs=1e-9)
 
 
 def test_grpo_rollouts_are_the_sft_rows_prompts_on_training_documents(grpo) -> None:
-    run_dir, _ = grpo
+    _, _, run_dir, _ = grpo
     data = Path(json.loads((run_dir / "manifest.json").read_text())["dataset"]["dir"])
     sft = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
     rows = [json.loads(line) for line in (data / "grpo_train.jsonl").read_text().splitlines()]
@@ -170,11 +193,20 @@ def test_grpo_rollouts_are_the_sft_rows_prompts_on_training_documents(grpo) -> N
     assert {r["document"] for r in rows} <= set(documents["train"])
 
 
+def test_grpo_killed_with_9_resumes_from_its_last_complete_checkpoint_in_the_same_wandb_run(grpo) -> None:
+    """A GRPO run is resumed like an SFT run (tests/e2e/test_resume.py): from the last complete checkpoint of the
+    latest run of the experiment and variant, writing only the steps after it, into the killed run's W&B run."""
+    killed, done, run_dir, result = grpo
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["resumed_from"] == str(done[-1].path)
+    assert [c.step for c in result.checkpoints] == [done[-1].step + 2]  # only the steps after it
+    assert manifest["wandb"]["id"] == json.loads((killed / "manifest.json").read_text())["wandb"]["id"]
+
+
 def test_grpo_checkpoints_are_swept_and_reported_beside_the_sft_policy(grpo) -> None:
-    run_dir, result = grpo
-    assert [c.step for c in result.checkpoints] == [2, 4]
+    _, done, run_dir, result = grpo
     sweep = json.loads((run_dir / "eval" / "sweep.json").read_text())
-    assert [c["name"] for c in sweep["checkpoints"]] == ["checkpoint-2", "checkpoint-4"] and sweep["best"]["test"]
+    assert [c["name"] for c in sweep["checkpoints"]] == [f"checkpoint-{done[-1].step + 2}"] and sweep["best"]["test"]
     report = (run_dir / "report" / "report.md").read_text()
     assert "smoke_grpo: SFT policy (checkpoint-" in report and "smoke_grpo − its SFT policy (checkpoint-" in report
     assert "## GRPO: reward, KL and completion length per step" in report
@@ -182,36 +214,3 @@ def test_grpo_checkpoints_are_swept_and_reported_beside_the_sft_policy(grpo) -> 
     history = b"".join(f.read_bytes() for p in (run_dir / "wandb").glob("offline-run-*") for f in p.glob("*.wandb"))
     for key in (b"train/reward", b"train/kl", b"train/completions/mean_length"):
         assert key in history, key
-
-
-def test_grpo_killed_with_9_resumes_from_its_last_checkpoint(swept, grpo, tmp_path: Path) -> None:
-    """A GRPO run is resumed like an SFT run (tests/e2e/test_resume.py): from its last complete checkpoint."""
-    import os
-    import signal
-    import time
-
-    from patentqa.tracking import checkpoints
-
-    tmp, sft_dir, _ = swept
-    runs = tmp_path / "runs"
-    argv = [sys.executable, "-m", "patentqa.train", "+exp=smoke_grpo", *tiny_overrides(tmp), f"paths.runs_dir={runs}",
-            f"train.init_from={sft_dir}", "train.save_steps=2", "logger=none", "eval.after_train=false"]
-    killed = runs / "smoke_grpo" / "killed"
-    with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([*argv, "train.max_steps=400", f"hydra.run.dir={killed}"], cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while len(checkpoints(killed / "swift")) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    done = checkpoints(killed / "swift")
-    assert len(done) >= 2, (tmp_path / "killed.log").read_text()[-3000:]
-    last = done[-1]
-    again = subprocess.run([*argv, "resume=true", f"train.max_steps={last.step + 2}",
-                            f"hydra.run.dir={runs / 'smoke_grpo' / 'resumed'}"], cwd=REPO, capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"resume: continuing from {last.path} (step {last.step})" in again.stdout
-    resumed = checkpoints(runs / "smoke_grpo" / "resumed" / "swift")
-    assert [c.step for c in resumed] == [last.step + 2]  # only the steps after the last complete checkpoint
