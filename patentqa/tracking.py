@@ -258,6 +258,18 @@ def checkpoints(swift_dir: str | os.PathLike) -> list[Checkpoint]:
     return sorted(found, key=lambda c: (c.step, str(c.path)))
 
 
+def swift_log(swift_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """swift's logging.jsonl records under its output dir (every ``vN-*``, in order); a torn line is skipped."""
+    records = []
+    for path in sorted(Path(swift_dir).glob("v*/logging.jsonl")):
+        for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a blank line, or one a killed run left half written
+                continue
+    return [record for record in records if isinstance(record, dict)]
+
+
 def run_manifest(config: Mapping[str, Any], *, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What reproduces a run: git, versions, the lock they came from, host, argv, result env, config (all scrubbed)."""
     return scrub({"state": "running", "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -35,6 +35,27 @@ def cache_root() -> Path:
     return Path(os.environ.get("PATENTQA_CACHE", REPO / ".cache"))
 
 
+def kill_after_checkpoints(argv: list[str], run_dir: Path, n: int, log: Path, env: dict[str, str] | None = None,
+                           timeout_s: float = 600) -> list[Any]:
+    """Run a training command, kill -9 its whole process group (swift and its parent, mid-run) once ``run_dir``
+    holds ``n`` complete checkpoints; return the complete checkpoints then (at least ``n``)."""
+    import signal
+    import time
+
+    from patentqa.tracking import checkpoints
+
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while len(checkpoints(run_dir / "swift")) < n and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    done = checkpoints(run_dir / "swift")
+    assert len(done) >= n, log.read_text()[-3000:]
+    return done
+
+
 # Fake keys set for the whole session: every run, Hydra/submitit dir, node log, cache and output the
 # tests make is searched for them when the session ends (pytest_sessionfinish below; tests/test_no_secrets.py)
 SESSION_SECRETS = {"WANDB_API_KEY": "wandb-fake-session-3f9a1c7e5b2d4086", "OPENAI_API_KEY": "sk-fake-session-7c1e9b3a5d"}

@@ -10,6 +10,7 @@ import pytest
 
 from patentqa.eval.metrics import resolve_weights
 from patentqa.eval.score import score_file
+from patentqa.train import swift_args
 from patentqa.train.reward import ENV, NAME, RewardSpec
 
 OPTIONS = ["A. 位于左侧", "B. 位于右侧", "C. 位于上方", "D. 位于下方"]
@@ -62,11 +63,9 @@ def test_the_plugin_registers_with_swift_and_reads_its_settings_from_the_environ
     monkeypatch.delitem(orms, NAME, raising=False)
     from swift.utils.utils import import_external_file
 
-    from patentqa.train import reward
-
     monkeypatch.setattr(sys, "path", list(sys.path))  # swift puts the plugin's dir first on the path
     monkeypatch.delenv(ENV, raising=False)
-    import_external_file(reward.__file__)  # what `swift rlhf --external_plugins PLUGIN` does in each rank
+    import_external_file(str(swift_args.REWARD_PLUGIN))  # what `swift rlhf --external_plugins PLUGIN` does in a rank
     with pytest.raises(RuntimeError, match=ENV):
         orms[NAME](args=None)
     for key, value in spec(metric="char_f1").to_env().items():

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from patentqa.eval.score import read_items
-from patentqa.tracking import read_jsonl
+from patentqa.tracking import read_jsonl, swift_log
 
 BASE = "base"            # the sweep's name for the untuned model (eval.include_base)
 NO_TEST = "dev — no test split"
@@ -169,15 +169,5 @@ def stat(aggregate: dict[str, Any], metric: str) -> dict[str, Any] | None:
 
 def grpo_log(run: Run) -> list[dict[str, Any]]:
     """A GRPO run's per-step records (reward, kl, completion length) from swift's logging.jsonl; [] otherwise."""
-    records = []
-    for path in sorted((run.path / "swift").glob("v*/logging.jsonl")):
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "reward" in record and "global_step/max_steps" in record:
-                record["step"] = int(str(record["global_step/max_steps"]).split("/")[0])
-                records.append(record)
-    return records
-
+    return [{**record, "step": int(str(record["global_step/max_steps"]).split("/")[0])}
+            for record in swift_log(run.path / "swift") if "reward" in record and "global_step/max_steps" in record]

@@ -116,14 +116,21 @@ def final_prediction(answer: str, options: Any, clean: bool) -> dict[str, Any]:
     return {"prediction": cleanup(answer) if clean else str(answer)}
 
 
+def read_reply(reply: str, thinking: bool = False, cot: bool = False) -> tuple[str, str | None, bool | None]:
+    """(answer, think, final_line) of a reply: ``think_answer`` first, then a chain (``cot``) cut to its "答案："
+    line (``final_line`` false: none, its last line was taken; None: no chain read, as for an unclosed think)."""
+    answer, think = think_answer(reply, thinking)
+    if cot and think != "unclosed":  # no answer at all: counted once, as an unclosed think
+        answer, final_line = final_answer(answer)
+        return answer, think, final_line
+    return answer, think, None
+
+
 def reply_prediction(reply: str, options: Any = None, *, thinking: bool = False, cot: bool = False,
                      clean: bool = True) -> str:
-    """A reply read as ``answer_chunk`` reads it when there is no style pass: the think block dropped, a chain cut
-    to its "答案：" line, then ``final_prediction``. What GRPO's reward scores (patentqa/train/reward.py)."""
-    answer, think = think_answer(reply, thinking)
-    if cot and think != "unclosed":
-        answer, _ = final_answer(answer)
-    return final_prediction(answer, options, clean)["prediction"]
+    """A reply read as ``answer_chunk`` reads it when there is no style pass (``read_reply``, then
+    ``final_prediction``). What GRPO's reward scores (patentqa/train/reward.py)."""
+    return final_prediction(read_reply(reply, thinking, cot)[0], options, clean)["prediction"]
 
 
 def _route(chunk: list[Question], engine: Engine, settings: PipelineSettings, adapter: str | None) -> list[dict]:
@@ -156,13 +163,9 @@ def answer_chunk(chunk: list[Question], ctx: AnswerContext, engine: Engine, sett
     raw = engine.generate(prompts, Sampling(max_new_tokens=settings.max_new_tokens), adapter)
     timings["answer"] += time.perf_counter() - clock
     clock = time.perf_counter()
-    read = [think_answer(reply, settings.thinking) for reply in raw]  # the one place a reply becomes an answer
-    answers, thinks = [answer for answer, _ in read], [think for _, think in read]
-    final_lines: list[bool | None] = [None] * len(raw)
-    if ctx.prompt_config.target == "cot":  # the reply is a chain: its "答案：" line (else its last line) is the answer
-        for i, reply in enumerate(answers):
-            if thinks[i] != "unclosed":  # no answer at all: counted once, as an unclosed think
-                answers[i], final_lines[i] = final_answer(reply)
+    # the one place a reply becomes an answer; a chain's "答案：" line (else its last line) is the answer
+    read = [read_reply(reply, settings.thinking, ctx.prompt_config.target == "cot") for reply in raw]
+    answers, thinks, final_lines = [r[0] for r in read], [r[1] for r in read], [r[2] for r in read]
     styled = list(answers)
     # round A letters need no shortening; an unclosed think has nothing to shorten (it stays empty)
     open_answers = [i for i, q in enumerate(chunk) if not q.options and thinks[i] != "unclosed"]

@@ -39,6 +39,15 @@ TEXT_COMMON: dict[str, Any] = {
     "pad_token_id": 151643,
     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]},
 }
+VISION_COMMON: dict[str, Any] = {  # both families' tiny vision tower; each adds its patch size and extras
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "out_hidden_size": 64,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
 _TOKEN_IDS: dict[str, Any] = {
     "image_token_id": 151655,
     "video_token_id": 151656,

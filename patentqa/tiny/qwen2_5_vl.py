@@ -4,20 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from patentqa.tiny.build import TEXT_COMMON, build_family, cached
+from patentqa.tiny.build import TEXT_COMMON, VISION_COMMON, build_family, cached
 
 QWEN2_5_VL_RECIPE: dict[str, Any] = {
     "name": "qwen2_5_vl",
     "text_config": TEXT_COMMON,
     "vision_config": {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "out_hidden_size": 64,
+        **VISION_COMMON,
         "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
         "window_size": 112,
         "fullatt_block_indexes": [1],
         "tokens_per_second": 2,

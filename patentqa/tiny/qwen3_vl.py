@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from patentqa.tiny.build import VOCAB_SIZE, build_family, cached
+from patentqa.tiny.build import VISION_COMMON, VOCAB_SIZE, build_family, cached
 from patentqa.tiny.tokenizer import QWEN3_VL_CHAT_TEMPLATE
 
 QWEN3_VL_RECIPE: dict[str, Any] = {
@@ -27,14 +27,8 @@ QWEN3_VL_RECIPE: dict[str, Any] = {
                             "mrope_interleaved": True},
     },
     "vision_config": {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "out_hidden_size": 64,
+        **VISION_COMMON,
         "patch_size": 16,  # × merge 2: 32 px a visual token, as the released checkpoints
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
         "num_position_embeddings": 256,
         "deepstack_visual_indexes": [0],
     },

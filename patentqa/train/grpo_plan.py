@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from patentqa.config import world_size
 from patentqa.infer.capacity import GIB, Shape, gpu_memory, kv_bytes_per_token
+from patentqa.train.plan import Plan, model_config
 
 
 @dataclass
@@ -51,10 +52,8 @@ class GrpoPlan:
         return "\n".join(lines)
 
 
-def make_grpo_plan(cfg: DictConfig, plan: object) -> GrpoPlan:
-    """GRPO's rollouts and memory for ``cfg``, from the SFT plan ``plan`` (``patentqa.train.plan.Plan``)."""
-    from patentqa.train.plan import model_config
-
+def make_grpo_plan(cfg: DictConfig, plan: Plan) -> GrpoPlan:
+    """GRPO's rollouts and memory for ``cfg``, on top of the policy's plan ``plan``."""
     train = cfg.train
     per_device, generations = int(train.per_device_train_batch_size), int(train.num_generations)
     completions = per_device * int(train.gradient_accumulation_steps) * world_size(cfg)
@@ -63,16 +62,16 @@ def make_grpo_plan(cfg: DictConfig, plan: object) -> GrpoPlan:
         errors.append(f"{completions} completions a step (per device × accumulation × ranks) is not a multiple of "
                       f"num_generations {generations}: swift refuses it")
     config, _ = model_config(cfg.model)
-    total = plan.params["total"]  # type: ignore[attr-defined]
+    total = plan.params["total"]
     shape = Shape.from_config(config, total)
-    gpus = max(plan.gpus, 1)  # type: ignore[attr-defined]
-    memory = {"policy (ZeRO-3 model states)": plan.memory_gib["this_run"]}  # type: ignore[attr-defined]
+    gpus = max(plan.gpus, 1)
+    memory = {"policy (ZeRO-3 model states)": plan.memory_gib["this_run"]}
     notes = []
     if str(train.get("tuner_type", "lora")) == "full":
         memory["reference (bf16, partitioned)"] = 2 * total / gpus / GIB
     else:
         notes.append("reference: the policy's own weights with the LoRA adapter off (no second copy)")
-    prompt = max((t["max_tokens"] for t in plan.tokens.values()), default=0)  # type: ignore[attr-defined]
+    prompt = max((t["max_tokens"] for t in plan.tokens.values()), default=0)
     completion = int(train.max_completion_length)
     memory["logits (policy + reference, fp32)"] = 2 * per_device * completion * shape.vocab * 4 / GIB
     gpu_gib, source = gpu_memory(cfg)

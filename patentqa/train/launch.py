@@ -1,7 +1,6 @@
 """Launching ``swift sft``: its environment, the streamed subprocess, and what it left behind."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,8 @@ from pathlib import Path
 from typing import Mapping
 
 from omegaconf import DictConfig
+
+from patentqa.tracking import swift_log
 
 # variables the launcher sets from its config (launcher.<var lower>) when it has a value
 LAUNCH_VARS = ("NPROC_PER_NODE", "CUDA_VISIBLE_DEVICES", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -100,17 +101,12 @@ def swift_summary(swift_dir: Path) -> dict[str, object]:
     """Last/best checkpoint and final losses (GRPO: first and last reward, KL, completion length) from swift's
     logging.jsonl files."""
     summary: dict[str, object] = {}
-    for log in sorted(swift_dir.glob("v*/logging.jsonl")):
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            for key in ("loss", "eval_loss", "last_model_checkpoint", "best_model_checkpoint", "global_step/max_steps"):
-                if key in record:
-                    summary[key] = record[key]
-            for key in GRPO_LOGGED:  # GRPO's (swift rlhf): the first step's value and the last
-                if key in record:
-                    summary.setdefault(f"{key}@first", record[key])
-                    summary[key] = record[key]
+    for record in swift_log(swift_dir):
+        for key in ("loss", "eval_loss", "last_model_checkpoint", "best_model_checkpoint", "global_step/max_steps"):
+            if key in record:
+                summary[key] = record[key]
+        for key in GRPO_LOGGED:  # GRPO's (swift rlhf): the first step's value and the last
+            if key in record:
+                summary.setdefault(f"{key}@first", record[key])
+                summary[key] = record[key]
     return summary

@@ -6,8 +6,9 @@ round-A letters parsed, cleanup), then scored by ``score_items`` with the run's 
 ``composite`` (or any registered metric) for open answers, accuracy for round-A letters. An optional
 format term adds ``format_weight`` when the reply is one short line with no chain.
 
-``swift rlhf --external_plugins THIS_FILE --reward_funcs patentqa`` imports this file in each rank;
-the settings come from ``PATENTQA_REWARD`` (JSON, written by ``patentqa.train.grpo.reward_spec``).
+``swift rlhf --external_plugins reward_plugin.py --reward_funcs patentqa`` imports the plugin in each rank, which
+registers ``MetricReward`` over this spec; the settings come from ``PATENTQA_REWARD`` (JSON, written by
+``patentqa.train.grpo.reward_spec``). This module imports no swift: ``python -m patentqa.train`` loads it.
 """
 from __future__ import annotations
 
@@ -78,24 +79,3 @@ def _options(value: Any) -> list[str] | None:
     if isinstance(value, str):
         value = json.loads(value) if value else None
     return list(value) if value else None
-
-
-try:  # registered when swift imports this file as a plugin; the module stays importable without swift
-    from swift.rewards import ORM, orms
-except ImportError:  # pragma: no cover
-    ORM, orms = object, None
-
-
-class MetricReward(ORM):  # type: ignore[misc,valid-type]
-    """swift's reward function: ``__call__(completions, solution, round, options, ...)`` → one float each."""
-
-    def __init__(self, args: Any = None, **kwargs: Any) -> None:
-        self.args = args
-        self.spec = RewardSpec.from_env()
-
-    def __call__(self, completions: list[str], solution: list[str], **kwargs: Any) -> list[float]:
-        return self.spec.rewards(completions, solution, kwargs.get("round"), kwargs.get("options"))
-
-
-if orms is not None:
-    orms[NAME] = MetricReward

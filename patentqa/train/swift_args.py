@@ -24,6 +24,8 @@ RENAMED: dict[str, str] = {
     "custom_val_dataset_path": "val_dataset",
     "dtype": "torch_dtype",
 }
+# GRPO's reward: a plugin swift imports in each rank (it imports swift; patentqa.train does not import it)
+REWARD_PLUGIN = Path(__file__).with_name("reward_plugin.py")
 # train config keys that are ours, not swift flags
 _NOT_SWIFT = {"extra_args", "enabled", "init_from", "reward"}
 
@@ -147,10 +149,10 @@ def render(cfg: DictConfig, train_file: Path, val_file: Path, output_dir: Path, 
             args[key] = value
     plugins = []
     if command_of(cfg) == "rlhf":  # the reward is our metric: a plugin swift imports in each rank
-        from patentqa.train import reward
+        from patentqa.train.reward import NAME
 
-        plugins.append(str(Path(reward.__file__)))
-        args["reward_funcs"] = [reward.NAME]
+        plugins.append(str(REWARD_PLUGIN))
+        args["reward_funcs"] = [NAME]
     if cfg.launcher.get("deepspeed"):
         args["deepspeed"] = cfg.launcher.deepspeed
     if cfg.launcher.get("cpu_ranks"):  # several CPU processes must agree they are one job (cpu_distributed.py)

@@ -107,14 +107,12 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
     rank = node_rank(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     command_name = swift_args.command_of(cfg)
+    data_dir, build = dataset_dir(cfg), None
     # every flag checked against the installed ms-swift first: before a data build, a merge or an SFT run for GRPO
-    swift_args.validate(swift_args.render(cfg, dataset_dir(cfg) / "train.jsonl", dataset_dir(cfg) / "dev.jsonl",
-                                          run_dir / "swift", report_to="none", model_path=str(cfg.model.path)),
-                        command_name)
-    build = None
-    if cfg.dry_run:
-        data_dir = dataset_dir(cfg)
-    else:  # a real model on a machine without a working GPU stops here, before anything loads (patentqa/device.py)
+    # (the files and model named are not read to validate; what is added later, resume_from_checkpoint, is ours)
+    swift_args.validate(swift_args.render(cfg, data_dir / "train.jsonl", data_dir / "dev.jsonl", run_dir / "swift",
+                                          report_to="none", model_path=str(cfg.model.path)), command_name)
+    if not cfg.dry_run:  # a real model on a machine without a GPU stops here, before anything loads (device.py)
         require_gpu(cfg.model, cfg.get("device"), stage=f"training (swift {command_name})")
         if rank == 0:
             build = build_dataset(cfg)
@@ -149,7 +147,6 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
                              model_path=swift_args.model_for_swift(cfg))
     if resume:
         args["resume_from_checkpoint"] = str(resume[0].path)
-    swift_args.validate(args, command_name)
     launch = {**launch_env(cfg), **(grpo.reward_spec(cfg).to_env() if grpo.is_grpo(cfg) else {})}
     if rank == 0:
         swift_args.write_config_file(run_dir / "swift_args.yaml", args, launch)

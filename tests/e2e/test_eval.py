@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cache_root
+from conftest import REPO, cache_root, kill_after_checkpoints
 from patentqa import residency
 from patentqa.config import compose
 from patentqa.train.train import train
@@ -133,25 +133,11 @@ def grpo(swept):
     """GRPO from the swept smoke run as a user meets a crash: ``python -m patentqa.train +exp=smoke_grpo`` killed
     with -9 after its second checkpoint, then ``resume=true`` to two steps more, swept and reported.
     (killed run dir, its complete checkpoints, resumed run dir, the resumed run's result)."""
-    import os
-    import signal
-    import time
-
-    from patentqa.tracking import checkpoints
-
     tmp, sft_dir, _ = swept
     killed, resumed = tmp / "runs" / "smoke_grpo" / "killed", tmp / "runs" / "smoke_grpo" / "resumed"
     argv = [sys.executable, "-m", "patentqa.train", "+exp=smoke_grpo", *tiny_overrides(tmp), f"train.init_from={sft_dir}",
             "train.save_steps=2", "train.max_steps=400", "eval.after_train=false", f"hydra.run.dir={killed}"]
-    with open(tmp / "grpo_killed.log", "w") as log:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while len(checkpoints(killed / "swift")) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGKILL)  # swift rlhf and its parent, mid-run
-        proc.wait(timeout=60)
-    done = checkpoints(killed / "swift")
-    assert len(done) >= 2, (tmp / "grpo_killed.log").read_text()[-3000:]
+    done = kill_after_checkpoints(argv, killed, 2, tmp / "grpo_killed.log", timeout_s=300)
     result = train(smoke(tmp, f"train.init_from={sft_dir}", "resume=true", f"train.max_steps={done[-1].step + 2}",
                          "train.save_steps=2", exp="smoke_grpo"), resumed)
     return killed, done, resumed, result

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cache_root
+from conftest import REPO, cache_root, kill_after_checkpoints
 from patentqa.tracking import checkpoints
 from test_resume_point import plant_run
 
@@ -34,16 +32,7 @@ def test_kill_9_mid_training_then_resume(tmp_path: Path) -> None:
     env = {**os.environ, "WANDB_MODE": "offline"}
     killed = runs / "smoke" / "killed"
     argv = [sys.executable, "-m", "patentqa.train", *overrides(tmp_path), f"hydra.run.dir={killed}"]
-    with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 600
-        while len(checkpoints(killed / "swift")) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGKILL)  # swift sft and its parent, mid-run
-        proc.wait(timeout=60)
-    done = checkpoints(killed / "swift")
-    assert len(done) >= 2, (tmp_path / "killed.log").read_text()[-3000:]
-    last = done[-1]
+    last = kill_after_checkpoints(argv, killed, 2, tmp_path / "killed.log", env)[-1]
     first = json.loads((killed / "manifest.json").read_text())
     assert first["state"] == "running" and "ended_at" not in first  # it never got to record an end
     partial = last.path.parent / f"checkpoint-{last.step + 2}"       # being written when the kill came
