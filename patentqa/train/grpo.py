@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,12 @@ def start_point(cfg: DictConfig, run: Path, data_dir: Path, build: Any = None) -
     """From the SFT run ``run`` (``sft_run``): check its split, merge its best checkpoint, write the rollout rows
     (``build``: node 0's dataset build) and point ``cfg.model.path`` at the merged model. A dry run merges
     nothing and says what it would start from."""
+    from patentqa.device import is_tiny
+
+    if not cfg.train.get("use_vllm") and not is_tiny(cfg.model):  # before the merge swaps in the merged model
+        print(f"WARNING: GRPO rollouts by transformers on {cfg.model.path}: under ZeRO-3 every generated token gathers "
+              "every layer (very slow on 32B); use vLLM in colocate mode as +exp=grpo_r8 does "
+              "(train.use_vllm=true train.vllm_mode=colocate ...)", file=sys.stderr, flush=True)
     checkpoint = best_checkpoint(run)
     merged = checkpoint.with_name(f"{checkpoint.name}-merged")
     if cfg.dry_run:

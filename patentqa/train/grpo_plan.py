@@ -11,10 +11,11 @@ GRPO run holds:
   bf16), and float32 logits of policy and reference over the completions for the loss;
 - **rollouts by vLLM in colocate mode** (``use_vllm: true, vllm_mode: colocate``): the share of the GPU vLLM
   reserves (``vllm_gpu_memory_utilization``: its weights at ``vllm_tensor_parallel_size`` and its KV cache),
-  released while the policy trains when ``sleep_level`` ≥ 1.
+  released while the policy trains when ``sleep_level`` ≥ 1: the peak is then the larger phase, not the sum.
 
-Activations of the training forward/backward are not estimated (gradient checkpointing is on); the
-margin left says how much room they have.
+- **activations** of the loss forward/backward, with gradient checkpointing (swift's default): each layer's bf16
+  input for every token of the rank's completions (longest prompt + ``max_completion_length``), an estimate that
+  leaves out one layer's recomputed internals; the margin left covers those.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class GrpoPlan:
     gpu_gib: float | None
     gpu_source: str
     memory_gib: dict[str, float]
+    asleep: list[str] = field(default_factory=list)  # parts released while the policy trains (vLLM, sleep_level)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -43,13 +45,23 @@ class GrpoPlan:
         lines = [f"GRPO: {self.completions_per_step:,} completions a step = {prompts} question(s) × "
                  f"{self.generations} generations (train.num_generations)"]
         parts = " + ".join(f"{name} {gib:.1f}" for name, gib in self.memory_gib.items())
-        total = sum(self.memory_gib.values())
-        room = (f"; {self.gpu_gib - total:.1f} GiB left of {self.gpu_gib:.1f} ({self.gpu_source}) for activations"
+        when = " at the peak (vLLM asleep while the policy trains)" if self.asleep else ""
+        room = (f"; {self.gpu_gib - self.peak_gib:.1f} GiB left of {self.gpu_gib:.1f} ({self.gpu_source}){when}"
                 if self.gpu_gib else f" ({self.gpu_source}: no GPU size to compare with)")
-        lines.append(f"  memory per GPU (GiB): {parts} = {total:.1f}{room}")
+        lines.append(f"  memory per GPU (GiB): {parts} = {self.peak_gib:.1f}{room}")
         lines += [f"  note:  {note}" for note in self.notes]
         lines += [f"  ERROR: {error}" for error in self.errors]
         return "\n".join(lines)
+
+    @property
+    def peak_gib(self) -> float:
+        """The most one GPU holds at once: everything, or with vLLM asleep the larger of its two phases (rollouts:
+        what is not training memory; training: what is not vLLM's)."""
+        if not self.asleep:
+            return sum(self.memory_gib.values())
+        training = {"logits (policy + reference, fp32)", "checkpointed activations (bf16)"}
+        rollouts = sum(v for k, v in self.memory_gib.items() if k not in training)
+        return max(rollouts, sum(v for k, v in self.memory_gib.items() if k not in self.asleep))
 
 
 def make_grpo_plan(cfg: DictConfig, plan: Plan) -> GrpoPlan:
@@ -66,7 +78,7 @@ def make_grpo_plan(cfg: DictConfig, plan: Plan) -> GrpoPlan:
     shape = Shape.from_config(config, total)
     gpus = max(plan.gpus, 1)
     memory = {"policy (ZeRO-3 model states)": plan.memory_gib["this_run"]}
-    notes = []
+    notes, asleep = [], []
     if str(train.get("tuner_type", "lora")) == "full":
         memory["reference (bf16, partitioned)"] = 2 * total / gpus / GIB
     else:
@@ -74,6 +86,7 @@ def make_grpo_plan(cfg: DictConfig, plan: Plan) -> GrpoPlan:
     prompt = max((t["max_tokens"] for t in plan.tokens.values()), default=0)
     completion = int(train.max_completion_length)
     memory["logits (policy + reference, fp32)"] = 2 * per_device * completion * shape.vocab * 4 / GIB
+    memory["checkpointed activations (bf16)"] = per_device * (prompt + completion) * shape.hidden * shape.layers * 2 / GIB
     gpu_gib, source = gpu_memory(cfg)
     if train.get("use_vllm"):
         mode = str(train.get("vllm_mode") or "server")
@@ -83,6 +96,8 @@ def make_grpo_plan(cfg: DictConfig, plan: Plan) -> GrpoPlan:
             reserved = utilization * (gpu_gib or 0.0)
             weights = 2 * total / tp / GIB
             memory[f"vLLM colocate ({utilization:g} of the GPU)"] = reserved
+            if train.get("sleep_level"):
+                asleep.append(f"vLLM colocate ({utilization:g} of the GPU)")
             kv = kv_bytes_per_token(shape, tp, 2)
             notes.append(f"vLLM colocate: weights {weights:.1f} GiB a GPU at TP {tp}, KV cache "
                          f"{max(reserved - weights, 0):.1f} GiB = {int(max(reserved - weights, 0) * GIB / kv):,} tokens "
@@ -98,5 +113,9 @@ def make_grpo_plan(cfg: DictConfig, plan: Plan) -> GrpoPlan:
         memory["rollout KV cache (transformers)"] = per_device * (prompt + completion) * kv / GIB
         notes.append("rollouts by transformers generate under ZeRO-3 gather every layer for every token: slow "
                      "on 32B; the node's preset (+exp=grpo_r8) uses vLLM in colocate mode")
-    return GrpoPlan(completions, generations, completions // generations if not completions % generations else None,
-                    gpu_gib, source, memory, notes, errors)
+    result = GrpoPlan(completions, generations, completions // generations if not completions % generations else None,
+                      gpu_gib, source, memory, asleep, notes, errors)
+    if gpu_gib and result.peak_gib > gpu_gib:
+        errors.append(f"{result.peak_gib:.1f} GiB a GPU at the peak is more than its {gpu_gib:.1f}: lower "
+                      "per_device_train_batch_size (raise gradient_accumulation_steps to keep the step)")
+    return result
