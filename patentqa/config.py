@@ -4,7 +4,9 @@ Importing this module registers the resolvers the tree uses: ``abspath`` (``conf
 resolved config, and every run's ``config.yaml``, holds absolute paths, so a run can be evaluated
 from any directory), ``join`` (a list as one word, e.g. the rounds in a data dir's name) and
 ``accumulation_for`` (a recipe's global batch held fixed whatever the launcher) and ``answer_budget``
-(a generation budget that grows to ``thinking_max_new_tokens`` for a model that reasons first).
+(a generation budget that grows to ``thinking_max_new_tokens`` for a model that reasons first) and ``family``
+(a value the model family knows, ``${family:image_factor}`` in ``conf/model``: one place for it,
+``patentqa/models/``).
 """
 from __future__ import annotations
 
@@ -54,6 +56,16 @@ def answer_budget(plain: int, *, _root_: DictConfig) -> int:
 
 
 OmegaConf.register_new_resolver("answer_budget", answer_budget, replace=True)
+
+
+def family_value(key: str, *, _parent_: DictConfig) -> Any:
+    """``Family.<key>`` of the model config this interpolation sits in (``patentqa.models``)."""
+    from patentqa.models import family_of
+
+    return getattr(family_of(_parent_), key)
+
+
+OmegaConf.register_new_resolver("family", family_value, replace=True)
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:

@@ -145,7 +145,7 @@ def model_dir(model_cfg: Any, *, download: bool = True) -> str:
     else ``model.path`` through ``resolve_model`` with ``model.hub``."""
     path = str(model_cfg.path)
     if cfg_get(model_cfg, "build_tiny", False):
-        from patentqa.tiny import tiny_answerer
+        from patentqa.models import family_of
 
-        path = str(tiny_answerer(str(cfg_get(model_cfg, "model_type", "qwen2_5_vl")), Path(path).parent))
+        path = str(family_of(model_cfg).build_tiny(Path(path).parent))
     return resolve_model(path, str(cfg_get(model_cfg, "hub", "huggingface") or "huggingface"), download=download)

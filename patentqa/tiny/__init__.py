@@ -1,14 +1,16 @@
-"""Tiny random Qwen2.5-VL / Qwen3-VL / Qwen2-VL checkpoints for tests, built offline in seconds.
+"""Tiny random Qwen2.5-VL / Qwen3-VL / Qwen3.5 / Qwen2-VL checkpoints for tests, built offline in seconds.
 
 Nothing is downloaded: a byte-level BPE tokenizer is trained on a small embedded Chinese
 patent corpus plus the synthetic patents' word lists (so their answers are a few tokens,
 not runs of bytes), padded up to id 151642, and Qwen's special tokens are added at their
 real ids (151643-151664). The filler ids no text encodes to get zero embedding and output
 rows, so an untrained model spreads its guesses over real tokens, not 150k fillers. ms-swift hard-codes those ids (``<|image_pad|>`` = 151655); a tiny
-model with other ids trains, but never expands image tokens.
+model with other ids trains, but never expands image tokens. Qwen3.5 has its own vocabulary: the same BPE padded
+to id 248043, its 33 added tokens at their real ids (248044-248076; ``<|image_pad|>`` = 248056), 248320 embedding rows.
 
     tiny_qwen2_5_vl(cache_dir)        -> cache_dir/qwen2_5_vl      (answerer, 28 px a visual token)
     tiny_qwen3_vl(cache_dir)          -> cache_dir/qwen3_vl        (answerer, 32 px a visual token)
+    tiny_qwen3_5(cache_dir)           -> cache_dir/qwen3_5         (answerer: hybrid Gated DeltaNet, thinking template)
     tiny_qwen2_vl_embedder(cache_dir) -> cache_dir/qwen2_vl_gme    (GME-shaped embedder)
     tiny_answerer(model_type, cache_dir): the answerer of a swift model type (``model.build_tiny``)
 
@@ -18,12 +20,13 @@ recipe rebuilds. Builds go to a temp dir next to the target and are moved into p
 ``os.replace``, so a killed build never leaves a half model.
 
 Each family keeps its own chat template (a recipe's ``chat_template``, else Qwen2.5-VL's): Qwen3-VL's
-has no default system prompt.
+has no default system prompt; Qwen3.5's is the released thinking template (``enable_thinking``).
 
 Modules: ``tokenizer`` (the BPE, Qwen's added tokens, the chat templates), ``build`` (recipe digest,
-atomic cached build, seeded weights), one a family: ``qwen2_5_vl``, ``qwen3_vl``, ``gme`` (Qwen2-VL embedder).
+atomic cached build, seeded weights), one a family: ``qwen2_5_vl``, ``qwen3_vl``, ``qwen3_5``, ``gme`` (Qwen2-VL
+embedder).
 
-CLI: ``python -m patentqa.tiny out_dir=DIR`` builds all three and prints the paths.
+CLI: ``python -m patentqa.tiny out_dir=DIR`` builds all four and prints the paths.
 
 This package imports only the leaf word list ``patentqa.data.synth.vocab`` so every stage may use it.
 """
@@ -35,15 +38,18 @@ from pathlib import Path
 from patentqa.tiny.build import OUTPUT_ROW_STD, RECIPE_VERSION, SEED, VOCAB_SIZE, recipe_digest
 from patentqa.tiny.gme import GME_LAYOUT, QWEN2_VL_GME_RECIPE, gme_layout, tiny_qwen2_vl_embedder
 from patentqa.tiny.qwen2_5_vl import QWEN2_5_VL_RECIPE, tiny_qwen2_5_vl
+from patentqa.tiny.qwen3_5 import QWEN3_5_RECIPE, tiny_qwen3_5
 from patentqa.tiny.qwen3_vl import QWEN3_VL_RECIPE, tiny_qwen3_vl
 from patentqa.tiny.tokenizer import (BPE_VOCAB_SIZE, CHAT_TEMPLATE, CORPUS, EXTRA_TOKENS, FIRST_SPECIAL_ID,
-                                     QWEN3_VL_CHAT_TEMPLATE, SPECIAL_TOKENS, TOKENIZER_LEN, _first_filler,
-                                     tokenizer_corpus)
+                                     QWEN3_5_ADDED_TOKENS, QWEN3_5_CHAT_TEMPLATE, QWEN3_5_FIRST_ADDED_ID,
+                                     QWEN3_5_TOKENIZER_LEN, QWEN3_VL_CHAT_TEMPLATE, SPECIAL_TOKENS, TOKENIZER_LEN,
+                                     _first_filler, tokenizer_corpus)
 
 
 def tiny_answerer(model_type: str, cache_dir: str | Path) -> Path:
-    """The tiny answerer for a swift ``model_type`` (qwen2_5_vl or qwen3_vl), built into ``cache_dir`` if missing."""
-    builders = {"qwen2_5_vl": tiny_qwen2_5_vl, "qwen3_vl": tiny_qwen3_vl}
+    """The tiny answerer for a swift ``model_type`` (qwen2_5_vl, qwen3_vl or qwen3_5), built into ``cache_dir`` if
+    missing."""
+    builders = {"qwen2_5_vl": tiny_qwen2_5_vl, "qwen3_vl": tiny_qwen3_vl, "qwen3_5": tiny_qwen3_5}
     if model_type not in builders:
         raise ValueError(f"no tiny model for model_type {model_type!r}; there is one for {', '.join(builders)}")
     return builders[model_type](cache_dir)
@@ -55,4 +61,5 @@ def main(argv: list[str]) -> None:
     out_dir = Path(opts.get("out_dir", ".cache/tiny"))
     print(tiny_qwen2_5_vl(out_dir))
     print(tiny_qwen3_vl(out_dir))
+    print(tiny_qwen3_5(out_dir))
     print(tiny_qwen2_vl_embedder(out_dir))

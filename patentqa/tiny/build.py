@@ -110,20 +110,21 @@ def cached(target: Path, recipe: dict[str, Any], build: Callable[[Path, dict[str
     return target
 
 
-def _save_common(out: Path, model: Any, processor: Any) -> None:
+def _save_common(out: Path, model: Any, processor: Any, endoftext_id: int = 151643, im_end_id: int = 151645) -> None:
+    """Weights, processor and a greedy ``generation_config.json`` (eos: <|im_end|> and <|endoftext|> of the family)."""
     from transformers import GenerationConfig
 
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     GenerationConfig(
-        bos_token_id=151643,
-        eos_token_id=[151645, 151643],
-        pad_token_id=151643,
+        bos_token_id=endoftext_id,
+        eos_token_id=[im_end_id, endoftext_id],
+        pad_token_id=endoftext_id,
         do_sample=False,
     ).save_pretrained(out)
 
 
-def _seeded_model(model_cls: Any, config: Any, first_filler: int) -> Any:
+def _seeded_model(model_cls: Any, config: Any, first_filler: int, first_special_id: int = FIRST_SPECIAL_ID) -> Any:
     import torch
 
     with torch.random.fork_rng(devices=[]):
@@ -136,7 +137,7 @@ def _seeded_model(model_cls: Any, config: Any, first_filler: int) -> Any:
             # Filler ids never occur in text: zero rows, logit 0, never a greedy pick once
             # a real token scores above 0.
             for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
-                matrix[first_filler:FIRST_SPECIAL_ID] = 0.0
+                matrix[first_filler:first_special_id] = 0.0
     return model.eval()
 
 

@@ -187,3 +187,255 @@ def build_tokenizer() -> Any:
 def _first_filler(tokenizer: Any) -> int:
     """The first filler id: the trained BPE occupies the ids below it."""
     return min(i for tok, i in tokenizer.get_vocab().items() if tok.startswith("<filler_"))
+
+
+# ---- Qwen3.5 (hybrid Gated DeltaNet + attention; its own vocabulary of 248,044 BPE tokens) ----
+
+# Qwen3.5's added tokens, in id order from 248044, with their ``special`` flag (the released checkpoints'
+# added_tokens_decoder, as quoted in public code: 33 tokens, 248044-248076; 248058-248069 are ordinary added
+# tokens, the rest special). ms-swift's ``Qwen3_5Template`` hard-codes <|image_pad|> 248056 / <|video_pad|> 248057.
+QWEN3_5_FIRST_ADDED_ID = 248044
+QWEN3_5_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<|endoftext|>", True),  # 248044
+    ("<|im_start|>", True),  # 248045
+    ("<|im_end|>", True),  # 248046
+    ("<|object_ref_start|>", True),  # 248047
+    ("<|object_ref_end|>", True),  # 248048
+    ("<|box_start|>", True),  # 248049
+    ("<|box_end|>", True),  # 248050
+    ("<|quad_start|>", True),  # 248051
+    ("<|quad_end|>", True),  # 248052
+    ("<|vision_start|>", True),  # 248053
+    ("<|vision_end|>", True),  # 248054
+    ("<|vision_pad|>", True),  # 248055
+    ("<|image_pad|>", True),  # 248056
+    ("<|video_pad|>", True),  # 248057
+    ("<tool_call>", False),  # 248058
+    ("</tool_call>", False),  # 248059
+    ("<|fim_prefix|>", False),  # 248060
+    ("<|fim_middle|>", False),  # 248061
+    ("<|fim_suffix|>", False),  # 248062
+    ("<|fim_pad|>", False),  # 248063
+    ("<|repo_name|>", False),  # 248064
+    ("<|file_sep|>", False),  # 248065
+    ("<tool_response>", False),  # 248066
+    ("</tool_response>", False),  # 248067
+    ("<think>", False),  # 248068
+    ("</think>", False),  # 248069
+    ("<|audio_start|>", True),  # 248070
+    ("<|audio_end|>", True),  # 248071
+    ("<tts_pad>", True),  # 248072
+    ("<tts_text_bos>", True),  # 248073
+    ("<tts_text_eod>", True),  # 248074
+    ("<tts_text_bos_single>", True),  # 248075
+    ("<|audio_pad|>", True),  # 248076
+)
+QWEN3_5_TOKENIZER_LEN = QWEN3_5_FIRST_ADDED_ID + len(QWEN3_5_ADDED_TOKENS)  # 248077, as Qwen3.5
+# transformers' Qwen3_5Tokenizer pre-tokenizer: Qwen2's, with combining marks (\p{M}) kept inside words
+QWEN3_5_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# The chat template of the released Qwen3.5 checkpoints (chat_template.jinja, byte for byte: sha256 a4aee8af...,
+# as in Qwen/Qwen3.5-27B and Qwen3.5-35B-A3B). A thinking template: the generation prompt opens ``<think>\n``, or
+# with ``enable_thinking=False`` an empty block ``<think>\n\n</think>\n\n``; no default system prompt; every
+# turn's content is trimmed; an assistant turn after the last user query carries its reasoning in <think>.
+QWEN3_5_CHAT_TEMPLATE = r"""{%- set image_count = namespace(value=0) %}
+{%- set video_count = namespace(value=0) %}
+{%- macro render_content(content, do_vision_count, is_system_content=false) %}
+    {%- if content is string %}
+        {{- content }}
+    {%- elif content is iterable and content is not mapping %}
+        {%- for item in content %}
+            {%- if 'image' in item or 'image_url' in item or item.type == 'image' %}
+                {%- if is_system_content %}
+                    {{- raise_exception('System message cannot contain images.') }}
+                {%- endif %}
+                {%- if do_vision_count %}
+                    {%- set image_count.value = image_count.value + 1 %}
+                {%- endif %}
+                {%- if add_vision_id %}
+                    {{- 'Picture ' ~ image_count.value ~ ': ' }}
+                {%- endif %}
+                {{- '<|vision_start|><|image_pad|><|vision_end|>' }}
+            {%- elif 'video' in item or item.type == 'video' %}
+                {%- if is_system_content %}
+                    {{- raise_exception('System message cannot contain videos.') }}
+                {%- endif %}
+                {%- if do_vision_count %}
+                    {%- set video_count.value = video_count.value + 1 %}
+                {%- endif %}
+                {%- if add_vision_id %}
+                    {{- 'Video ' ~ video_count.value ~ ': ' }}
+                {%- endif %}
+                {{- '<|vision_start|><|video_pad|><|vision_end|>' }}
+            {%- elif 'text' in item %}
+                {{- item.text }}
+            {%- else %}
+                {{- raise_exception('Unexpected item type in content.') }}
+            {%- endif %}
+        {%- endfor %}
+    {%- elif content is none or content is undefined %}
+        {{- '' }}
+    {%- else %}
+        {{- raise_exception('Unexpected content type.') }}
+    {%- endif %}
+{%- endmacro %}
+{%- if not messages %}
+    {{- raise_exception('No messages provided.') }}
+{%- endif %}
+{%- if tools and tools is iterable and tools is not mapping %}
+    {{- '<|im_start|>system\n' }}
+    {{- "# Tools\n\nYou have access to the following functions:\n\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>" }}
+    {{- '\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:\n\n<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n</parameter>\n<parameter=example_parameter_2>\nThis is the value for the second parameter\nthat can span\nmultiple lines\n</parameter>\n</function>\n</tool_call>\n\n<IMPORTANT>\nReminder:\n- Function calls MUST follow the specified format: an inner <function=...></function> block must be nested within <tool_call></tool_call> XML tags\n- Required parameters MUST be specified\n- You may provide optional reasoning for your function call in natural language BEFORE the function call, but NOT after\n- If there is no function call available, answer the question like normal with your current knowledge and do not tell the user about function calls\n</IMPORTANT>' }}
+    {%- if messages[0].role == 'system' %}
+        {%- set content = render_content(messages[0].content, false, true)|trim %}
+        {%- if content %}
+            {{- '\n\n' + content }}
+        {%- endif %}
+    {%- endif %}
+    {{- '<|im_end|>\n' }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {%- set content = render_content(messages[0].content, false, true)|trim %}
+        {{- '<|im_start|>system\n' + content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" %}
+        {%- set content = render_content(message.content, false)|trim %}
+        {%- if not(content.startswith('<tool_response>') and content.endswith('</tool_response>')) %}
+            {%- set ns.multi_step_tool = false %}
+            {%- set ns.last_query_index = index %}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if ns.multi_step_tool %}
+    {{- raise_exception('No user query found in messages.') }}
+{%- endif %}
+{%- for message in messages %}
+    {%- set content = render_content(message.content, true)|trim %}
+    {%- if message.role == "system" %}
+        {%- if not loop.first %}
+            {{- raise_exception('System message must be at the beginning.') }}
+        {%- endif %}
+    {%- elif message.role == "user" %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- set reasoning_content = reasoning_content|trim %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content + '\n</think>\n\n' + content }}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls and message.tool_calls is iterable and message.tool_calls is not mapping %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if tool_call.function is defined %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {%- if loop.first %}
+                    {%- if content|trim %}
+                        {{- '\n\n<tool_call>\n<function=' + tool_call.name + '>\n' }}
+                    {%- else %}
+                        {{- '<tool_call>\n<function=' + tool_call.name + '>\n' }}
+                    {%- endif %}
+                {%- else %}
+                    {{- '\n<tool_call>\n<function=' + tool_call.name + '>\n' }}
+                {%- endif %}
+                {%- if tool_call.arguments is defined %}
+                    {%- for args_name, args_value in tool_call.arguments|items %}
+                        {{- '<parameter=' + args_name + '>\n' }}
+                        {%- set args_value = args_value | tojson | safe if args_value is mapping or (args_value is sequence and args_value is not string) else args_value | string %}
+                        {{- args_value }}
+                        {{- '\n</parameter>\n' }}
+                    {%- endfor %}
+                {%- endif %}
+                {{- '</function>\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.previtem and loop.previtem.role != "tool" %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- content }}
+        {{- '\n</tool_response>' }}
+        {%- if not loop.last and loop.nextitem.role != "tool" %}
+            {{- '<|im_end|>\n' }}
+        {%- elif loop.last %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- else %}
+        {{- raise_exception('Unexpected message role.') }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- else %}
+        {{- '<think>\n' }}
+    {%- endif %}
+{%- endif %}"""
+QWEN3_5_CHAT_TEMPLATE_SHA256 = "a4aee8afcf2e0711942cf848899be66016f8d14a889ff9ede07bca099c28f715"
+
+
+def build_qwen3_5_tokenizer() -> Any:
+    """Byte-level BPE trained on ``tokenizer_corpus()`` with Qwen3.5's pre-tokenizer, padded to id 248043,
+    Qwen3.5's added tokens at their real ids after (``QWEN3_5_ADDED_TOKENS``), its chat template set."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers.models.qwen3_5.tokenization_qwen3_5 import Qwen3_5Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN3_5_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB_SIZE, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    bpe.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    vocab: dict[str, int] = dict(model["vocab"])
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    for filler in range(len(vocab), QWEN3_5_FIRST_ADDED_ID):  # unreachable by any merge: never encoded
+        vocab[f"<filler_{filler}>"] = filler
+
+    tokenizer = Qwen3_5Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None,
+                                 eos_token="<|endoftext|>",  # added first, so it lands on 248044; switched below
+                                 pad_token="<|endoftext|>", model_max_length=262144, errors="replace",
+                                 split_special_tokens=False, clean_up_tokenization_spaces=False)
+    for token, special in QWEN3_5_ADDED_TOKENS:  # one at a time: the special and ordinary ones interleave
+        tokenizer.add_tokens([AddedToken(token, special=special, normalized=False)], special_tokens=special)
+    tokenizer.add_special_tokens({"additional_special_tokens": [t for t, special in QWEN3_5_ADDED_TOKENS[1:]
+                                                                if special]})
+    tokenizer.eos_token = "<|im_end|>"  # as in the released tokenizers
+    tokenizer.chat_template = QWEN3_5_CHAT_TEMPLATE
+    for i, (token, _) in enumerate(QWEN3_5_ADDED_TOKENS):
+        got = tokenizer.convert_tokens_to_ids(token)
+        if got != QWEN3_5_FIRST_ADDED_ID + i:
+            raise RuntimeError(f"tiny Qwen3.5 tokenizer: {token} got id {got}, expected {QWEN3_5_FIRST_ADDED_ID + i}")
+    if len(tokenizer) != QWEN3_5_TOKENIZER_LEN:
+        raise RuntimeError(f"tiny Qwen3.5 tokenizer has {len(tokenizer)} tokens, expected {QWEN3_5_TOKENIZER_LEN}")
+    return tokenizer

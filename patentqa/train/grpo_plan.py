@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from patentqa.config import world_size
 from patentqa.infer.capacity import GIB, Shape, gpu_memory, kv_bytes_per_token
+from patentqa.models import family_of
 from patentqa.train.plan import Plan, model_config
 
 
@@ -75,7 +76,8 @@ def make_grpo_plan(cfg: DictConfig, plan: Plan) -> GrpoPlan:
                       f"num_generations {generations}: swift refuses it")
     config, _ = model_config(cfg.model)
     total = plan.params["total"]
-    shape = Shape.from_config(config, total)
+    shape = Shape.from_config(config, total, cache=family_of(cfg.model).cache_spec(config))
+    state = shape.cache.linear_state_bytes(1, 2)  # a hybrid model's fixed linear-attention state a sequence
     gpus = max(plan.gpus, 1)
     memory = {"policy (ZeRO-3 model states)": plan.memory_gib["this_run"]}
     notes, asleep = [], []
@@ -99,6 +101,9 @@ def make_grpo_plan(cfg: DictConfig, plan: Plan) -> GrpoPlan:
             if train.get("sleep_level"):
                 asleep.append(f"vLLM colocate ({utilization:g} of the GPU)")
             kv = kv_bytes_per_token(shape, tp, 2)
+            if state:
+                notes.append(f"a rollout also holds {state / tp / 2 ** 20:,.0f} MiB of linear-attention state a GPU "
+                             "(hybrid model; vLLM keeps it in its KV blocks)")
             notes.append(f"vLLM colocate: weights {weights:.1f} GiB a GPU at TP {tp}, KV cache "
                          f"{max(reserved - weights, 0):.1f} GiB = {int(max(reserved - weights, 0) * GIB / kv):,} tokens "
                          f"(a rollout needs {prompt + completion:,})" + ("; released while training (sleep_level "
@@ -110,7 +115,7 @@ def make_grpo_plan(cfg: DictConfig, plan: Plan) -> GrpoPlan:
             notes.append(f"vLLM rollouts in {mode} mode: a separate server (swift rollout) on its own GPUs")
     else:
         kv = kv_bytes_per_token(shape, 1, 2)
-        memory["rollout KV cache (transformers)"] = per_device * (prompt + completion) * kv / GIB
+        memory["rollout KV cache (transformers)"] = per_device * ((prompt + completion) * kv + state) / GIB
         notes.append("rollouts by transformers generate under ZeRO-3 gather every layer for every token: slow "
                      "on 32B; the node's preset (+exp=grpo_r8) uses vLLM in colocate mode")
     result = GrpoPlan(completions, generations, completions // generations if not completions % generations else None,

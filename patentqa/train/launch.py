@@ -10,6 +10,7 @@ from typing import Mapping
 
 from omegaconf import DictConfig
 
+from patentqa.models import family_of
 from patentqa.tracking import swift_log
 
 # variables the launcher sets from its config (launcher.<var lower>) when it has a value
@@ -23,21 +24,16 @@ TOPOLOGY_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK")
 # default 29500), and NCCL_* (NCCL_SOCKET_IFNAME, NCCL_IB_DISABLE, ...) tune the interconnect
 
 
-# swift model types whose qwen-vl-utils budget is read in tokens (IMAGE_MAX_TOKEN_NUM): Qwen3-VL's loader converts a
-# MAX_PIXELS at its own 32 px a token, so it is given tokens; Qwen2.5-VL is given MAX_PIXELS, as it always was
-TOKEN_BUDGET_MODEL_TYPES = ("qwen3_vl",)
-
-
 def image_budget_env(cfg: DictConfig) -> dict[str, str]:
     """swift's image budget for a row that carries none (every SFT row carries its own in
     ``chat_template_kwargs``): the largest per-form budget and the smallest image, in the units the model
-    family's swift loader reads."""
+    family's swift loader reads (``Family.budget_unit``: Qwen3-VL's and Qwen3.5's convert a MAX_PIXELS at their
+    own 32 px a token, so they are given tokens; Qwen2.5-VL is given MAX_PIXELS, as it always was)."""
     from patentqa.data.build import prompt_config
 
-    if str(cfg.model.model_type) in TOKEN_BUDGET_MODEL_TYPES:
-        return {"IMAGE_MAX_TOKEN_NUM": str(max(int(t) for t in cfg.prompt.image_tokens.values())),
-                "IMAGE_MIN_TOKEN_NUM": str(int(cfg.prompt.min_image_tokens))}
-    return {"MAX_PIXELS": str(max(prompt_config(cfg).max_pixels.values()))}
+    return family_of(cfg.model).budget_env(max_tokens=max(int(t) for t in cfg.prompt.image_tokens.values()),
+                                           min_tokens=int(cfg.prompt.min_image_tokens),
+                                           max_pixels=max(prompt_config(cfg).max_pixels.values()))
 
 
 def launch_env(cfg: DictConfig) -> dict[str, str]:

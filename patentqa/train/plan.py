@@ -224,9 +224,9 @@ def plan_tokenizer(cfg: DictConfig) -> tuple[Any, str | None]:
     path = Path(str(cfg.model.path))
     if (path / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(str(path)), None
-    from patentqa.tiny import tiny_qwen2_5_vl
+    from patentqa.models import family_of
 
-    tiny = tiny_qwen2_5_vl(Path(cfg.paths.cache_dir) / "tiny")
+    tiny = family_of(cfg.model).build_tiny(Path(cfg.paths.cache_dir) / "tiny")
     return AutoTokenizer.from_pretrained(str(tiny)), (
         f"text tokens counted with the tiny model's tokenizer ({path} is not on disk); Qwen's own tokenizer "
         "packs Chinese tighter, so text counts are an upper bound; image tokens are exact")
