@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 from patentqa.data.questions import parse_question
 
@@ -322,9 +322,12 @@ def load_images(prompt: Prompt, factor: int = 28) -> list[Any]:
                         image_patch_size=factor // 2) for part in prompt.images]
 
 
-def to_vllm_request(prompt: Prompt, processor: Any, factor: int = 28) -> dict[str, Any]:
-    """A vLLM request: the chat-templated prompt string and its (already budgeted) images."""
-    text = processor.apply_chat_template(to_chat_messages(prompt), tokenize=False, add_generation_prompt=True)
+def to_vllm_request(prompt: Prompt, processor: Any, factor: int = 28,
+                    template_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A vLLM request: the chat-templated prompt string (``template_kwargs``: the model's, e.g. enable_thinking)
+    and its (already budgeted) images."""
+    text = processor.apply_chat_template(to_chat_messages(prompt), tokenize=False, add_generation_prompt=True,
+                                         **(template_kwargs or {}))
     request: dict[str, Any] = {"prompt": text}
     if prompt.images:
         request["multi_modal_data"] = {"image": load_images(prompt, factor)}

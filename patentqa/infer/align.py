@@ -38,6 +38,7 @@ from omegaconf import DictConfig
 from patentqa.cli import InputError, fail
 from patentqa.data.prompts import FORMS, PageImage, Prompt, build_prompt, to_swift_row, to_vllm_request
 from patentqa.infer.engine import image_factor, model_dir
+from patentqa.models import chat_template_kwargs
 from patentqa.infer.parity import first_difference
 
 TRAINING, INFERENCE, VLLM = "training", "inference", "vllm"
@@ -186,13 +187,14 @@ def training_side(encoder: SwiftEncoder, prompts: list[Prompt], image_token_id: 
     return out
 
 
-def inference_side(processor: Any, prompts: list[Prompt], factor: int, image_token_id: int) -> list[Encoded]:
+def inference_side(processor: Any, prompts: list[Prompt], factor: int, image_token_id: int,
+                   template_kwargs: Optional[dict[str, Any]] = None) -> list[Encoded]:
     """What the transformers engine feeds the model for each prompt (one prompt a batch: no padding)."""
     from patentqa.infer.inputs import encode_prompts
 
     out = []
     for prompt in prompts:
-        batch = encode_prompts(processor, [prompt], factor=factor)
+        batch = encode_prompts(processor, [prompt], factor=factor, template_kwargs=template_kwargs)
         ids = batch["input_ids"][0].tolist()
         out.append(Encoded(ids, image_token_runs(ids, image_token_id), batch.get("image_grid_thw"),
                            batch.get("pixel_values")))
@@ -227,7 +229,8 @@ def vllm_input_norm(mm_processor: Any) -> Any:
         return build_mm_input_norm(mm_processor.info.ctx.model_config)
 
 
-def vllm_side(mm_processor: Any, hf_processor: Any, prompts: list[Prompt], factor: int) -> list[Encoded]:
+def vllm_side(mm_processor: Any, hf_processor: Any, prompts: list[Prompt], factor: int,
+              template_kwargs: Optional[dict[str, Any]] = None) -> list[Encoded]:
     """What vLLM's processor makes of the request the vLLM engine sends for each prompt; pixels as its vision
     tower normalises them (float32)."""
     import torch
@@ -235,7 +238,7 @@ def vllm_side(mm_processor: Any, hf_processor: Any, prompts: list[Prompt], facto
     norm = vllm_input_norm(mm_processor)
     out = []
     for prompt in prompts:
-        request = to_vllm_request(prompt, hf_processor, factor)
+        request = to_vllm_request(prompt, hf_processor, factor, template_kwargs)
         items = mm_processor.info.parse_mm_data(request.get("multi_modal_data") or {})
         result = mm_processor(request["prompt"], items)
         images = list(result["mm_kwargs"].get("image") or [])
@@ -369,6 +372,8 @@ def align(cfg: DictConfig) -> AlignReport:
     path = model_dir(cfg.model)  # builds the tiny model when model.build_tiny
     processor = AutoProcessor.from_pretrained(path)
     name = f"model={cfg.model.name} ({cfg.model.model_type}, template {cfg.model.template})"
+    if chat_template_kwargs(cfg.model):
+        name += f", thinking {'on' if cfg.model.get('thinking') else 'off'}"
     factor_diff = factor_difference(cfg, processor)
     if factor_diff is not None:
         return AlignReport(name, [], factor_diff)
@@ -377,8 +382,9 @@ def align(cfg: DictConfig) -> AlignReport:
     with tempfile.TemporaryDirectory(prefix="patentqa-align-") as tmp:
         prompts = form_prompts(cfg, Path(tmp))
         trained = training_side(run_encoder(cfg, path, Path(tmp) / "swift"), prompts, image_token_id)
-        inferred = inference_side(processor, prompts, factor, image_token_id)
-        served = vllm_side(vllm_processor(cfg, path), processor, prompts, factor)
+        kwargs = chat_template_kwargs(cfg.model)  # enable_thinking for a thinking template: as swift is told
+        inferred = inference_side(processor, prompts, factor, image_token_id, kwargs)
+        served = vllm_side(vllm_processor(cfg, path), processor, prompts, factor, kwargs)
     decode = processor.tokenizer.decode
     forms = [FormResult(p.form, compare(t, i, (TRAINING, INFERENCE), decode=decode)
                         or compare(i, v, (INFERENCE, VLLM), VLLM_PIXEL_ATOL, decode),

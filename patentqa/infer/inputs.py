@@ -9,17 +9,20 @@ grid is the budgeted image's and the pixels are the ones the model was trained o
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from patentqa.data.prompts import Prompt, load_images, to_chat_messages
 
 
-def prompt_text(processor: Any, prompt: Prompt) -> str:
-    """The chat-templated prompt string, ending with the assistant header."""
-    return processor.apply_chat_template(to_chat_messages(prompt), tokenize=False, add_generation_prompt=True)
+def prompt_text(processor: Any, prompt: Prompt, template_kwargs: Mapping[str, Any] | None = None) -> str:
+    """The chat-templated prompt string, ending with the assistant header (``template_kwargs``: the model's,
+    ``patentqa.models.chat_template_kwargs``)."""
+    return processor.apply_chat_template(to_chat_messages(prompt), tokenize=False, add_generation_prompt=True,
+                                         **(template_kwargs or {}))
 
 
-def encode_prompts(processor: Any, prompts: list[Prompt], factor: int = 28) -> Any:
+def encode_prompts(processor: Any, prompts: list[Prompt], factor: int = 28,
+                   template_kwargs: Mapping[str, Any] | None = None) -> Any:
     """Token ids, attention mask and pixels of ``prompts``, left-padded for batched generation.
 
     ``factor`` must equal the processor's patch_size * merge_size (28 for Qwen2.5-VL).
@@ -29,7 +32,7 @@ def encode_prompts(processor: Any, prompts: list[Prompt], factor: int = 28) -> A
     expected = image_processor.patch_size * image_processor.merge_size
     if factor != expected:
         raise ValueError(f"factor {factor} != the processor's patch_size * merge_size ({expected})")
-    texts = [prompt_text(processor, prompt) for prompt in prompts]
+    texts = [prompt_text(processor, prompt, template_kwargs) for prompt in prompts]
     images = [image for prompt in prompts for image in load_images(prompt, factor)]
     return processor(
         text=texts,

@@ -17,7 +17,7 @@ from patentqa.models.family import CacheSpec, Family, full_attention_cache
 
 FAMILIES: dict[str, Family] = {module.FAMILY.model_type: module.FAMILY for module in (qwen2_5_vl, qwen3_vl, qwen3_5)}
 
-__all__ = ["CacheSpec", "FAMILIES", "Family", "family", "family_of", "full_attention_cache"]
+__all__ = ["CacheSpec", "FAMILIES", "Family", "chat_template_kwargs", "family", "family_of", "full_attention_cache"]
 
 
 class UnknownFamily(ValueError):
@@ -37,3 +37,9 @@ def family_of(model_cfg: Any) -> Family:
     """The family of a ``model`` config (its ``model_type``; Qwen2.5-VL when it names none)."""
     model_type = model_cfg.get("model_type") if hasattr(model_cfg, "get") else getattr(model_cfg, "model_type", None)
     return family(str(model_type or "qwen2_5_vl"))
+
+
+def chat_template_kwargs(model_cfg: Any) -> dict[str, Any]:
+    """The chat-template arguments of a ``model`` config (``model.thinking`` for a thinking template)."""
+    thinking = model_cfg.get("thinking") if hasattr(model_cfg, "get") else getattr(model_cfg, "thinking", None)
+    return family_of(model_cfg).template_kwargs(bool(thinking))

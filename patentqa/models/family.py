@@ -98,6 +98,12 @@ class Family:
         """Pixels of an image budget of ``tokens`` visual tokens (each ``image_factor`` px square)."""
         return int(tokens) * self.image_factor ** 2
 
+    def template_kwargs(self, thinking: bool) -> dict[str, Any]:
+        """Chat-template arguments every renderer passes (HF, vLLM, a vLLM server; swift gets ``--enable_thinking``):
+        a thinking template is told ``enable_thinking`` explicitly, since its own default (on) differs from
+        swift's (off); other templates take none."""
+        return {"enable_thinking": bool(thinking)} if self.thinking_template else {}
+
     def build_tiny(self, cache_dir: str | Path) -> Path:
         """The tiny test checkpoint of this family, built into ``cache_dir`` if missing."""
         module, function = self.tiny.split(":")

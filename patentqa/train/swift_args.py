@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from patentqa.models import chat_template_kwargs
+
 # flags of older ms-swift versions (the seed used 2.x/3.x) and their 4.x names
 RENAMED: dict[str, str] = {
     "train_type": "tuner_type",
@@ -130,6 +132,7 @@ def render(cfg: DictConfig, train_file: Path, val_file: Path, output_dir: Path, 
         "check_model": False,  # no hub calls for a local dir (offline nodes)
         "model_type": model.model_type,
         "template": model.template,
+        **{key: value for key, value in chat_template_kwargs(model).items()},  # --enable_thinking, as inference
         "torch_dtype": model.torch_dtype,
         "dataset": [str(train_file)],
         # our document-level dev split, never swift's random split (GRPO: the checkpoint sweep scores dev)

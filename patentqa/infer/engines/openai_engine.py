@@ -34,6 +34,7 @@ from typing import Any
 
 from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt, to_openai_content
+from patentqa.models import chat_template_kwargs
 from patentqa.infer.engine import Reply, Sampling, image_factor
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,14 @@ def api_key() -> str:
 
 
 def chat_request(prompt: Prompt, model: str, sampling: Sampling, factor: int = 28,
-                 extra_body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON body of one chat completion request."""
+                 extra_body: dict[str, Any] | None = None,
+                 template_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON body of one chat completion request (``template_kwargs``: vLLM's ``chat_template_kwargs``)."""
     body: dict[str, Any] = {"model": model,
                             "messages": [{"role": "user", "content": to_openai_content(prompt, factor)}],
                             "max_tokens": int(sampling.max_new_tokens), "temperature": float(sampling.temperature)}
+    if template_kwargs:
+        body["chat_template_kwargs"] = dict(template_kwargs)
     body.update(extra_body or {})
     return body
 
@@ -73,6 +77,7 @@ class OpenAIEngine:
     max_retries: int = 4
     retry_backoff_s: float = 1.0
     factor: int = 28
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # the model's chat-template arguments
     adapter_names: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
     name: str = "openai"
@@ -105,6 +110,7 @@ class OpenAIEngine:
                    max_retries=int(cfg_get(infer_cfg, "max_retries", 4)),
                    retry_backoff_s=float(cfg_get(infer_cfg, "retry_backoff_s", 1.0)),
                    factor=image_factor(model_cfg),
+                   template_kwargs=chat_template_kwargs(model_cfg),
                    adapter_names={str(k): str(v) for k, v in plain(cfg_get(infer_cfg, "adapter_names")).items()},
                    extra_body=plain(cfg_get(infer_cfg, "extra_body")))
 
@@ -178,7 +184,8 @@ class OpenAIEngine:
 
     def _answer(self, prompt: Prompt, model: str, sampling: Sampling) -> str:
         response = self._request("POST", "/chat/completions",
-                                 chat_request(prompt, model, sampling, self.factor, self.extra_body))
+                                 chat_request(prompt, model, sampling, self.factor, self.extra_body,
+                                              self.template_kwargs))
         try:
             choice = response["choices"][0]
             content = choice["message"]["content"]

@@ -26,6 +26,7 @@ from patentqa import residency
 from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt
 from patentqa.device import require_gpu
+from patentqa.models import chat_template_kwargs
 from patentqa.infer.engine import Reply, Sampling, Trace, image_factor, model_dir
 
 log = logging.getLogger(__name__)
@@ -87,14 +88,15 @@ def _adapter_key(adapter: str) -> tuple[str, int]:
     return str(directory), mtime
 
 
-def prompt_length(processor: Any, prompt: Prompt, factor: int = 28) -> int:
+def prompt_length(processor: Any, prompt: Prompt, factor: int = 28,
+                  template_kwargs: dict[str, Any] | None = None) -> int:
     """Tokens ``prompt`` encodes to (text + image tokens), from the image headers only (no decode)."""
     from PIL import Image
     from qwen_vl_utils import smart_resize
 
     from patentqa.infer.inputs import prompt_text
 
-    length = len(processor.tokenizer(prompt_text(processor, prompt))["input_ids"])
+    length = len(processor.tokenizer(prompt_text(processor, prompt, template_kwargs))["input_ids"])
     for image in prompt.images:
         with Image.open(image.path) as page:
             width, height = page.size
@@ -124,6 +126,7 @@ class TransformersEngine:
     processor: Any
     batch_size: int = 8
     factor: int = 28
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # the model's chat-template arguments
     max_loaded_adapters: int = 4
     name: str = "transformers"
     base_loads: int = 1  # the model passed in was loaded once
@@ -143,7 +146,7 @@ class TransformersEngine:
             model, processor = load_base(path, dtype=str(cfg_get(infer_cfg, "dtype", "auto")), device=device,
                                          attn_implementation=cfg_get(infer_cfg, "attn_implementation"))
         engine = cls(model=model, processor=processor, batch_size=int(cfg_get(infer_cfg, "batch_size", 8)),
-                     factor=image_factor(model_cfg),
+                     factor=image_factor(model_cfg), template_kwargs=chat_template_kwargs(model_cfg),
                      max_loaded_adapters=int(cfg_get(infer_cfg, "max_loaded_adapters", 4)))
         engine._held = held.bind(engine)
         return engine
@@ -219,7 +222,8 @@ class TransformersEngine:
 
         from patentqa.infer.inputs import encode_prompts
 
-        batch = encode_prompts(self.processor, prompts, factor=self.factor).to(self.model.device)
+        batch = encode_prompts(self.processor, prompts, factor=self.factor,
+                               template_kwargs=self.template_kwargs).to(self.model.device)
         with torch.inference_mode():
             output = self.model.generate(**batch, generation_config=config, output_logits=bool(top),
                                          return_dict_in_generate=bool(top))
@@ -244,7 +248,7 @@ class TransformersEngine:
         if not prompts:
             return []
         config = self._generation_config(sampling)
-        lengths = [prompt_length(self.processor, prompt, self.factor) for prompt in prompts]
+        lengths = [prompt_length(self.processor, prompt, self.factor, self.template_kwargs) for prompt in prompts]
         order = sorted(range(len(prompts)), key=lambda i: lengths[i])
         results: list[Any] = [None] * len(prompts)
         size = max(1, self.batch_size)

