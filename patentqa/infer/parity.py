@@ -161,10 +161,13 @@ class ParityArgs:
 
 
 def engine_configs(cfg: DictConfig, tensor_parallel_size: int) -> tuple[DictConfig, DictConfig]:
-    """(transformers, vllm) infer configs: the group defaults, at the run's dtype, CPU-sized for vLLM."""
+    """(transformers, vllm) infer configs: the group defaults, both in the dtype vLLM serves the run's model in
+    (``serve_dtype``: its torch_dtype, or bfloat16 where vLLM takes nothing else), CPU-sized for vLLM."""
     from patentqa.config import group_config
+    from patentqa.infer.engines.vllm_engine import serve_dtype
 
     hf = group_config("infer", "transformers")
+    hf.dtype = serve_dtype(cfg.model)
     vllm = group_config("infer", "vllm")
     vllm.tensor_parallel_size = tensor_parallel_size
     vllm.max_model_len = min(int(vllm.max_model_len), 8192)

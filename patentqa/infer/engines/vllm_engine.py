@@ -150,11 +150,18 @@ def cpu_env(tp: int, kvcache_gib: int, environ: dict[str, str] | None = None,
     return env
 
 
+def serve_dtype(model_cfg: Any) -> str:
+    """The dtype vLLM serves the model in: ``model.serve_dtype`` when set (the tiny Qwen3.5: vLLM's CPU
+    linear-attention kernel takes bfloat16 only, while swift trains it in float32 here), else
+    ``model.torch_dtype``."""
+    return str(cfg_get(model_cfg, "serve_dtype", None) or cfg_get(model_cfg, "torch_dtype", "auto"))
+
+
 def llm_kwargs(infer_cfg: Any, model_cfg: Any, max_lora_rank: int | None, model: str | None = None) -> dict[str, Any]:
     """Keyword arguments of ``vllm.LLM`` for these configs (``max_lora_rank`` rounded up; None: no LoRA)."""
     kwargs: dict[str, Any] = {
         "model": model or str(model_cfg.path),
-        "dtype": str(cfg_get(model_cfg, "torch_dtype", "auto")),
+        "dtype": serve_dtype(model_cfg),
         "tensor_parallel_size": tensor_parallel_size(cfg_get(infer_cfg, "tensor_parallel_size", "auto")),
         "max_num_seqs": int(cfg_get(infer_cfg, "max_num_seqs", 64)),
         "max_model_len": int(cfg_get(infer_cfg, "max_model_len", 32768)),
