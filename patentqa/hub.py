@@ -147,5 +147,5 @@ def model_dir(model_cfg: Any, *, download: bool = True) -> str:
     if cfg_get(model_cfg, "build_tiny", False):
         from patentqa.models import family_of
 
-        path = str(family_of(model_cfg).build_tiny(Path(path).parent))
+        path = str(family_of(model_cfg).build_tiny(Path(path).parent, cfg_get(model_cfg, "template")))
     return resolve_model(path, str(cfg_get(model_cfg, "hub", "huggingface") or "huggingface"), download=download)

@@ -108,7 +108,7 @@ def ensure_tiny_models(cfg: DictConfig) -> None:
         from patentqa.models import family_of
         from patentqa.tiny import tiny_qwen2_vl_embedder
 
-        family_of(cfg.model).build_tiny(Path(cfg.model.path).parent)
+        family_of(cfg.model).build_tiny(Path(cfg.model.path).parent, cfg.model.get("template"))
         if cfg.model.get("embedder_path"):
             tiny_qwen2_vl_embedder(Path(cfg.model.embedder_path).parent)
 

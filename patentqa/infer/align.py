@@ -17,6 +17,11 @@ builder over small drawn pages at the run's token budgets for the model's family
   pixels to the model, which normalises them itself: compared after vLLM's own normalisation, within
   float32 rounding, ``VLLM_PIXEL_ATOL``).
 
+A thinking template (``model.thinking``, Qwen3.5's family) is told the same ``enable_thinking`` on every side.
+With thinking on, the model writes its reasoning after the prompt's ``<think>``: the SFT row answers with a
+reasoning block (swift labels it from ``<think>`` on), and the training side is the row's ids through that
+opening ``<think>`` line, which is where inference starts generating.
+
 training == inference exactly and vllm == inference, tensor by tensor; each form's line names its first
 difference (tensor, index, both values). Exit 0: all aligned; 1: a difference; 2: bad input.
 ``model.image_factor`` is checked against the processor first: with another factor the engines
@@ -177,11 +182,25 @@ def run_encoder(cfg: DictConfig, model_path: str, work: Path) -> SwiftEncoder:
     return swift_encoder(flags, work, image_budget_env(cfg))
 
 
-def training_side(encoder: SwiftEncoder, prompts: list[Prompt], image_token_id: int) -> list[Encoded]:
-    """What swift trains on for each prompt (its answer is a placeholder; only the prompt part is compared)."""
+THINK_ANSWER = "<think>\n推理\n</think>\n\n答案"  # a thinking row's answer: swift labels it from <think> on
+
+
+def thinking_prompt_ids(encoded: dict[str, Any], think_id: int) -> list[int]:
+    """A thinking row's ids through its opening ``<think>`` line (``<think>`` and the newline after it): what
+    a thinking template's generation prompt ends with."""
+    first = next(i for i, label in enumerate(encoded["labels"]) if label != -100)
+    opened = encoded["input_ids"].index(think_id, max(first - 1, 0))
+    return [int(i) for i in encoded["input_ids"][:opened + 2]]
+
+
+def training_side(encoder: SwiftEncoder, prompts: list[Prompt], image_token_id: int,
+                  think_id: Optional[int] = None) -> list[Encoded]:
+    """What swift trains on for each prompt (its answer is a placeholder; only the prompt part is compared);
+    ``think_id``: thinking on, the row answers with a reasoning block (module doc)."""
     out = []
-    for row in encoder.encode([to_swift_row(prompt, "答案") for prompt in prompts]):
-        ids = training_prompt_ids(row)
+    answer = "答案" if think_id is None else THINK_ANSWER
+    for row in encoder.encode([to_swift_row(prompt, answer) for prompt in prompts]):
+        ids = training_prompt_ids(row) if think_id is None else thinking_prompt_ids(row, think_id)
         out.append(Encoded(ids, image_token_runs(ids, image_token_id), row.get("image_grid_thw"),
                            row.get("pixel_values")))
     return out
@@ -381,8 +400,9 @@ def align(cfg: DictConfig) -> AlignReport:
     image_token_id = int(processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
     with tempfile.TemporaryDirectory(prefix="patentqa-align-") as tmp:
         prompts = form_prompts(cfg, Path(tmp))
-        trained = training_side(run_encoder(cfg, path, Path(tmp) / "swift"), prompts, image_token_id)
         kwargs = chat_template_kwargs(cfg.model)  # enable_thinking for a thinking template: as swift is told
+        think_id = int(processor.tokenizer.convert_tokens_to_ids("<think>")) if kwargs.get("enable_thinking") else None
+        trained = training_side(run_encoder(cfg, path, Path(tmp) / "swift"), prompts, image_token_id, think_id)
         inferred = inference_side(processor, prompts, factor, image_token_id, kwargs)
         served = vllm_side(vllm_processor(cfg, path), processor, prompts, factor, kwargs)
     decode = processor.tokenizer.decode

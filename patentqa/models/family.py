@@ -80,7 +80,9 @@ class Family:
     budget_unit: str               # how swift's loader reads a row-less image budget: "pixels" (MAX_PIXELS) or
                                    # "tokens" (IMAGE_MAX_TOKEN_NUM; it converts a MAX_PIXELS at its own factor)
     tiny: str                      # "module:function" building the tiny test checkpoint of this family
-    cache: Callable[[Any], CacheSpec] = None  # type: ignore[assignment]  # transformers config -> CacheSpec
+    tiny_templates: tuple[tuple[str, str], ...] = ()  # (swift template, "module:function"): a tiny checkpoint
+                                                      # whose chat template is that template's (Qwen3.8's)
+    cache: Callable[[Any], CacheSpec] | None = None  # transformers config -> CacheSpec
     thinking_template: bool = False  # its chat template always writes a think block (empty with thinking off)
     reasoning_effort: bool = False   # a template of it adds a reasoning-effort sentence to the system prompt
     vllm_tower_lora: bool = False    # vLLM serves vision-tower LoRA (it drops it: vllm #26991, #28186)
@@ -104,13 +106,15 @@ class Family:
         swift's (off); other templates take none."""
         return {"enable_thinking": bool(thinking)} if self.thinking_template else {}
 
-    def build_tiny(self, cache_dir: str | Path) -> Path:
-        """The tiny test checkpoint of this family, built into ``cache_dir`` if missing."""
-        module, function = self.tiny.split(":")
+    def build_tiny(self, cache_dir: str | Path, template: str | None = None) -> Path:
+        """The tiny test checkpoint of this family (with ``template``'s chat template where the family has one),
+        built into ``cache_dir`` if missing."""
+        module, function = dict(self.tiny_templates).get(str(template), self.tiny).split(":")
         return getattr(importlib.import_module(module), function)(cache_dir)
 
     def cache_spec(self, config: Any) -> CacheSpec:
         """The inference cache of a checkpoint of this family (its transformers config)."""
+        assert self.cache is not None, f"family {self.name} names no cache spec"
         return self.cache(config)
 
 

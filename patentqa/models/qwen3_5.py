@@ -43,6 +43,7 @@ FAMILY = Family(
     image_factor=32,
     budget_unit="tokens",
     tiny="patentqa.tiny.qwen3_5:tiny_qwen3_5",
+    tiny_templates=(("qwen3_8", "patentqa.tiny.qwen3_5:tiny_qwen3_8"),),
     cache=hybrid_cache,
     thinking_template=True,
     reasoning_effort=True,

@@ -38,7 +38,7 @@ from pathlib import Path
 from patentqa.tiny.build import OUTPUT_ROW_STD, RECIPE_VERSION, SEED, VOCAB_SIZE, recipe_digest
 from patentqa.tiny.gme import GME_LAYOUT, QWEN2_VL_GME_RECIPE, gme_layout, tiny_qwen2_vl_embedder
 from patentqa.tiny.qwen2_5_vl import QWEN2_5_VL_RECIPE, tiny_qwen2_5_vl
-from patentqa.tiny.qwen3_5 import QWEN3_5_RECIPE, tiny_qwen3_5
+from patentqa.tiny.qwen3_5 import QWEN3_5_RECIPE, QWEN3_8_RECIPE, tiny_qwen3_5, tiny_qwen3_8
 from patentqa.tiny.qwen3_vl import QWEN3_VL_RECIPE, tiny_qwen3_vl
 from patentqa.tiny.tokenizer import (BPE_VOCAB_SIZE, CHAT_TEMPLATE, CORPUS, EXTRA_TOKENS, FIRST_SPECIAL_ID,
                                      QWEN3_5_ADDED_TOKENS, QWEN3_5_CHAT_TEMPLATE, QWEN3_5_FIRST_ADDED_ID,

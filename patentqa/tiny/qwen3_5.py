@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from patentqa.tiny.build import VISION_COMMON, _save_common, _seeded_model, cached
-from patentqa.tiny.tokenizer import (BPE_VOCAB_SIZE, QWEN3_5_ADDED_TOKENS, QWEN3_5_CHAT_TEMPLATE,
+from patentqa.tiny.tokenizer import (BPE_VOCAB_SIZE, QWEN3_5_ADDED_TOKENS, QWEN3_5_CHAT_TEMPLATE, QWEN3_8_CHAT_TEMPLATE,
                                      QWEN3_5_FIRST_ADDED_ID, QWEN3_5_PRETOKENIZE_REGEX, _first_filler,
                                      build_qwen3_5_tokenizer)
 
@@ -65,6 +65,15 @@ QWEN3_5_RECIPE: dict[str, Any] = {
 }
 
 FP32_PARAMS = ("linear_attn.A_log", "linear_attn.norm.weight")  # float32 in the released bf16 checkpoints too
+
+
+# the same tiny model with Qwen3.8-27B's chat template (ms-swift's template qwen3_8: the reasoning-effort line)
+QWEN3_8_RECIPE: dict[str, Any] = {**QWEN3_5_RECIPE, "name": "qwen3_8", "chat_template": QWEN3_8_CHAT_TEMPLATE}
+
+
+def tiny_qwen3_8(cache_dir: str | Path) -> Path:
+    """Directory of the tiny Qwen3.5 with Qwen3.8's chat template (``cache_dir/qwen3_8``), built if missing."""
+    return cached(Path(cache_dir) / "qwen3_8", QWEN3_8_RECIPE, _build_qwen3_5)
 
 
 def tiny_qwen3_5(cache_dir: str | Path) -> Path:

@@ -398,6 +398,70 @@ QWEN3_5_CHAT_TEMPLATE = r"""{%- set image_count = namespace(value=0) %}
 QWEN3_5_CHAT_TEMPLATE_SHA256 = "a4aee8afcf2e0711942cf848899be66016f8d14a889ff9ede07bca099c28f715"
 
 
+def _qwen3_8_template(qwen3_5: str) -> str:
+    """Qwen3.8-27B's chat template: Qwen3.5's with the reasoning-effort system line (xhigh by default, none
+    with ``enable_thinking`` false or effort ``medium``), ``preserve_thinking`` (on unless a request turns it off:
+    every assistant turn keeps its think block) and its tool-argument rendering. Written as these edits of
+    Qwen3.5's, after a public copy of the released template quoted in code (a C++ raw string next to Qwen3.6's);
+    not byte-checked against the checkpoint's own file."""
+    edits = [
+        ("{%- endif %}\n{%- if tools and tools is iterable and tools is not mapping %}\n    {{- '<|im_start|>system\\n' }}\n",
+         "{%- endif %}\n{%- set reasoning_instructions = '' %}\n"
+         "{%- if enable_thinking is undefined or enable_thinking is true %}\n"
+         "    {%- set resolved_reasoning_effort = reasoning_effort|default('xhigh') %}\n"
+         "    {%- if resolved_reasoning_effort not in ('xhigh', 'medium', 'low') %}\n"
+         "        {{- raise_exception('Unexpected reasoning effort ' ~ reasoning_effort ~ '. Supported types are xhigh "
+         "(default), medium, and low.') }}\n"
+         "    {%- endif %}\n"
+         "    {%- if resolved_reasoning_effort == 'xhigh' %}\n"
+         "        {%- set reasoning_instructions = '" + QWEN3_8_XHIGH + "' %}\n"
+         "    {%- elif resolved_reasoning_effort == 'low' %}\n"
+         "        {%- set reasoning_instructions = '" + QWEN3_8_LOW + "' %}\n"
+         "    {%- endif %}\n"
+         "{%- endif %}\n"
+         "{%- if tools and tools is iterable and tools is not mapping %}\n    {{- '<|im_start|>system\\n' }}\n"
+         "    {%- if reasoning_instructions %}\n        {{- reasoning_instructions + '\\n\\n' }}\n    {%- endif %}\n"),
+        ("        {{- '<|im_start|>system\\n' + content + '<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}\n",
+         "        {%- if content %}\n"
+         "            {{- '<|im_start|>system\\n' + (reasoning_instructions + '\\n\\n' if reasoning_instructions else '')  "
+         "+ content + '<|im_end|>\\n' }}\n"
+         "        {%- elif reasoning_instructions %}\n"
+         "            {{- '<|im_start|>system\\n' + reasoning_instructions + '<|im_end|>\\n' }}\n"
+         "        {%- endif %}\n"
+         "    {%- elif reasoning_instructions %}\n"
+         "        {{- '<|im_start|>system\\n' + reasoning_instructions + '<|im_end|>\\n' }}\n"
+         "    {%- endif %}\n{%- endif %}\n"),
+        ("            {%- set reasoning_content = message.reasoning_content %}\n        {%- else %}\n"
+         "            {%- if '</think>' in content %}\n"
+         "                {%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1]"
+         ".lstrip('\\n') %}\n"
+         "                {%- set content = content.split('</think>')[-1].lstrip('\\n') %}\n"
+         "            {%- endif %}\n        {%- endif %}\n",
+         "            {%- set reasoning_content = message.reasoning_content %}\n        {%- endif %}\n"),
+        ("        {%- if loop.index0 > ns.last_query_index %}\n",
+         "        {%- if preserve_thinking is undefined or preserve_thinking is true or loop.index0 > "
+         "ns.last_query_index %}\n"),
+        ("                {%- if tool_call.arguments is defined %}\n",
+         "                {%- if tool_call.arguments is defined and tool_call.arguments != '' %}\n"),
+        ("{%- set args_value = args_value | tojson | safe if args_value is mapping or (args_value is sequence and "
+         "args_value is not string) else args_value | string %}",
+         "{%- set args_value = args_value | string if args_value is string else args_value | tojson | safe %}"),
+    ]
+    for old, new in edits:
+        if qwen3_5.count(old) != 1:
+            raise ValueError(f"Qwen3.5's template changed; this edit no longer applies: {old[:60]!r}")
+        qwen3_5 = qwen3_5.replace(old, new)
+    return qwen3_5
+
+
+QWEN3_8_XHIGH = ("Reasoning effort is set to xhigh. Please think carefully through the task, validate key assumptions, "
+                 "consider plausible alternatives, and prioritize correctness, consistency, and clarity in the final "
+                 "answer.")
+QWEN3_8_LOW = ("Reasoning effort is set to low. Keep your thinking brief and focused, moving directly to the conclusion "
+               "without unnecessary elaboration.")
+QWEN3_8_CHAT_TEMPLATE = _qwen3_8_template(QWEN3_5_CHAT_TEMPLATE)
+
+
 def build_qwen3_5_tokenizer() -> Any:
     """Byte-level BPE trained on ``tokenizer_corpus()`` with Qwen3.5's pre-tokenizer, padded to id 248043,
     Qwen3.5's added tokens at their real ids after (``QWEN3_5_ADDED_TOKENS``), its chat template set."""

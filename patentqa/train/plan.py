@@ -226,7 +226,7 @@ def plan_tokenizer(cfg: DictConfig) -> tuple[Any, str | None]:
         return AutoTokenizer.from_pretrained(str(path)), None
     from patentqa.models import family_of
 
-    tiny = family_of(cfg.model).build_tiny(Path(cfg.paths.cache_dir) / "tiny")
+    tiny = family_of(cfg.model).build_tiny(Path(cfg.paths.cache_dir) / "tiny", cfg.model.get("template"))
     return AutoTokenizer.from_pretrained(str(tiny)), (
         f"text tokens counted with the tiny model's tokenizer ({path} is not on disk); Qwen's own tokenizer "
         "packs Chinese tighter, so text counts are an upper bound; image tokens are exact")

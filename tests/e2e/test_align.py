@@ -70,3 +70,23 @@ def test_bad_input_exits_2_with_one_line(argv: list[str], message: str, capsys: 
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
+
+
+def test_qwen3_8_reasoning_line_and_the_think_opener_align_with_thinking_on(capsys: pytest.CaptureFixture[str]) -> None:
+    """A thinking template with ``model.thinking=true``: swift's qwen3_8 template and Qwen3.8's chat template both
+    open the system prompt with the reasoning-effort line, and inference starts where the SFT row's reasoning
+    does (after ``<think>\\n``). Swift's qwen3_8 over a checkpoint whose chat template is Qwen3.5's (no such line)
+    exits 1 at the system turn."""
+    from patentqa.tiny import tiny_qwen3_5, tiny_qwen3_8
+
+    tiny_qwen3_8(cache_root() / "tiny")
+    tiny_qwen3_5(cache_root() / "tiny")
+    assert main([*overrides("tiny_qwen3_8", "qwen3_8"), "model.thinking=true"]) == 0
+    out = capsys.readouterr().out
+    assert_aligned(out)
+    assert "model=tiny_qwen3_8 (qwen3_5, template qwen3_8), thinking on" in out, out
+
+    qwen3_5_checkpoint = [*overrides("tiny_qwen3_5", "qwen3_5"), "model.build_tiny=false"]  # its own template
+    assert main([*qwen3_5_checkpoint, "model.template=qwen3_8", "model.thinking=true"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(rf"^MISALIGNED: with_context: {SYSTEM_VS_USER}$", out, re.M), out
