@@ -189,6 +189,7 @@ def run_parity(args: ParityArgs) -> dict[str, Any]:
     from patentqa.infer.engines import full_checkpoint_model, make_engine
 
     from patentqa.infer.engines.vllm_engine import check_tower_lora
+    from patentqa.infer.lora_probe import check_linear_attention_lora
 
     run_dir = Path(args.run_dir)
     cfg = OmegaConf.load(run_config_file(run_dir))  # InputError for a dir that is no training run
@@ -197,6 +198,7 @@ def run_parity(args: ParityArgs) -> dict[str, Any]:
     hf_cfg, vllm_cfg = engine_configs(cfg, args.tensor_parallel_size)
     for _, adapter in adapters:  # an adapter vLLM would refuse: said before the data stage or any model loads
         check_tower_lora(adapter, bool(vllm_cfg.get("tower_lora", False)))
+        check_linear_attention_lora(adapter, cfg.model)
     build = build_dataset(cfg)
     prompts = parity_prompts(build.out_dir / "dev_eval.jsonl", args.per_form)
     sampling = Sampling(max_new_tokens=args.max_new_tokens)

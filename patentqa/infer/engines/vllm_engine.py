@@ -93,21 +93,24 @@ def adapter_weights_file(adapter_dir: str | Path) -> Path | None:
     return None
 
 
-def tower_lora_keys(adapter_dir: str | Path) -> list[str]:
-    """Names of the adapter's LoRA weights on the vision tower or merger (``visual.*`` modules)."""
+def adapter_keys(adapter_dir: str | Path) -> list[str]:
+    """Names of the adapter's weights (the safetensors header only: no tensor is read)."""
     weights = adapter_weights_file(adapter_dir)
     if weights is None:
         return []
     if weights.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(weights), framework="pt") as handle:  # the header only: no tensor is read
-            keys = list(handle.keys())
-    else:
-        import torch
+        with safe_open(str(weights), framework="pt") as handle:
+            return list(handle.keys())
+    import torch
 
-        keys = list(torch.load(weights, map_location="meta", weights_only=True))
-    return sorted(k for k in keys if TOWER_KEY.search(k))
+    return list(torch.load(weights, map_location="meta", weights_only=True))
+
+
+def tower_lora_keys(adapter_dir: str | Path) -> list[str]:
+    """Names of the adapter's LoRA weights on the vision tower or merger (``visual.*`` modules)."""
+    return sorted(k for k in adapter_keys(adapter_dir) if TOWER_KEY.search(k))
 
 
 def check_tower_lora(adapter_dir: str | Path, tower_lora: bool = False) -> None:
@@ -219,16 +222,23 @@ class VllmEngine:
     factor: int = 28
     template_kwargs: dict[str, Any] = field(default_factory=dict)  # the model's chat-template arguments
     tower_lora: bool = False  # enable_tower_connector_lora: adapters' visual.* LoRA weights are served
+    model_cfg: Any = None      # what adapters are checked against (the linear-attention LoRA probe's verdict)
+    check_probe: bool = True   # False: the probe itself serves the adapter whatever an earlier verdict said
     name: str = "vllm"
     _lora_ids: dict[str, int] = field(default_factory=dict)  # resolved checkpoint dir → LoRA int id
     _held: residency.Hold | None = field(default=None, repr=False)  # the model slot, from from_config
 
     @classmethod
-    def from_config(cls, infer_cfg: Any, model_cfg: Any, adapters: Sequence[str | Path] = ()) -> VllmEngine:
+    def from_config(cls, infer_cfg: Any, model_cfg: Any, adapters: Sequence[str | Path] = (),
+                    check_probe: bool = True) -> VllmEngine:
         """Start vLLM for ``model_cfg`` to serve ``adapters`` (LoRA checkpoint dirs; see module doc)."""
+        from patentqa.infer.lora_probe import check_linear_attention_lora
+
         tower_lora = bool(cfg_get(infer_cfg, "tower_lora", False))
         for adapter in adapters:  # refuse before the (minutes long) start, not at the first request
             check_tower_lora(adapter, tower_lora)
+            if check_probe:
+                check_linear_attention_lora(adapter, model_cfg)
         vllm = import_vllm()
         from transformers import AutoProcessor
         from vllm.platforms import current_platform
@@ -243,7 +253,7 @@ class VllmEngine:
             llm = vllm.LLM(**kwargs)
         engine = cls(llm=llm, processor=processor, max_lora_rank=kwargs.get("max_lora_rank"),
                      factor=image_factor(model_cfg), tower_lora=tower_lora,
-                     template_kwargs=chat_template_kwargs(model_cfg))
+                     template_kwargs=chat_template_kwargs(model_cfg), model_cfg=model_cfg, check_probe=check_probe)
         engine._held = held.bind(engine)
         return engine
 
@@ -263,6 +273,10 @@ class VllmEngine:
                              f"set infer.max_lora_rank={rank} or more")
         if path not in self._lora_ids:
             check_tower_lora(path, self.tower_lora)
+            if self.check_probe and self.model_cfg is not None:
+                from patentqa.infer.lora_probe import check_linear_attention_lora
+
+                check_linear_attention_lora(path, self.model_cfg)
             self._lora_ids[path] = len(self._lora_ids) + 1  # vLLM LoRA ids start at 1
         lora_id = self._lora_ids[path]
         return LoRARequest(f"lora_{lora_id}", lora_id, path)
