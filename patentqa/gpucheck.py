@@ -12,6 +12,10 @@ download:
 - ``sft_zero3_N_ranks``: the same through torchrun + DeepSpeed ZeRO-3 on N ranks (every GPU);
 - ``parity_vllm_lora``: the 1-rank run's base model and checkpoint answered by transformers and by
   vLLM with a ``LoRARequest``: the same greedy tokens (``patentqa.infer.parity``);
+- ``linear_attention_lora``: the tiny Qwen3.5 (hybrid): does this vLLM apply an adapter on the linear-attention
+  projections as peft does (``patentqa.infer.lora_probe``; a public report says it does not on GPUs)? The
+  verdict is kept for this vLLM and platform: after a failure the vLLM engine refuses such adapters, naming
+  the modules, until a later probe passes;
 - ``one_model_at_a_time``: the load/release record of the parity run (``PATENTQA_RESIDENCY_LOG``)
   never shows two models alive at once.
 
@@ -190,6 +194,17 @@ def parity_check(ctx: Context) -> tuple[bool, str, Path]:
         f"exit {code}, {parity['identical']}/{parity['total']} greedy answers identical ({', '.join(parity['targets'])})", log
 
 
+def linear_attention_lora_check(ctx: Context) -> tuple[bool, str, Path]:
+    """The linear-attention LoRA probe on the tiny Qwen3.5 (one GPU); its verdict line is the detail."""
+    argv = [sys.executable, "-m", "patentqa.infer.lora_probe", "model=tiny_qwen3_5", f"out={ctx.out / 'probe'}",
+            f"paths.root={ctx.out}"]
+    code, log = run_command(ctx, "linear_attention_lora", argv,
+                            {"CUDA_VISIBLE_DEVICES": "0"} if ctx.form == "gpu" else {})
+    verdict = next((line for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+                    if line.startswith("linear-attention LoRA in vLLM")), None)
+    return code == 0 and verdict is not None, (verdict or f"exit {code}; {last_line(log)}")[:400], log
+
+
 def memory_rule_check(ctx: Context) -> tuple[bool, str, Path]:
     ok, detail = one_model_at_a_time(ctx.residency_log)
     return ok, detail, ctx.residency_log
@@ -219,6 +234,7 @@ def run_checks(args: GpuCheckArgs) -> list[Check]:
         ("sft_1_rank", sft_check(1)),
         (f"sft_zero3_{ranks}_ranks", sft_check(ranks)),
         ("parity_vllm_lora", parity_check),
+        ("linear_attention_lora", linear_attention_lora_check),
         ("one_model_at_a_time", memory_rule_check),
     ]
     results: list[Check] = []

@@ -15,13 +15,15 @@ pytestmark = pytest.mark.e2e
 
 
 def test_cpu_form_runs_every_check_and_passes(tmp_path: Path) -> None:
-    env = {**os.environ, "PATENTQA_CACHE": str(cache_root())}  # the session's tiny models, not a second build
+    env = {**os.environ, "PATENTQA_CACHE": str(cache_root()),  # the session's tiny models, not a second build
+           "PATENTQA_PROBE_RECORD": str(tmp_path / "probe.json")}  # the probe's verdict, not the user's cache
     done = subprocess.run([sys.executable, "-m", "patentqa.gpucheck", f"out_dir={tmp_path}", "form=cpu"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "gpucheck.json").read_text())
     names = [c["name"] for c in report["checks"]]
-    assert names == ["environment", "sft_1_rank", "sft_zero3_2_ranks", "parity_vllm_lora", "one_model_at_a_time"]
+    assert names == ["environment", "sft_1_rank", "sft_zero3_2_ranks", "parity_vllm_lora", "linear_attention_lora",
+                     "one_model_at_a_time"]
     assert report["passed"] and all(c["passed"] for c in report["checks"])
     table = done.stdout.splitlines()[-len(names):]
     assert [line.split()[1] for line in table] == ["PASS"] * len(names), done.stdout
@@ -29,5 +31,10 @@ def test_cpu_form_runs_every_check_and_passes(tmp_path: Path) -> None:
         assert len(list((tmp_path / "runs" / f"sft_{ranks}").glob("swift/v*/checkpoint-*/trainer_state.json"))) == 2
     parity = json.loads((tmp_path / "runs" / "sft_1" / "eval" / "parity.json").read_text())
     assert parity["all_identical"] and parity["targets"] == ["base", "checkpoint-2"]
+    probe = next(c for c in report["checks"] if c["name"] == "linear_attention_lora")
+    assert "linear-attention LoRA in vLLM (in_proj_a, in_proj_b, in_proj_qkv, in_proj_z, out_proj): PASS" in \
+        probe["detail"], probe
+    verdicts = json.loads((tmp_path / "probe.json").read_text())
+    assert [v["passed"] for v in verdicts.values()] == [True], verdicts
     loads = [json.loads(line) for line in (tmp_path / "residency.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "load" for e in loads) >= 2  # transformers, then vLLM
