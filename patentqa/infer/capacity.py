@@ -379,7 +379,9 @@ def make_inference_plan(cfg: DictConfig, rows_file: Path | None = None) -> Infer
     shape = Shape.from_config(config, count_params(model), cache=family_of(cfg.model).cache_spec(config),
                               lora_per_rank=language_linear_sizes(model))
     infer = vllm_settings(cfg)
-    dtype = str(cfg.model.get("torch_dtype") or "bfloat16")
+    from patentqa.infer.engines.vllm_engine import serve_dtype
+
+    dtype = serve_dtype(cfg.model)  # what vLLM serves it in (the tiny Qwen3.5: bf16, trained in float32)
     dtype_bytes = DTYPE_BYTES.get(dtype, 2)
     cache_dtype = str(infer.get("kv_cache_dtype") or "auto")
     cache_bytes = dtype_bytes if cache_dtype == "auto" else DTYPE_BYTES.get(cache_dtype, dtype_bytes)

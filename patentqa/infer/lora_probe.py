@@ -9,7 +9,7 @@ adapter restricted to the family's linear-attention projections (``Family.linear
 built with peft on the tiny model; transformers + peft answers the alignment command's prompts greedily with and
 without it (and must change at least one answer), is closed, then vLLM answers them with a ``LoRARequest``, in
 the same dtype (``model.serve_dtype``). It passes when vLLM's tokens equal peft's for the adapter (a difference at
-a near-tie, top-2 log-probability gap under ``NEAR_TIE`` on both sides, is shown with its margins and
+a near-tie, top-2 log-probability gap at most ``NEAR_TIE`` on both sides, is shown with its margins and
 tolerated).
 
 The verdict is recorded per vLLM version and platform (``record_path``: ``PATENTQA_PROBE_RECORD`` or
@@ -34,10 +34,11 @@ from patentqa.infer.engine import Sampling
 from patentqa.models import family_of
 from patentqa.tracking import write_json_atomic
 
-# a top-2 log-probability gap under this may flip between two bf16 engines: bf16 keeps 8 significant bits, so a
-# logit near 30 (the tiny model's scale) rounds by up to 0.125 and the gap of two by up to 0.25. Seen on this CPU:
-# one prompt of three flipped at a gap of 0.19 (transformers) / 0.125 (vLLM)
-NEAR_TIE = 0.25
+# a first difference where both engines' top-2 log-probability gap is at most this may be a rounding flip between
+# two bf16 engines: bf16 keeps 8 significant bits (0.0625 a step for a logit in [8, 16)), and on the tiny Qwen3.5
+# the two engines' gaps at the same position were measured up to ~0.5 apart (2026-12-07, 4 targets x 7 prompts;
+# flips seen at gaps 0.19/0.125, 0.125/0.5); a negated or halved adapter still fails by far
+NEAR_TIE = 0.5
 TARGET = "linear_attention"
 
 
@@ -51,18 +52,23 @@ def linear_attention_regex(modules: tuple[str, ...]) -> str:
 
 
 def linear_attention_adapter(model_path: str, modules: tuple[str, ...], out: Path, rank: int = 8,
-                             seed: int = 0) -> Path:
+                             seed: int = 0, b_scale: float = 4.0) -> Path:
     """A peft LoRA adapter on ``modules`` of the linear-attention layers only, random A and B (peft's
-    ``init_lora_weights=False``), saved into ``out`` with ``model_path`` as its base."""
+    ``init_lora_weights=False``, B times ``b_scale`` so it changes answers), saved into ``out`` with
+    ``model_path`` as its base."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=linear_attention_regex(modules),
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=linear_attention_regex(modules),
                         init_lora_weights=False, lora_dropout=0.0)
     peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(b_scale)
     peft_model.save_pretrained(str(out))
     del peft_model, model
     return out
@@ -136,6 +142,15 @@ class ProbeResult:
     report: dict[str, Any]
 
 
+def near_ties(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """A parity report's differences at a near-tie: the same tokens before the first difference, and both engines'
+    top-2 gap there at most ``NEAR_TIE``."""
+    return [c for c in report["differences"] if c["first_diff"] is not None
+            and c["transformers_tokens"][:c["first_diff"]] == c["vllm_tokens"][:c["first_diff"]]
+            and c["transformers_margin"] is not None and c["vllm_margin"] is not None
+            and max(c["transformers_margin"], c["vllm_margin"]) <= NEAR_TIE]
+
+
 def judge(ours: dict[str, list[Any]], theirs: dict[str, list[Any]], prompts: list[Any], sampling: Sampling,
           modules: list[str]) -> ProbeResult:
     """The verdict from transformers' (``ours``: base and adapter) and vLLM's (``theirs``: adapter) traces."""
@@ -143,8 +158,7 @@ def judge(ours: dict[str, list[Any]], theirs: dict[str, list[Any]], prompts: lis
 
     report = check_parity({TARGET: ours[TARGET]}, theirs, prompts, sampling)
     changed = sum(a.tokens != b.tokens for a, b in zip(ours["base"], ours[TARGET]))
-    near = [d for d in report["differences"] if max(abs(d["transformers_margin"] or 0.0),
-                                                    abs(d["vllm_margin"] or 0.0)) < NEAR_TIE]
+    near = near_ties(report)
     hard = len(report["differences"]) - len(near)
     passed = changed > 0 and hard == 0
     detail = (f"the adapter changes {changed}/{len(prompts)} of peft's answers; vLLM equals peft on "

@@ -68,7 +68,7 @@ def run_streaming(argv: list[str], env: dict[str, str], log_path: Path, tail: in
     """Run ``argv`` (no shell), echo its output to the console and ``log_path``; (exit code, last lines)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     last: deque[str] = deque(maxlen=tail)
-    with open(log_path, "a", encoding="utf-8") as log, \
+    with open(log_path, "a", encoding="utf-8", buffering=1) as log, \
             subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              encoding="utf-8", errors="replace", bufsize=1) as process:
         assert process.stdout is not None

