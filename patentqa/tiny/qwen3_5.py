@@ -27,8 +27,11 @@ QWEN3_5_RECIPE: dict[str, Any] = {
         "vocab_size": QWEN3_5_VOCAB_SIZE,
         "hidden_size": 64,
         "intermediate_size": 128,
-        "num_hidden_layers": 4,
-        "full_attention_interval": 2,  # layer i is full attention iff (i + 1) % 2 == 0: linear, full, linear, full
+        # two layers, hybrid: layer i is full attention iff (i + 1) % 2 == 0: linear, full. With four (linear,
+        # full, linear, full) +exp=smoke learned less: test char F1 +0.210 (0.080 -> 0.290); with two +0.269
+        # (0.066 -> 0.335), and it trains faster
+        "num_hidden_layers": 2,
+        "full_attention_interval": 2,
         "num_attention_heads": 2,  # q_proj is 2x wide (an output gate), as the released ones
         "num_key_value_heads": 1,
         "head_dim": 64,  # vLLM's CPU attention takes it
