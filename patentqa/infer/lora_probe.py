@@ -9,8 +9,8 @@ adapter restricted to the family's linear-attention projections (``Family.linear
 built with peft on the tiny model; transformers + peft answers the alignment command's prompts greedily with and
 without it (and must change at least one answer), is closed, then vLLM answers them with a ``LoRARequest``, in
 the same dtype (``model.serve_dtype``). It passes when vLLM's tokens equal peft's for the adapter (a difference at
-a near-tie, top-2 log-probability gap at most ``NEAR_TIE`` on both sides, is shown with its margins and
-tolerated).
+a near-tie, where peft's own top-2 log-probability gap is at most ``NEAR_TIE`` so the reference does not decide
+the token, is shown with both engines' margins and tolerated).
 
 The verdict is recorded per vLLM version and platform (``record_path``: ``PATENTQA_PROBE_RECORD`` or
 ``~/.cache/patentqa/linear_attention_lora.json``). The vLLM engine reads it: once a probe on this vLLM and
@@ -34,10 +34,12 @@ from patentqa.infer.engine import Sampling
 from patentqa.models import family_of
 from patentqa.tracking import write_json_atomic
 
-# a first difference where both engines' top-2 log-probability gap is at most this may be a rounding flip between
-# two bf16 engines: bf16 keeps 8 significant bits (0.0625 a step for a logit in [8, 16)), and on the tiny Qwen3.5
-# the two engines' gaps at the same position were measured up to ~0.5 apart (2026-12-07, 4 targets x 7 prompts;
-# flips seen at gaps 0.19/0.125, 0.125/0.5); a negated or halved adapter still fails by far
+# a first difference where transformers' (the reference's) top-2 log-probability gap is at most this is a position
+# the reference does not decide in bf16: bf16 keeps 8 significant bits (0.0625 a step for a logit in [8, 16)).
+# Measured on the tiny Qwen3.5 (2026-12-07, 4 targets x 7 prompts, and 3 prompts x 6 single-projection adapters):
+# flips at reference gaps 0-0.25; vLLM's own gap there was 0-0.19, except with all five projections adapted at B x 4
+# (answers dominated by the adapter), where at reference gaps 0-0.25 vLLM was sure by 1.4-1.75. An adapter vLLM
+# drops or misapplies differs where peft is sure (the unit test's LoRA-dropped case; a negated adapter fails by far).
 NEAR_TIE = 0.5
 TARGET = "linear_attention"
 
@@ -143,12 +145,11 @@ class ProbeResult:
 
 
 def near_ties(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """A parity report's differences at a near-tie: the same tokens before the first difference, and both engines'
-    top-2 gap there at most ``NEAR_TIE``."""
+    """A parity report's differences at a near-tie: the same tokens before the first difference, and there
+    transformers' (the reference's) top-2 gap at most ``NEAR_TIE``."""
     return [c for c in report["differences"] if c["first_diff"] is not None
             and c["transformers_tokens"][:c["first_diff"]] == c["vllm_tokens"][:c["first_diff"]]
-            and c["transformers_margin"] is not None and c["vllm_margin"] is not None
-            and max(c["transformers_margin"], c["vllm_margin"]) <= NEAR_TIE]
+            and c["transformers_margin"] is not None and c["transformers_margin"] <= NEAR_TIE]
 
 
 def judge(ours: dict[str, list[Any]], theirs: dict[str, list[Any]], prompts: list[Any], sampling: Sampling,

@@ -11,6 +11,7 @@ to id 248043, its 33 added tokens at their real ids (248044-248076; ``<|image_pa
     tiny_qwen2_5_vl(cache_dir)        -> cache_dir/qwen2_5_vl      (answerer, 28 px a visual token)
     tiny_qwen3_vl(cache_dir)          -> cache_dir/qwen3_vl        (answerer, 32 px a visual token)
     tiny_qwen3_5(cache_dir)           -> cache_dir/qwen3_5         (answerer: hybrid Gated DeltaNet, thinking template)
+    tiny_qwen3_8(cache_dir)           -> cache_dir/qwen3_8         (the same weights, Qwen3.8's chat template)
     tiny_qwen2_vl_embedder(cache_dir) -> cache_dir/qwen2_vl_gme    (GME-shaped embedder)
     tiny_answerer(model_type, cache_dir): the answerer of a swift model type (``model.build_tiny``)
 
@@ -26,7 +27,7 @@ Modules: ``tokenizer`` (the BPE, Qwen's added tokens, the chat templates), ``bui
 atomic cached build, seeded weights), one a family: ``qwen2_5_vl``, ``qwen3_vl``, ``qwen3_5``, ``gme`` (Qwen2-VL
 embedder).
 
-CLI: ``python -m patentqa.tiny out_dir=DIR`` builds all four and prints the paths.
+CLI: ``python -m patentqa.tiny out_dir=DIR`` builds all five and prints the paths.
 
 This package imports only the leaf word list ``patentqa.data.synth.vocab`` so every stage may use it.
 """
@@ -47,12 +48,14 @@ from patentqa.tiny.tokenizer import (BPE_VOCAB_SIZE, CHAT_TEMPLATE, CORPUS, EXTR
 
 
 def tiny_answerer(model_type: str, cache_dir: str | Path) -> Path:
-    """The tiny answerer for a swift ``model_type`` (qwen2_5_vl, qwen3_vl or qwen3_5), built into ``cache_dir`` if
+    """The tiny answerer for a swift ``model_type`` (its family's ``build_tiny``), built into ``cache_dir`` if
     missing."""
-    builders = {"qwen2_5_vl": tiny_qwen2_5_vl, "qwen3_vl": tiny_qwen3_vl, "qwen3_5": tiny_qwen3_5}
-    if model_type not in builders:
-        raise ValueError(f"no tiny model for model_type {model_type!r}; there is one for {', '.join(builders)}")
-    return builders[model_type](cache_dir)
+    from patentqa.models import FAMILIES  # the families name their builders; imported late, they import stages
+
+    if model_type not in FAMILIES or not FAMILIES[model_type].tiny:
+        raise ValueError(f"no tiny model for model_type {model_type!r}; there is one for "
+                         f"{', '.join(n for n, f in FAMILIES.items() if f.tiny)}")
+    return FAMILIES[model_type].build_tiny(cache_dir)
 
 
 def main(argv: list[str]) -> None:
@@ -62,4 +65,5 @@ def main(argv: list[str]) -> None:
     print(tiny_qwen2_5_vl(out_dir))
     print(tiny_qwen3_vl(out_dir))
     print(tiny_qwen3_5(out_dir))
+    print(tiny_qwen3_8(out_dir))
     print(tiny_qwen2_vl_embedder(out_dir))

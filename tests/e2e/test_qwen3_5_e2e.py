@@ -317,7 +317,7 @@ def test_inference_plan_equals_vllms_block_pool(vllm_engine: Any, drill: SimpleN
 
 def test_vllm_greedy_answers_equal_transformers_but_at_near_ties(parity: dict) -> None:
     """base, checkpoint-2, checkpoint-4 and the linear-attention-only adapter, vLLM (bf16) vs transformers + peft
-    (bf16): identical tokens, or a first difference where both engines' top-2 gap is a near-tie."""
+    (bf16): identical tokens, or a first difference where transformers' top-2 gap is a near-tie."""
     assert set(parity["by_form"]) == {"with_context", "figure_only", "document", "text"}, parity["by_form"]
     assert parity["total"] == 4 * 7 and len(parity["by_target"]) == 4
     ties = near_ties(parity)
