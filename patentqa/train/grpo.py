@@ -1,7 +1,8 @@
 """GRPO after SFT (``train=grpo``): where it starts, what it rolls out on, what rewards it.
 
 * **Start**: ``train.init_from`` names an SFT run (its dir, or an experiment name: that experiment's latest
-  run with a sweep). Its best-on-dev checkpoint is merged (``patentqa.train.merge``, with the equivalence
+  run with a sweep of the same base model, ``model.name``; runs of another model are skipped, each named in one
+  line). From a run dir GRPO takes that run's model (``take_run_model``); a ``model=`` naming another one stops. Its best-on-dev checkpoint is merged (``patentqa.train.merge``, with the equivalence
   check) and the merged model is GRPO's ``--model``: the LoRA policy starts at the SFT policy and the reference
   (the same model with the adapter off) *is* the SFT policy, so the KL starts at 0. (``--adapters`` alone would
   make the reference the base model: KL ~9 at step 1.)
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from patentqa.data.corpus import DataError, Question
 from patentqa.data.sft import write_jsonl_atomic
@@ -70,9 +71,55 @@ def reward_spec(cfg: DictConfig) -> RewardSpec:
 
 # --- the starting point ---------------------------------------------------------------------------------
 
+def model_of(manifest: dict[str, Any]) -> str | None:
+    """The base model (``model.name``) a run's manifest says it trained."""
+    return ((manifest.get("config") or {}).get("model") or {}).get("name")
+
+
+def same_model(manifest: dict[str, Any], cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` trained this config's base model; if not, say so in one line (a lookup of
+    "the latest run of experiment X" skips it: another family's checkpoint is no start for this model)."""
+    theirs = model_of(manifest)
+    if theirs == cfg.model.name:
+        return True
+    print(f"skipped {run_dir}: trained model={theirs}, this run is model={cfg.model.name}", flush=True)
+    return False
+
+
+def model_named(cfg: DictConfig) -> bool:
+    """Whether the command names a model (``model=`` on the command line; outside Hydra, always)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # not under Hydra (tests call train() directly): the config given is the model meant
+        return True
+    return any(o.lstrip("+~").startswith("model=") for o in overrides)
+
+
+def take_run_model(cfg: DictConfig) -> None:
+    """``train.init_from`` as a run dir: GRPO trains that SFT run's base model. A command that names another
+    model stops here, before anything is built or merged, in one line naming both."""
+    given = cfg.train.get("init_from")
+    path = Path(str(given)).expanduser() if given else None
+    if path is None or not (path / "manifest.json").is_file():
+        return
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    theirs = (manifest.get("config") or {}).get("model") or {}
+    if theirs.get("name") in (None, cfg.model.name):
+        return
+    if model_named(cfg):
+        raise DataError(f"train.init_from={given} trained model={theirs['name']}, this command names "
+                        f"model={cfg.model.name}: drop model= (GRPO takes the SFT run's model) or start from a run "
+                        f"of model={cfg.model.name}")
+    with open_dict(cfg):
+        cfg.model = OmegaConf.create(theirs)
+    print(f"GRPO trains model={theirs['name']}, the model of {path}", flush=True)
+
+
 def sft_run(cfg: DictConfig) -> Path | None:
-    """The SFT run ``train.init_from`` names: a run dir, or an experiment name (its latest run with a sweep);
-    None when the experiment has no swept run yet."""
+    """The SFT run ``train.init_from`` names: a run dir, or an experiment name (its latest run with a sweep that
+    trained this config's base model); None when the experiment has no such run yet."""
     if not cfg.train.get("init_from"):
         raise DataError("train=grpo needs train.init_from: an SFT run dir or experiment name (GRPO starts from its "
                         "best-on-dev checkpoint)")
@@ -90,7 +137,8 @@ def sft_run(cfg: DictConfig) -> Path | None:
         except (OSError, ValueError):
             continue
         # an SFT run: a GRPO run of the same experiment (+exp/ablate=grpo) has an init_from of its own
-        if manifest.get("name") == given and manifest.get("state") == "succeeded" and not manifest.get("init_from"):
+        if (manifest.get("name") == given and manifest.get("state") == "succeeded" and not manifest.get("init_from")
+                and same_model(manifest, cfg, sweep.parent.parent)):
             runs.append((manifest.get("started_at", ""), sweep.parent.parent.resolve()))
     return max(runs)[1] if runs else None
 

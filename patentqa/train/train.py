@@ -49,8 +49,9 @@ class TrainResult:
 
 
 def find_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Checkpoint, dict[str, Any]] | None:
-    """The last checkpoint of the latest earlier run of this experiment and variant (``+exp/ablate=grpo`` and the
-    SFT run of the same experiment are different runs), with that run's manifest."""
+    """The last checkpoint of the latest earlier run of this experiment, variant and base model
+    (``+exp/ablate=grpo`` and the SFT run of the same experiment are different runs; so are two models' runs of
+    one experiment, each skipped run named in one line), with that run's manifest."""
     runs = []
     for manifest_path in Path(cfg.paths.runs_dir).rglob("manifest.json"):
         if manifest_path.parent.resolve() == run_dir.resolve():
@@ -61,7 +62,8 @@ def find_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Checkpoint, dict[
             continue
         found = checkpoints(manifest_path.parent / "swift")
         variant = (manifest.get("config") or {}).get("variant") or "main"
-        if manifest.get("name") == cfg.name and variant == cfg.get("variant", "main") and found:
+        if (manifest.get("name") == cfg.name and variant == cfg.get("variant", "main") and found
+                and grpo.same_model(manifest, cfg, manifest_path.parent)):
             runs.append((manifest.get("started_at", ""), found[-1], manifest))
     if not runs:
         return None
@@ -105,6 +107,8 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
     node 0 writes the config, manifest and W&B run, and evaluates.
     """
     rank = node_rank(cfg)
+    if grpo.is_grpo(cfg):  # from an SFT run dir, that run's model (or one line, before anything is built or merged)
+        grpo.take_run_model(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     command_name = swift_args.command_of(cfg)
     data_dir, build = dataset_dir(cfg), None
@@ -126,8 +130,8 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
         started = ((resume[1].get("init_from") or {}).get("run") if resume else None)
         sft = Path(started) if started else grpo.sft_run(cfg)
         if sft is None and cfg.dry_run:
-            print(f"dry run: experiment {cfg.train.init_from} has no swept run yet: a real run trains it first, "
-                  "then starts GRPO from its best checkpoint, merged")
+            print(f"dry run: experiment {cfg.train.init_from} has no swept run of model={cfg.model.name} yet: a real run "
+                  "trains it first, then starts GRPO from its best checkpoint, merged")
         elif sft is None and rank > 0:
             raise DataError(f"node {rank}: no swept run of {cfg.train.init_from}: start GRPO on every node after it")
         else:
@@ -219,10 +223,12 @@ def train_sft_first(cfg: DictConfig) -> Path:
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(own)]
     except ValueError:  # not under Hydra (tests call train() directly)
         overrides = [f"paths.root={cfg.paths.root}", f"paths.cache_dir={cfg.paths.cache_dir}"]
+    if not any(o.lstrip("+~").startswith("model=") for o in overrides):  # the SFT run trains the model GRPO will
+        overrides.append(f"model={cfg.model.name}")
     sft = compose([f"+exp={name}", *overrides, "eval.after_train=true"])
     run_dir = Path(sft.paths.runs_dir) / name / time.strftime("%Y-%m-%d_%H-%M-%S-for-grpo")
-    print(f"train.init_from={name}: no swept run of experiment {name} under {cfg.paths.runs_dir}: training it first "
-          f"into {run_dir}", flush=True)
+    print(f"train.init_from={name}: no swept run of experiment {name} with model={cfg.model.name} under "
+          f"{cfg.paths.runs_dir}: training it first (+exp={name} model={cfg.model.name}) into {run_dir}", flush=True)
     train(sft, run_dir)
     return run_dir.resolve()
 

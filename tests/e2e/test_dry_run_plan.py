@@ -41,7 +41,7 @@ def test_lora_r8_dry_run_prints_the_seed_schedule_and_the_inference_plan(tmp_pat
 def test_grpo_r8_dry_run_validates_swift_rlhf_and_prints_rollouts_and_memory(tmp_path: Path, reference: Path) -> None:
     """No lora_r8 run exists yet: the dry run says a real run trains it first, trains nothing, and plans GRPO."""
     out = dry_run("grpo_r8", tmp_path, reference)
-    assert "experiment lora_r8 has no swept run yet: a real run trains it first" in out
+    assert "experiment lora_r8 has no swept run of model=qwen2_5_vl_32b yet: a real run trains it first" in out
     assert "swift rlhf arguments validated" in out and "--rlhf_type grpo" in out and "--reward_funcs patentqa" in out
     assert "--vllm_mode colocate" in out and "PATENTQA_REWARD=" in out and "--val_dataset" not in out
     assert "GRPO: 64 completions a step = 8 question(s) × 8 generations" in out
