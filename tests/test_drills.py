@@ -46,11 +46,11 @@ def test_salted_inputs_are_reported_and_the_build_goes_on(tmp_path: Path, tiny_v
 @pytest.mark.e2e
 def test_kill_9_during_rendering_then_rerun(tmp_path: Path, tiny_vl, tiny_embedder) -> None:
     tiny = cache_root() / "tiny"
-    args = ["+exp=smoke", f"paths.root={tmp_path}", f"paths.cache_dir={tmp_path}/cache", "data.synth.n_docs=12",
+    args = ["+exp=smoke", f"paths.root={tmp_path}", f"paths.cache_dir={tmp_path}/cache", "data.synth.n_docs=8",
             "data.synth.scan_dpi=300", "retrieval=none", f"model.path={tiny}/qwen2_5_vl"]
     command = [sys.executable, "-m", "patentqa.data", *args]
-    subprocess.run([sys.executable, "-m", "patentqa.data.synth", f"out_dir={tmp_path}/data/synthetic-n12-s0",
-                    "n_docs=12", "seed=0", "scan_dpi=300"], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "patentqa.data.synth", f"out_dir={tmp_path}/data/synthetic-n8-s0",
+                    "n_docs=8", "seed=0", "scan_dpi=300"], check=True, capture_output=True, timeout=300)
     pages_dir = tmp_path / "cache" / "pages"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240

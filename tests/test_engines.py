@@ -94,6 +94,27 @@ def _decode_data_url(url: str) -> Any:
     return Image.open(io.BytesIO(base64.b64decode(data)))
 
 
+def test_the_openai_engine_sends_pages_at_the_familys_factor(prompts: list[Prompt]) -> None:
+    """Qwen3-VL's 32 px a token reaches the request (a real `vllm serve` runs for Qwen2.5-VL in test_vllm.py; the
+    family is otherwise only this number): each image at the budget smart_resize gives for that factor."""
+    from PIL import Image
+    from qwen_vl_utils import smart_resize
+
+    for prompt in prompts:
+        urls = [part["image_url"]["url"] for part in to_openai_content(prompt, 32) if part["type"] == "image_url"]
+        sizes = [_decode_data_url(url).size for url in urls]
+        expected = []
+        for image in prompt.images:
+            with Image.open(image.path) as page:
+                h, w = smart_resize(page.height, page.width, factor=32, min_pixels=image.min_pixels,
+                                    max_pixels=image.max_pixels)
+            expected.append((w, h))
+        assert sizes == expected and all(w % 32 == 0 and h % 32 == 0 for w, h in sizes)
+    assert any(_decode_data_url(u).size != _decode_data_url(v).size for p in prompts
+               for u, v in zip(*[[c["image_url"]["url"] for c in to_openai_content(p, f) if c["type"] == "image_url"]
+                                 for f in (28, 32)]))  # the factor changes what is sent
+
+
 def test_engines_render_the_same_prompt_text(processor: Any, prompts: list[Prompt]) -> None:
     requests = build_requests(prompts, processor)
     for prompt, request in zip(prompts, requests):

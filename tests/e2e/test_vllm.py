@@ -1,8 +1,9 @@
 """vLLM on CPU, for real, for each tiny model family (Qwen2.5-VL and Qwen3-VL): the offline engine (base +
-LoRA requests), cross-engine parity with transformers, and a real ``vllm serve`` answered through the OpenAI engine.
+LoRA requests) and cross-engine parity with transformers; and for Qwen2.5-VL a real ``vllm serve`` answered through
+the OpenAI engine (the request differs between families only by the image factor: tests/test_engines.py).
 
 The adapters are the two checkpoints of one real ``swift sft`` run per family (tests/conftest.py: ``adapters``,
-``qwen3_adapters``). Each ``vllm.LLM`` or server start costs ~30-60 s on 2 cores; the module starts two per family.
+``qwen3_adapters``). Each ``vllm.LLM`` or server start costs ~30-60 s on 2 cores; the module starts three.
 Qwen2.5-VL's offline engine runs in tensor parallel 2; Qwen3-VL's in one process over one device (TP 1), which is
 also what the sweep in test_scale.py, the full-checkpoint test in test_variants.py and the GPU check's parity run use.
 """
@@ -242,6 +243,7 @@ def served(family: Family, tmp_path_factory: pytest.TempPathFactory, vllm_engine
                 proc.wait(timeout=10)
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl"], indirect=True)  # one server start: the family-independent path
 def test_openai_engine_through_vllm_serve_equals_offline_vllm(served: str, parity: dict, form_prompts: list[Prompt],
                                                                family: Family, monkeypatch: pytest.MonkeyPatch) -> None:
     adapters = family.adapters
