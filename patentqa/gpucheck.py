@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from patentqa.tracking import write_json_atomic
 
@@ -167,13 +167,28 @@ def last_line(log: Path) -> str:
     return lines[-1][:160] if lines else "(empty log)"
 
 
+def run_summary_of(run_dir: Path) -> dict[str, Any]:
+    """The run manifest's summary (world size swift logged, ranks that trained apart); {} without a manifest."""
+    try:
+        return json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")).get("summary") or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def sft_check(ranks: int) -> Callable[[Context], tuple[bool, str, Path]]:
+    """A training run on ``ranks`` processes: exit 0, its checkpoints, and one job of ``ranks`` ranks (the world size
+    swift logged; ranks that each trained alone, with no gradient all-reduce, fail it)."""
     def check(ctx: Context) -> tuple[bool, str, Path]:
         argv, env = sft_command(ctx, ranks)
         code, log = run_command(ctx, f"sft_{ranks}", argv, env)
         made = checkpoints_made(ctx.runs[f"sft_{ranks}"])
-        ok = code == 0 and len(made) >= ctx.steps
-        return ok, f"exit {code}, checkpoints {made}" + ("" if ok else f"; {last_line(log)}"), log
+        summary = run_summary_of(ctx.runs[f"sft_{ranks}"])
+        world, apart = summary.get("swift_world_size"), bool(summary.get("ranks_trained_apart"))
+        ok = code == 0 and len(made) >= ctx.steps and world == ranks and not apart
+        detail = (f"exit {code}, world size {world}, checkpoints {made}"
+                  + ("; the ranks trained apart (no gradient all-reduce)" if apart else "")
+                  + ("" if ok else f"; {last_line(log)}"))
+        return ok, detail, log
     return check
 
 

@@ -80,10 +80,13 @@ def test_tiny_model_on_this_cpu_uses_the_kv_space_vllm_cpu_is_given(tiny_vl: Pat
 def test_eval_dry_run_prints_the_plan_for_a_run_and_loads_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
     from conftest import cache_root
 
+    from patentqa import residency
+    from patentqa.eval import sweep
     from patentqa.eval.__main__ import main
-    from patentqa.infer import engines
 
-    monkeypatch.setattr(engines, "make_engine", lambda *a, **k: pytest.fail("the dry run loaded an engine"))
+    # where the sweep looks the engine factory up (it bound the name at import), and every model load's record
+    monkeypatch.setattr(sweep, "make_engine", lambda *a, **k: pytest.fail("the dry run loaded an engine"))
+    monkeypatch.setenv(residency.LOG_ENV, str(tmp_path / "residency.jsonl"))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     cfg = compose(["+exp=lora_r8", f"paths.root={tmp_path}", f"paths.cache_dir={cache_root()}"])
@@ -93,6 +96,7 @@ def test_eval_dry_run_prints_the_plan_for_a_run_and_loads_nothing(tmp_path: Path
     assert "inference plan (infer=vllm)" in out and "8 GPU(s) × 79.2 GiB" in out and "recommended: TP" in out
     tp1 = next(line for line in out.splitlines() if line.split()[:3] == ["1", "x", "8"])
     assert "refused" not in tp1  # infer.max_model_len=8192 reached the plan: one sequence fits beside 62 GiB
+    assert not (tmp_path / "residency.jsonl").exists()  # no engine or embedder loaded
 
 
 # Qwen3.6-27B's published text config (conf/model/qwen3_5_27b.yaml cites it): 64 layers, every 4th full attention

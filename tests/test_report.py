@@ -205,12 +205,12 @@ def test_failure_counts(report: Path) -> None:
     failures = json.loads((report / "report.json").read_text(encoding="utf-8"))["failures"]
     assert failures["better"] == {"n": 20, "empty": 1, "hit_max_tokens": 1, "style_hit_max_tokens": 1,
                                   "far_too_long": 1, "unparsed": None, "no_final_line": None,
-                                  "unclosed_think": None, "split": "test", "max_chars": MAX_NEW_TOKENS,
-                                  "style_max_chars": STYLE_MAX_NEW_TOKENS}
+                                  "unclosed_think": None, "split": "test", "checkpoint": "checkpoint-20",
+                                  "max_chars": MAX_NEW_TOKENS, "style_max_chars": STYLE_MAX_NEW_TOKENS}
     assert failures["baseline"] == {"n": 20, "empty": 0, "hit_max_tokens": 0, "style_hit_max_tokens": 0,
                                     "far_too_long": 0, "unparsed": None, "no_final_line": None,
-                                    "unclosed_think": None, "split": "test", "max_chars": MAX_NEW_TOKENS,
-                                    "style_max_chars": STYLE_MAX_NEW_TOKENS}
+                                    "unclosed_think": None, "split": "test", "checkpoint": "checkpoint-30",
+                                    "max_chars": MAX_NEW_TOKENS, "style_max_chars": STYLE_MAX_NEW_TOKENS}
     md = (report / "report.md").read_text(encoding="utf-8")
     assert f"| better | test | 20 | {MAX_NEW_TOKENS} | 1 (5%) | 1 (5%) | 1 (5%) | 1 (5%) | – | – | – |" in md
 

@@ -152,3 +152,18 @@ def test_report_shows_the_study_with_its_plot(study) -> None:
     assert (out / "study_folds.png").stat().st_size > 5000
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "<li>" in html and html.count("data:image/png;base64,") == 4
+
+
+def test_seeds_far_apart_are_the_wider_spread() -> None:
+    """The other side of ``wider``: two seeds whose test means are 0.2 and 0.8 (±sd span 0.85) beside a bootstrap
+    interval 0.3 wide."""
+    from types import SimpleNamespace
+
+    from patentqa.eval.study import seed_summary
+
+    def member(seed: int, test: float) -> SimpleNamespace:
+        aggregate = {"metrics": {"composite": {"ci_low": test - 0.15, "ci_high": test + 0.15}}}
+        return SimpleNamespace(seed=seed, test=test, dev=test, run=SimpleNamespace(main=SimpleNamespace(aggregate=aggregate)))
+    seeds = seed_summary(SimpleNamespace(members=[member(0, 0.2), member(1, 0.8)]))
+    assert seeds["sd_width"] == pytest.approx(2 * statistics.stdev([0.2, 0.8]))
+    assert seeds["bootstrap_width"] == pytest.approx(0.3) and seeds["wider"] == "seeds (±sd)"

@@ -180,18 +180,23 @@ GRPO_PANELS = (("reward", "reward (the metric on sampled answers)"), ("kl", "KL 
                ("completions/mean_length", "completion length (tokens)"))
 
 
-def plot_grpo_curves(logs: list[tuple[str, list[dict[str, Any]]]]) -> bytes:
-    """Per GRPO run: reward (with its 10-step mean), KL and completion length against the training step."""
+def grpo_points(logs: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, dict[str, list[list[float]]]]:
+    """Per GRPO run label, per panel key (reward, kl, completion length): the [step, value] points plotted."""
+    return {label: {key: [[r["step"], float(r[key])] for r in records if r.get(key) is not None]
+                    for key, _ in GRPO_PANELS} for label, records in logs}
+
+
+def plot_grpo_curves(points: dict[str, dict[str, list[list[float]]]]) -> bytes:
+    """Per GRPO run (``grpo_points``): reward (with its 10-step mean), KL and completion length against the step."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(15, 3.6))
     for k, (key, title) in enumerate(GRPO_PANELS):
         ax = fig.add_subplot(1, len(GRPO_PANELS), k + 1)
-        for i, (label, records) in enumerate(logs):
-            points = [(r["step"], float(r[key])) for r in records if r.get(key) is not None]
-            if not points:
+        for i, (label, panels) in enumerate(points.items()):
+            if not panels[key]:
                 continue
-            steps, values = [s for s, _ in points], [v for _, v in points]
+            steps, values = [s for s, _ in panels[key]], [v for _, v in panels[key]]
             ax.plot(steps, values, color=f"C{i % 10}", alpha=0.35 if key == "reward" else 1.0,
                     label=ascii_label(label, f"run {i + 1}"))
             if key == "reward" and len(values) >= 10:

@@ -48,6 +48,7 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
     failure_blocks, failure_numbers = sections.failures_section(entries, max_tokens_chars)
     recall_blocks, recall_numbers = sections.recall_section(loaded)
     study_blocks, study_numbers = study_section(loaded, resamples)
+    curve_blocks, curve_points = grpo_blocks(loaded)
     per_kind: list[Block] = [("img", "composite_per_kind.png", "composite per kind",
                               plots.plot_per_kind(entries, kinds))] if kinds else []
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -62,7 +63,7 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
         ("h", 2, "Dev curves: every checkpoint on dev"),
         ("p", "One line per run; the star is the checkpoint chosen on dev, the dashed line the base model on dev."),
         ("img", "dev_curves.png", "dev metrics per checkpoint", plots.plot_dev_curves(loaded, metrics)),
-        sections.dev_table(loaded), *grpo_blocks(loaded), *failure_blocks, *sections.side_by_side(loaded, base_run)]
+        sections.dev_table(loaded), *curve_blocks, *failure_blocks, *sections.side_by_side(loaded, base_run)]
     out = Path(out)
     path = write_document(out, "report", blocks, title)
     write_json_atomic(out / "report.json", {
@@ -72,19 +73,20 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
         "main": [{"label": e["label"], "split": e["split"], "checkpoint": e["scored"].checkpoint,
                   "n": len(e["scored"].rows), "metrics": e["stats"]} for e in entries],
         "paired_vs_baseline": paired_numbers, "failures": failure_numbers, "recall_table": recall_numbers,
-        "study": study_numbers})
+        "study": study_numbers, "grpo_curves": curve_points})
     return path
 
 
-def grpo_blocks(runs: list[Run]) -> list[Block]:
-    """Training curves of the GRPO runs among ``runs`` (none: no section)."""
+def grpo_blocks(runs: list[Run]) -> tuple[list[Block], dict[str, Any]]:
+    """Training curves of the GRPO runs among ``runs`` (none: no section), and the points they plot."""
     logs = [(run.label, log) for run in runs if (log := grpo_log(run))]
     if not logs:
-        return []
+        return [], {}
+    points = plots.grpo_points(logs)
     return [("h", 2, "GRPO: reward, KL and completion length per step"),
             ("p", "From swift's logging.jsonl: the reward is the run's metric on the answers sampled at the "
                   "training temperature (the sweep scores greedy answers); KL is to the SFT policy GRPO started from."),
-            ("img", "grpo_curves.png", "GRPO reward, KL and completion length", plots.plot_grpo_curves(logs))]
+            ("img", "grpo_curves.png", "GRPO reward, KL and completion length", plots.plot_grpo_curves(points))], points
 
 
 @dataclass

@@ -271,7 +271,8 @@ def failures_section(entries: list[dict[str, Any]], max_chars: int | None) -> tu
         raw_limit = max_chars or int(get(e["run"].config, "infer.max_new_tokens", 64) or 64)
         style_limit = int(get(e["run"].config, "pipeline.style_max_new_tokens", 32) or 32)
         counts = failures(e["scored"], raw_limit, style_limit)
-        numbers[e["label"]] = {**counts, "split": e["split"], "max_chars": raw_limit, "style_max_chars": style_limit}
+        numbers[e["label"]] = {**counts, "split": e["split"], "checkpoint": e["scored"].checkpoint,
+                               "max_chars": raw_limit, "style_max_chars": style_limit}
         n = max(counts["n"] or 0, 1)
         rows.append([e["label"], e["scored"].label, counts["n"], raw_limit,
                      *("–" if counts[k] is None else f"{counts[k]} ({100 * counts[k] / n:.0f}%)" for k in columns)])

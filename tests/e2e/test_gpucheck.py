@@ -27,8 +27,10 @@ def test_cpu_form_runs_every_check_and_passes(tmp_path: Path) -> None:
     assert report["passed"] and all(c["passed"] for c in report["checks"])
     table = done.stdout.splitlines()[-len(names):]
     assert [line.split()[1] for line in table] == ["PASS"] * len(names), done.stdout
-    for ranks in (1, 2):  # each training check left its checkpoints
+    for ranks in (1, 2):  # each training check left its checkpoints, trained as one job of its ranks
         assert len(list((tmp_path / "runs" / f"sft_{ranks}").glob("swift/v*/checkpoint-*/trainer_state.json"))) == 2
+        summary = json.loads((tmp_path / "runs" / f"sft_{ranks}" / "manifest.json").read_text())["summary"]
+        assert summary["swift_world_size"] == ranks and "ranks_trained_apart" not in summary, summary
     parity = json.loads((tmp_path / "runs" / "sft_1" / "eval" / "parity.json").read_text())
     assert parity["all_identical"] and parity["targets"] == ["base", "checkpoint-2"]
     probe = next(c for c in report["checks"] if c["name"] == "linear_attention_lora")
@@ -36,5 +38,7 @@ def test_cpu_form_runs_every_check_and_passes(tmp_path: Path) -> None:
         probe["detail"], probe
     verdicts = json.loads((tmp_path / "probe.json").read_text())
     assert [v["passed"] for v in verdicts.values()] == [True], verdicts
-    loads = [json.loads(line) for line in (tmp_path / "residency.jsonl").read_text().splitlines()]
-    assert sum(e["event"] == "load" for e in loads) >= 2  # transformers, then vLLM
+    events = [json.loads(line) for line in (tmp_path / "residency.jsonl").read_text().splitlines()]
+    # the parity check's transformers then vLLM, the probe's transformers then vLLM, each released before the next
+    assert [(e["event"], e["kind"]) for e in events] == [("load", "transformers"), ("release", "transformers"),
+                                                         ("load", "vllm"), ("release", "vllm")] * 2, events

@@ -175,7 +175,7 @@ def test_rerun_after_a_replica_lost_its_last_chunk_redoes_only_those(uninterrupt
     same_outputs(two_replicas, full)
 
 
-def test_shards_through_submitit_local_merge_into_one_submission(uninterrupted) -> None:
+def test_shards_through_submitit_local_merge_into_one_submission(uninterrupted, monkeypatch) -> None:
     import hydra_plugins.hydra_submitit_launcher  # noqa: F401  (a dev dependency: missing fails)
     root, full = uninterrupted
     out = root / "shards"
@@ -194,5 +194,8 @@ def test_shards_through_submitit_local_merge_into_one_submission(uninterrupted) 
     part.with_suffix(".away").rename(part)
     for name in ("predictions.jsonl", "submission.jsonl"):
         (out / name).unlink()
-    assert infer(merge)["answered_now"] == 0  # the merge command loads no model
+    loads = root / "merge_residency.jsonl"
+    monkeypatch.setenv(residency.LOG_ENV, str(loads))  # every model or embedder load is recorded here
+    infer(merge)
+    assert not loads.exists(), residency.read_log(loads)  # the merge command loads no model
     same_outputs(out, full)

@@ -216,12 +216,6 @@ def test_swift_trained_on_page_images_and_the_merged_model_reads_them(adapters: 
     ImageDraw.Draw(page).rectangle([20, 30, 120, 130], outline="black", width=3)
     batch = processor(text=[prompt], images=[page], return_tensors="pt")
     assert int((batch["input_ids"] == 151655).sum()) == 100  # 280 x 280 pixels: 10 x 10 merged patches
-    with torch.no_grad():
-        generated = model.generate(**batch, max_new_tokens=4, do_sample=False)
-    new_tokens = generated[0, batch["input_ids"].shape[1]:].tolist()
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [eos])
-    assert len(new_tokens) == 4 or new_tokens[-1] in eos, new_tokens  # stopped at the limit or at an end token
     blank = processor(text=[prompt], images=[Image.new("RGB", page.size, "white")], return_tensors="pt")
     assert blank["input_ids"].equal(batch["input_ids"])
     with torch.no_grad():

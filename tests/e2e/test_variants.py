@@ -83,12 +83,12 @@ def test_sweep_scores_every_full_checkpoint_and_each_round_by_its_metric(full_ru
                    for r in predictions if r["round"] == "a")
         assert len(predictions) == len(rows), "unparsed replies are scored, never dropped"
     report = json.loads((run_dir / "report" / "report.json").read_text())
-    counted = set()  # (split, n, unparsed replies) of every scored predictions file
-    for path in (run_dir / "eval").glob("*/*/predictions.jsonl"):
+    assert report["failures"], "the report has a failures table"
+    for label, failures in report["failures"].items():  # each row counts the unparsed replies of its own answers
+        path = run_dir / "eval" / failures["split"] / failures["checkpoint"] / "predictions.jsonl"
         records = [json.loads(line) for line in path.read_text().splitlines()]
-        counted.add((path.parent.parent.name, len(records), sum(bool(r.get("unparsed")) for r in records)))
-    for label, failures in report["failures"].items():  # the report counts the unparsed replies it shows
-        assert (failures["split"], failures["n"], failures["unparsed"]) in counted, (label, failures, counted)
+        assert (failures["n"], failures["unparsed"]) == (len(records), sum(bool(r.get("unparsed")) for r in records)), \
+            (label, failures, path)
     assert "accuracy" in (run_dir / "report" / "report.md").read_text()
 
 
