@@ -75,14 +75,14 @@ def processor(tiny_vl: Path) -> Any:
     return AutoProcessor.from_pretrained(tiny_vl)
 
 
-def _budgeted_size(path: str, max_pixels: int, min_pixels: int) -> tuple[int, int]:
+def _budgeted_size(path: str, max_pixels: int, min_pixels: int, factor: int = 28) -> tuple[int, int]:
     """(width, height) an image is shown at: qwen-vl-utils' smart_resize of the file's size."""
     from PIL import Image
     from qwen_vl_utils import smart_resize
 
     with Image.open(path) as image:
         width, height = image.size
-    h, w = smart_resize(height, width, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
+    h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return w, h
 
 
@@ -97,18 +97,10 @@ def _decode_data_url(url: str) -> Any:
 def test_the_openai_engine_sends_pages_at_the_familys_factor(prompts: list[Prompt]) -> None:
     """Qwen3-VL's 32 px a token reaches the request (a real `vllm serve` runs for Qwen2.5-VL in test_vllm.py; the
     family is otherwise only this number): each image at the budget smart_resize gives for that factor."""
-    from PIL import Image
-    from qwen_vl_utils import smart_resize
-
     for prompt in prompts:
         urls = [part["image_url"]["url"] for part in to_openai_content(prompt, 32) if part["type"] == "image_url"]
         sizes = [_decode_data_url(url).size for url in urls]
-        expected = []
-        for image in prompt.images:
-            with Image.open(image.path) as page:
-                h, w = smart_resize(page.height, page.width, factor=32, min_pixels=image.min_pixels,
-                                    max_pixels=image.max_pixels)
-            expected.append((w, h))
+        expected = [_budgeted_size(image.path, image.max_pixels, image.min_pixels, 32) for image in prompt.images]
         assert sizes == expected and all(w % 32 == 0 and h % 32 == 0 for w, h in sizes)
     assert any(_decode_data_url(u).size != _decode_data_url(v).size for p in prompts
                for u, v in zip(*[[c["image_url"]["url"] for c in to_openai_content(p, f) if c["type"] == "image_url"]

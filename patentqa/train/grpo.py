@@ -71,9 +71,19 @@ def reward_spec(cfg: DictConfig) -> RewardSpec:
 
 # --- the starting point ---------------------------------------------------------------------------------
 
+def run_model(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The model config (resolved) a run's manifest says it trained; {} when it names none."""
+    return (manifest.get("config") or {}).get("model") or {}
+
+
 def model_of(manifest: dict[str, Any]) -> str | None:
     """The base model (``model.name``) a run's manifest says it trained."""
-    return ((manifest.get("config") or {}).get("model") or {}).get("name")
+    return run_model(manifest).get("name")
+
+
+def names_model(overrides: list[str]) -> bool:
+    """Whether Hydra overrides choose the model group (``model=`` or ``+model=``)."""
+    return any(o.lstrip("+~").startswith("model=") for o in overrides)
 
 
 def same_model(manifest: dict[str, Any], cfg: DictConfig, run_dir: Path) -> bool:
@@ -94,7 +104,7 @@ def model_named(cfg: DictConfig) -> bool:
         overrides = HydraConfig.get().overrides.task
     except ValueError:  # not under Hydra (tests call train() directly): the config given is the model meant
         return True
-    return any(o.lstrip("+~").startswith("model=") for o in overrides)
+    return names_model(overrides)
 
 
 def take_run_model(cfg: DictConfig) -> None:
@@ -105,7 +115,7 @@ def take_run_model(cfg: DictConfig) -> None:
     if path is None or not (path / "manifest.json").is_file():
         return
     manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    theirs = (manifest.get("config") or {}).get("model") or {}
+    theirs = run_model(manifest)
     if theirs.get("name") in (None, cfg.model.name):
         return
     if model_named(cfg):

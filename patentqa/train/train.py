@@ -223,7 +223,7 @@ def train_sft_first(cfg: DictConfig) -> Path:
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(own)]
     except ValueError:  # not under Hydra (tests call train() directly)
         overrides = [f"paths.root={cfg.paths.root}", f"paths.cache_dir={cfg.paths.cache_dir}"]
-    if not any(o.lstrip("+~").startswith("model=") for o in overrides):  # the SFT run trains the model GRPO will
+    if not grpo.names_model(overrides):  # the SFT run trains the model GRPO will
         overrides.append(f"model={cfg.model.name}")
     sft = compose([f"+exp={name}", *overrides, "eval.after_train=true"])
     run_dir = Path(sft.paths.runs_dir) / name / time.strftime("%Y-%m-%d_%H-%M-%S-for-grpo")
