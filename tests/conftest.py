@@ -210,47 +210,71 @@ def adapters(tiny_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     return a, b
 
 
-def qwen3_run_cfg(root: Path) -> Any:
-    """+exp=smoke model=tiny_qwen3_vl, 4 LoRA steps saved at 2 and 4 (retrieval=none, 6 documents) under ``root``;
-    r8 at lr 2e-2 like ``adapters``: 4 steps visibly change the model (vLLM parity asserts the adapters matter)."""
+def smoke_run_cfg(root: Path, model: str = "tiny_qwen3_vl") -> Any:
+    """+exp=smoke model=``model`` (a tiny family: tiny_qwen3_vl, tiny_qwen2_vl), 4 LoRA steps saved at 2 and 4
+    (retrieval=none, 6 documents) under ``root``; r8 at lr 2e-2 like ``adapters``: 4 steps visibly change the model
+    (vLLM parity asserts the adapters matter)."""
     from patentqa.config import compose
 
     tiny = cache_root() / "tiny"
-    return compose(["+exp=smoke", "model=tiny_qwen3_vl", f"paths.root={root}", f"paths.cache_dir={root}/cache",
-                    f"model.path={tiny}/qwen3_vl", f"model.embedder_path={tiny}/qwen2_vl_gme", "retrieval=none",
+    path = compose([f"model={model}", f"paths.cache_dir={tiny.parent}"]).model.path  # cache_dir/tiny/<family dir>
+    return compose(["+exp=smoke", f"model={model}", f"paths.root={root}", f"paths.cache_dir={root}/cache",
+                    f"model.path={path}", f"model.embedder_path={tiny}/qwen2_vl_gme", "retrieval=none",
                     "data.synth.n_docs=6", "logger=none", "train.max_steps=4", "train.save_steps=2",
                     "train.eval_steps=2", "train.learning_rate=2e-2", "train.lora_rank=8", "train.lora_alpha=32",
                     "eval.after_train=false"])
 
 
-@pytest.fixture(scope="session")
-def qwen3_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, SimpleNamespace]:
-    """(config, result) of the session's one real training run of the tiny Qwen3-VL: ``patentqa.train`` (data
-    stage → ``swift sft --model_type qwen3_vl --template qwen3_vl``), built once for all workers; e2e tier.
-    ``result`` has the fields of ``TrainResult`` the tests read (run_dir, command, exit_code, checkpoints)."""
-    from patentqa.tiny import tiny_qwen3_vl
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, model: str) -> tuple[Any, SimpleNamespace]:
+    """(config, result) of the session's one real training run of a tiny family (``smoke_run_cfg``):
+    ``patentqa.train`` (data stage → ``swift sft --model_type <family> --template <family>``), built once for all
+    workers; e2e tier. ``result`` has the fields of ``TrainResult`` the tests read (run_dir, command, exit_code,
+    checkpoints)."""
+    from patentqa.models import family_of
     from patentqa.train.train import train
 
-    tiny_qwen3_vl(cache_root() / "tiny")
+    cfg = smoke_run_cfg(session_root(tmp_path_factory) / f"shared-{model}_sft", model)
+    family_of(cfg.model).build_tiny(cache_root() / "tiny")
 
     def build(work: Path) -> dict:
-        result = train(qwen3_run_cfg(work), work / "runs" / "smoke" / "a")
+        result = train(smoke_run_cfg(work, model), work / "runs" / "smoke" / "a")
         return {"run_dir": str(result.run_dir), "command": result.command, "exit_code": result.exit_code,
                 "checkpoints": [[c.step, str(c.path)] for c in result.checkpoints]}
-    built = built_once(tmp_path_factory, "qwen3_sft", build)
+    built = built_once(tmp_path_factory, f"{model}_sft", build)
     result = SimpleNamespace(run_dir=Path(built["run_dir"]), command=built["command"], exit_code=built["exit_code"],
                              checkpoints=[SimpleNamespace(step=s, path=Path(p)) for s, p in built["checkpoints"]])
-    return qwen3_run_cfg(session_root(tmp_path_factory) / "shared-qwen3_sft"), result
+    return cfg, result
 
 
-@pytest.fixture(scope="session")
-def qwen3_adapters(qwen3_run: tuple[Any, SimpleNamespace]) -> tuple[Path, Path]:
-    """Checkpoints 2 and 4 of the tiny Qwen3-VL's session run (``qwen3_run``), like ``adapters``."""
-    a, b = (c.path for c in qwen3_run[1].checkpoints[-2:])
+def run_adapters(run: tuple[Any, SimpleNamespace]) -> tuple[Path, Path]:
+    """Checkpoints 2 and 4 of a ``smoke_run``, like ``adapters``."""
+    a, b = (c.path for c in run[1].checkpoints[-2:])
     assert (a.name, b.name) == ("checkpoint-2", f"checkpoint-{ADAPTER_STEPS}"), (a, b)
     for checkpoint in (a, b):
         assert (checkpoint / "adapter_config.json").is_file(), checkpoint
     return a, b
+
+
+@pytest.fixture(scope="session")
+def qwen3_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, SimpleNamespace]:
+    """The tiny Qwen3-VL's session run (``smoke_run``)."""
+    return smoke_run(tmp_path_factory, "tiny_qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def qwen3_adapters(qwen3_run: tuple[Any, SimpleNamespace]) -> tuple[Path, Path]:
+    return run_adapters(qwen3_run)
+
+
+@pytest.fixture(scope="session")
+def qwen2_vl_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, SimpleNamespace]:
+    """The tiny Qwen2-VL's session run (``smoke_run``)."""
+    return smoke_run(tmp_path_factory, "tiny_qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def qwen2_vl_adapters(qwen2_vl_run: tuple[Any, SimpleNamespace]) -> tuple[Path, Path]:
+    return run_adapters(qwen2_vl_run)
 
 
 def drawn_page(path: Path, number: int, size: tuple[int, int] = (392, 560)) -> PageImage:

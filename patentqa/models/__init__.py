@@ -1,6 +1,7 @@
 """Model families: one module a family holds all that the stages need to know about it (``Family``).
 
     qwen2_5_vl   Qwen2.5-VL (the seed's)        28 px a visual token, full attention
+    qwen2_vl     Qwen2-VL (write-up 001's)      28 px a visual token, full attention
     qwen3_vl     Qwen3-VL (+ Thinking)          32 px a visual token, full attention
     qwen3_5      Qwen3.5 / 3.6 / 3.8            32 px a visual token, hybrid: Gated DeltaNet + full attention
 
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from patentqa.models import qwen2_5_vl, qwen3_5, qwen3_vl
+from patentqa.models import qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl
 from patentqa.models.family import CacheSpec, Family, full_attention_cache
 
-FAMILIES: dict[str, Family] = {module.FAMILY.model_type: module.FAMILY for module in (qwen2_5_vl, qwen3_vl, qwen3_5)}
+FAMILIES: dict[str, Family] = {module.FAMILY.model_type: module.FAMILY for module in (qwen2_5_vl, qwen2_vl, qwen3_vl,
+                                                                                     qwen3_5)}
 
 __all__ = ["CacheSpec", "FAMILIES", "Family", "chat_template_kwargs", "family", "family_of", "full_attention_cache"]
 

@@ -1,5 +1,5 @@
 """``python -m patentqa.infer.align``: for every prompt form, swift's training template, the HF processor of the
-transformers engine and vLLM's own processor build the same ids, grids and pixels on both tiny families; a
+transformers engine and vLLM's own processor build the same ids, grids and pixels on every tiny family; a
 misalignment a user can make exits 1 naming the first difference; bad input exits 2 with one line."""
 from __future__ import annotations
 
@@ -60,6 +60,22 @@ def test_tiny_qwen3_vl_aligns_and_each_misalignment_is_named(capsys: pytest.Capt
     out = capsys.readouterr().out
     assert "image_factor: model.image_factor 28 != HF processor patch_size x merge_size 32 (16 x 2)" in out, out
     assert out.rstrip().splitlines()[-1].startswith("MISALIGNED: image_factor"), out
+
+
+def test_tiny_qwen2_vl_aligns_at_28_px(capsys: pytest.CaptureFixture[str]) -> None:
+    """The tiny Qwen2-VL passes (swift's qwen2_vl template with its default system prompt, on both sides); Qwen3-VL's
+    factor given to it exits 1 naming the factor."""
+    from patentqa.tiny import tiny_qwen2_vl
+
+    tiny_qwen2_vl(cache_root() / "tiny")
+    qwen2 = overrides("tiny_qwen2_vl", "qwen2_vl")
+    assert main(qwen2) == 0
+    out = capsys.readouterr().out
+    assert_aligned(out)
+    assert "model=tiny_qwen2_vl (qwen2_vl, template qwen2_vl)" in out, out
+    assert main([*qwen2, "model.image_factor=32"]) == 1
+    assert "image_factor: model.image_factor 32 != HF processor patch_size x merge_size 28 (14 x 2)" in \
+        capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [

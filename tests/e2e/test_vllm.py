@@ -1,10 +1,11 @@
-"""vLLM on CPU, for real, for each tiny model family (Qwen2.5-VL and Qwen3-VL): the offline engine (base +
+"""vLLM on CPU, for real, for each tiny full-attention model family (Qwen2.5-VL, Qwen3-VL, Qwen2-VL): the offline engine (base +
 LoRA requests) and cross-engine parity with transformers; and for Qwen2.5-VL a real ``vllm serve`` answered through
 the OpenAI engine (the request differs between families only by the image factor: tests/test_engines.py).
 
 The adapters are the two checkpoints of one real ``swift sft`` run per family (tests/conftest.py: ``adapters``,
-``qwen3_adapters``). Each ``vllm.LLM`` or server start costs ~30-60 s on 2 cores; the module starts three.
-Qwen2.5-VL's offline engine runs in tensor parallel 2; Qwen3-VL's in one process over one device (TP 1), which is
+``qwen3_adapters``, ``qwen2_vl_adapters``). Each ``vllm.LLM`` or server start costs ~30-60 s on 2 cores; the module
+starts four.
+Qwen2.5-VL's offline engine runs in tensor parallel 2; Qwen3-VL's and Qwen2-VL's in one process over one device (TP 1), which is
 also what the sweep in test_scale.py, the full-checkpoint test in test_variants.py and the GPU check's parity run use.
 """
 from __future__ import annotations
@@ -59,15 +60,20 @@ class Family:
     tp: int            # offline engine's tensor_parallel_size (CPU ranks, one core each)
 
 
-@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+SMOKE_RUNS = {"qwen3_vl": ("qwen3_run", "qwen3_adapters", 32, "tiny_qwen3_vl"),
+              "qwen2_vl": ("qwen2_vl_run", "qwen2_vl_adapters", 28, "tiny_qwen2_vl")}
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl", "qwen2_vl"])
 def family(request: pytest.FixtureRequest) -> Family:
-    """Every fixture and test below runs once per family (ids [qwen2_5_vl], [qwen3_vl]), one family at a time:
-    pytest finishes one family's tests and closes its engines and server before the next family starts."""
+    """Every fixture and test below runs once per family (ids [qwen2_5_vl], [qwen3_vl], [qwen2_vl]), one family at
+    a time: pytest finishes one family's tests and closes its engines and server before the next family starts."""
     if request.param == "qwen2_5_vl":
         return Family(request.param, request.getfixturevalue("tiny_vl"), request.getfixturevalue("adapters"),
                       28, "tiny", tp=2)  # the engine the GPU node's inference plan recommends, TP 2
-    cfg, _ = request.getfixturevalue("qwen3_run")  # the model its adapters were trained on
-    return Family(request.param, Path(cfg.model.path), request.getfixturevalue("qwen3_adapters"), 32, "tiny_qwen3_vl",
+    run, adapters, factor, conf = SMOKE_RUNS[request.param]
+    cfg, _ = request.getfixturevalue(run)  # the model its adapters were trained on
+    return Family(request.param, Path(cfg.model.path), request.getfixturevalue(adapters), factor, conf,
                   tp=1)  # one process: the sweep's and the GPU check's layout, and one vLLM start cheaper on 2 cores
 
 
