@@ -68,6 +68,21 @@ def family_value(key: str, *, _parent_: DictConfig) -> Any:
 OmegaConf.register_new_resolver("family", family_value, replace=True)
 
 
+def slice_settings(*, _parent_: DictConfig, _root_: DictConfig) -> dict[str, Any]:
+    """The processor's slice settings of a slicing family (MiniCPM-V) for this run's ``prompt`` budgets: each
+    form's page as rendered (an A4 page at its budget × ``image_factor``²) against its visual-token budget
+    (``Family.slice_settings``); {} for a family that budgets pixels. ``${slices:}`` in ``conf/model``."""
+    from patentqa.models import family_of
+    from patentqa.train.plan import form_pages
+
+    budgets = {str(form): int(tokens) for form, tokens in _root_.prompt.image_tokens.items()}
+    pages = form_pages(budgets, int(_root_.prompt.min_image_tokens), int(_parent_.image_factor))
+    return family_of(_parent_).slice_settings(pages, budgets)
+
+
+OmegaConf.register_new_resolver("slices", slice_settings, replace=True)
+
+
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """Compose the config as ``python -m patentqa.<stage> OVERRIDES`` would (without hydra.* keys)."""
     from hydra import compose as hydra_compose

@@ -273,6 +273,17 @@ def qwen2_vl_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, SimpleN
 
 
 @pytest.fixture(scope="session")
+def minicpm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, SimpleNamespace]:
+    """The tiny MiniCPM-V 4.6's session run (``smoke_run``)."""
+    return smoke_run(tmp_path_factory, "tiny_minicpm_v_4_6")
+
+
+@pytest.fixture(scope="session")
+def minicpm_adapters(minicpm_run: tuple[Any, SimpleNamespace]) -> tuple[Path, Path]:
+    return run_adapters(minicpm_run)
+
+
+@pytest.fixture(scope="session")
 def qwen2_vl_adapters(qwen2_vl_run: tuple[Any, SimpleNamespace]) -> tuple[Path, Path]:
     return run_adapters(qwen2_vl_run)
 

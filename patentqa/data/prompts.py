@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, Union
 
@@ -314,8 +315,26 @@ def to_chat_messages(prompt: Prompt) -> list[dict[str, Any]]:
     return [{"role": "user", "content": content}]
 
 
-def load_images(prompt: Prompt, factor: int = 28) -> list[Any]:
-    """The PIL images of a prompt, resized to their budgets exactly as qwen-vl-utils does."""
+def load_images(prompt: Prompt, factor: int = 28, resize: bool = True) -> list[Any]:
+    """The PIL images of a prompt, resized to their budgets exactly as qwen-vl-utils does; ``resize=False``: as
+    ms-swift hands them to a slicing family's processor (MiniCPM-V, whose processor resizes into its slices
+    itself): the file in RGB, scaled down in proportion when it holds more than its ``max_pixels``
+    (``swift.template.vision_utils.rescale_image``: torchvision's ``Resize`` to the truncated height and width).
+    Pages rendered at their budget hold no more, so they go as they are."""
+    if not resize:
+        from PIL import Image
+        from torchvision.transforms import Resize
+
+        images = []
+        for part in prompt.images:
+            with Image.open(part.path) as file:
+                image = file.convert("RGB") if file.mode != "RGB" else file.copy()
+            if part.max_pixels and image.width * image.height > part.max_pixels:
+                ratio = image.width / image.height
+                height = math.sqrt(part.max_pixels / ratio)
+                image = Resize((int(height), int(height * ratio)))(image)
+            images.append(image)
+        return images
     from qwen_vl_utils import fetch_image
 
     return [fetch_image({"image": part.path, "max_pixels": part.max_pixels, "min_pixels": part.min_pixels},
@@ -323,23 +342,23 @@ def load_images(prompt: Prompt, factor: int = 28) -> list[Any]:
 
 
 def to_vllm_request(prompt: Prompt, processor: Any, factor: int = 28,
-                    template_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    template_kwargs: Mapping[str, Any] | None = None, resize: bool = True) -> dict[str, Any]:
     """A vLLM request: the chat-templated prompt string (``template_kwargs``: the model's, e.g. enable_thinking)
-    and its (already budgeted) images."""
+    and its (already budgeted) images (``load_images``)."""
     text = processor.apply_chat_template(to_chat_messages(prompt), tokenize=False, add_generation_prompt=True,
                                          **(template_kwargs or {}))
     request: dict[str, Any] = {"prompt": text}
     if prompt.images:
-        request["multi_modal_data"] = {"image": load_images(prompt, factor)}
+        request["multi_modal_data"] = {"image": load_images(prompt, factor, resize)}
     return request
 
 
-def to_openai_content(prompt: Prompt, factor: int = 28) -> list[dict[str, Any]]:
-    """OpenAI chat content parts; images as base64 PNG data URLs at their budget.
+def to_openai_content(prompt: Prompt, factor: int = 28, resize: bool = True) -> list[dict[str, Any]]:
+    """OpenAI chat content parts; images as base64 PNG data URLs at their budget (``load_images``).
 
     PNG is lossless: the server decodes exactly the pixels the offline engines pass (a JPEG
     re-encode would change them and, with them, greedy answers)."""
-    images = iter(load_images(prompt, factor))
+    images = iter(load_images(prompt, factor, resize))
     content: list[dict[str, Any]] = []
     for part in prompt.parts:
         if isinstance(part, str):

@@ -43,7 +43,7 @@ from omegaconf import DictConfig
 from patentqa.cli import InputError, fail
 from patentqa.data.prompts import FORMS, PageImage, Prompt, build_prompt, to_swift_row, to_vllm_request
 from patentqa.infer.engine import image_factor, model_dir
-from patentqa.models import chat_template_kwargs
+from patentqa.models import FAMILIES, chat_template_kwargs, family_of
 from patentqa.infer.parity import first_difference
 
 TRAINING, INFERENCE, VLLM = "training", "inference", "vllm"
@@ -100,16 +100,21 @@ class Encoded:
     pixel_values: Any = None     # (patches, channels × patch²) tensor
 
 
-def image_token_runs(ids: list[int], image_token_id: int) -> list[int]:
-    """Lengths of the runs of ``image_token_id`` in ``ids``: the image tokens of each image."""
+def image_token_runs(ids: list[int], image_token_id: int, image_start_id: Optional[int] = None) -> list[int]:
+    """The image tokens of each image in ``ids``: the lengths of the runs of ``image_token_id`` (a Qwen image is
+    one run); with ``image_start_id`` (MiniCPM-V's ``<image>``, opening an image's overview and its slices),
+    every run from one start token to the next counts to that image."""
     runs: list[int] = []
-    previous = None
+    previous, new_image = None, True
     for token in ids:
         if token == image_token_id:
-            if previous == image_token_id:
+            if previous == image_token_id or (image_start_id is not None and runs and not new_image):
                 runs[-1] += 1
             else:
                 runs.append(1)
+                new_image = False
+        elif token == image_start_id:
+            new_image = True
         previous = token
     return runs
 
@@ -201,22 +206,31 @@ def training_side(encoder: SwiftEncoder, prompts: list[Prompt], image_token_id: 
     answer = "答案" if think_id is None else THINK_ANSWER
     for row in encoder.encode([to_swift_row(prompt, answer) for prompt in prompts]):
         ids = training_prompt_ids(row) if think_id is None else thinking_prompt_ids(row, think_id)
-        out.append(Encoded(ids, image_token_runs(ids, image_token_id), row.get("image_grid_thw"),
-                           row.get("pixel_values")))
+        out.append(Encoded(ids, image_token_runs(ids, image_token_id), image_grid(row), row.get("pixel_values")))
     return out
 
 
+def image_grid(encoded: Any) -> Any:
+    """The image grid an encoding carries: Qwen's ``image_grid_thw`` (images, 3), MiniCPM-V's ``target_sizes``
+    (overview and slices, 2: patches down and across)."""
+    grid = encoded.get("image_grid_thw")
+    return grid if grid is not None else encoded.get("target_sizes")
+
+
 def inference_side(processor: Any, prompts: list[Prompt], factor: int, image_token_id: int,
-                   template_kwargs: Optional[dict[str, Any]] = None) -> list[Encoded]:
-    """What the transformers engine feeds the model for each prompt (one prompt a batch: no padding)."""
+                   template_kwargs: Optional[dict[str, Any]] = None, family: Any = None,
+                   slices: Any = None) -> list[Encoded]:
+    """What the transformers engine feeds the model for each prompt (one prompt a batch: no padding), with the
+    family's image arguments (``Family.image_kwargs``; ``slices``: the run's slice settings)."""
     from patentqa.infer.inputs import encode_prompts
 
+    family = family or FAMILIES["qwen2_5_vl"]
     out = []
     for prompt in prompts:
-        batch = encode_prompts(processor, [prompt], factor=factor, template_kwargs=template_kwargs)
+        batch = encode_prompts(processor, [prompt], factor=factor, template_kwargs=template_kwargs,
+                               image_kwargs=family.image_kwargs(slices), resize=not family.slicing)
         ids = batch["input_ids"][0].tolist()
-        out.append(Encoded(ids, image_token_runs(ids, image_token_id), batch.get("image_grid_thw"),
-                           batch.get("pixel_values")))
+        out.append(Encoded(ids, image_token_runs(ids, image_token_id), image_grid(batch), batch.get("pixel_values")))
     return out
 
 
@@ -248,20 +262,41 @@ def vllm_input_norm(mm_processor: Any) -> Any:
         return build_mm_input_norm(mm_processor.info.ctx.model_config)
 
 
-def vllm_side(mm_processor: Any, hf_processor: Any, prompts: list[Prompt], factor: int,
-              template_kwargs: Optional[dict[str, Any]] = None) -> list[Encoded]:
-    """What vLLM's processor makes of the request the vLLM engine sends for each prompt; pixels as its vision
-    tower normalises them (float32)."""
+def sliced_pixels(items: list[Any]) -> tuple[Any, Any]:
+    """(target sizes, pixels) of MiniCPM-V images as vLLM holds them, in the HF processor's layout: vLLM splits an
+    image's fused (C, 14, Σ width) pixels into its slices, each padded to the widest (``tgt_sizes`` gives each
+    one's patches); unpadded and fused again they compare with the HF processor's (1, C, 14, Σ width)."""
     import torch
 
-    norm = vllm_input_norm(mm_processor)
+    sizes, pixels = [], []
+    for item in items:
+        tgt, data = item["tgt_sizes"].data, item["pixel_values"].data
+        for size, part in zip(tgt, data):
+            sizes.append(size)
+            pixels.append(part[..., :int(size[0] * size[1]) * part.shape[-2]])
+    return torch.stack(sizes).to(torch.int32), torch.cat(pixels, dim=-1).unsqueeze(0)
+
+
+def vllm_side(mm_processor: Any, hf_processor: Any, prompts: list[Prompt], factor: int,
+              template_kwargs: Optional[dict[str, Any]] = None, family: Any = None) -> list[Encoded]:
+    """What vLLM's processor makes of the request the vLLM engine sends for each prompt; pixels as its vision
+    tower normalises them (float32). A slicing family's processor normalises on the host: its pixels are compared
+    as they are (``sliced_pixels``)."""
+    import torch
+
+    family = family or FAMILIES["qwen2_5_vl"]
+    norm = None if family.slicing else vllm_input_norm(mm_processor)
     out = []
     for prompt in prompts:
-        request = to_vllm_request(prompt, hf_processor, factor, template_kwargs)
+        request = to_vllm_request(prompt, hf_processor, factor, template_kwargs, resize=not family.slicing)
         items = mm_processor.info.parse_mm_data(request.get("multi_modal_data") or {})
         result = mm_processor(request["prompt"], items)
         images = list(result["mm_kwargs"].get("image") or [])
         placeholders = result["mm_placeholders"].get("image") or []
+        if family.slicing:  # image tokens counted from the ids, as on the other sides (``align``)
+            grid, pixels = sliced_pixels(images) if images else (None, None)
+            out.append(Encoded([int(i) for i in result["prompt_token_ids"]], [], grid, pixels))
+            continue
         grid = torch.stack([item["image_grid_thw"].data for item in images]) if images else None
         pixels = norm(torch.cat([item["pixel_values"].data for item in images]), torch.float32) if images else None
         out.append(Encoded([int(i) for i in result["prompt_token_ids"]], [int(p.length) for p in placeholders],
@@ -334,9 +369,12 @@ class FormResult:
     difference: Optional[Difference]
     ids: int
     image_tokens: list[int]
+    budget: int = 0  # the form's visual-token budget an image (prompt.image_tokens)
 
     def line(self) -> str:
         size = f"{self.ids} ids, image tokens {'+'.join(map(str, self.image_tokens)) or '0'}"
+        if self.image_tokens and self.budget:
+            size += f" (budget {self.budget} an image)"
         if self.difference is None:
             return f"  {self.form:<13} OK       {size}: {TRAINING} = {INFERENCE} = {VLLM}"
         return f"  {self.form:<13} DIFFERS  {self.difference}"
@@ -372,21 +410,26 @@ class AlignReport:
 
 
 def factor_difference(cfg: DictConfig, processor: Any) -> Optional[Difference]:
-    """``model.image_factor`` against the processor's patch_size × merge_size (pixels a visual token)."""
+    """``model.image_factor`` against the processor's patch_size × merge_size (pixels a visual token; MiniCPM-V's
+    2 × 2 window merger for its merge size)."""
+    from patentqa.infer.inputs import processor_factor
+
     image_processor = processor.image_processor
-    actual = int(image_processor.patch_size) * int(image_processor.merge_size)
+    actual = processor_factor(image_processor)
     try:
         configured = image_factor(cfg.model)
     except ValueError as error:  # no model.image_factor
         raise InputError(f"model={cfg.model.name}: {error}") from None
     return None if configured == actual else Difference(
         "image_factor", "", ("model.image_factor", "HF processor patch_size x merge_size"),
-        (str(configured), f"{actual} ({image_processor.patch_size} x {image_processor.merge_size})"))
+        (str(configured), f"{actual} ({image_processor.patch_size} x {actual // int(image_processor.patch_size)})"))
 
 
 def align(cfg: DictConfig) -> AlignReport:
     """Encode every prompt form on the three sides and compare them (module doc)."""
     from transformers import AutoProcessor
+
+    from patentqa.data.build import prompt_config
 
     path = model_dir(cfg.model)  # builds the tiny model when model.build_tiny
     processor = AutoProcessor.from_pretrained(path)
@@ -397,19 +440,25 @@ def align(cfg: DictConfig) -> AlignReport:
     if factor_diff is not None:
         return AlignReport(name, [], factor_diff)
     factor = image_factor(cfg.model)
+    family, slices = family_of(cfg.model), cfg.model.get("slices")
     image_token_id = int(processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    start_id = int(processor.tokenizer.convert_tokens_to_ids("<image>")) if family.slicing else None
     with tempfile.TemporaryDirectory(prefix="patentqa-align-") as tmp:
         prompts = form_prompts(cfg, Path(tmp))
         kwargs = chat_template_kwargs(cfg.model)  # enable_thinking for a thinking template: as swift is told
         think_id = int(processor.tokenizer.convert_tokens_to_ids("<think>")) if kwargs.get("enable_thinking") else None
         trained = training_side(run_encoder(cfg, path, Path(tmp) / "swift"), prompts, image_token_id, think_id)
-        inferred = inference_side(processor, prompts, factor, image_token_id, kwargs)
-        served = vllm_side(vllm_processor(cfg, path), processor, prompts, factor, kwargs)
+        inferred = inference_side(processor, prompts, factor, image_token_id, kwargs, family, slices)
+        served = vllm_side(vllm_processor(cfg, path), processor, prompts, factor, kwargs, family)
     decode = processor.tokenizer.decode
-    forms = [FormResult(p.form, compare(t, i, (TRAINING, INFERENCE), decode=decode)
-                        or compare(i, v, (INFERENCE, VLLM), VLLM_PIXEL_ATOL, decode),
-                        len(i.input_ids), i.image_tokens)
-             for p, t, i, v in zip(prompts, trained, inferred, served)]
+    config = prompt_config(cfg)
+    forms = []
+    for p, t, i, v in zip(prompts, trained, inferred, served):
+        t, i, v = (Encoded(e.input_ids, image_token_runs(e.input_ids, image_token_id, start_id), e.image_grid_thw,
+                           e.pixel_values) for e in (t, i, v))  # an image's tokens, slices summed
+        forms.append(FormResult(p.form, compare(t, i, (TRAINING, INFERENCE), decode=decode)
+                                or compare(i, v, (INFERENCE, VLLM), VLLM_PIXEL_ATOL, decode),
+                                len(i.input_ids), i.image_tokens, config.budget(p.form) // factor ** 2))
     return AlignReport(name, forms)
 
 

@@ -4,6 +4,7 @@
     qwen2_vl     Qwen2-VL (write-up 001's)      28 px a visual token, full attention
     qwen3_vl     Qwen3-VL (+ Thinking)          32 px a visual token, full attention
     qwen3_5      Qwen3.5 / 3.6 / 3.8            32 px a visual token, hybrid: Gated DeltaNet + full attention
+    minicpmv4_6  MiniCPM-V 4.6 (write-up 003's) slices of 448 px, 64 or 256 tokens each; Qwen3.5's hybrid decoder
 
 ``family(model_type)`` / ``family_of(cfg.model)`` is how a stage asks; nothing outside these modules compares
 model-type strings. This package imports nothing of patentqa at import time (the tiny builders load lazily),
@@ -13,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from patentqa.models import qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl
+from patentqa.models import minicpm_v, qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl
 from patentqa.models.family import CacheSpec, Family, full_attention_cache
 
 FAMILIES: dict[str, Family] = {module.FAMILY.model_type: module.FAMILY for module in (qwen2_5_vl, qwen2_vl, qwen3_vl,
-                                                                                     qwen3_5)}
+                                                                                     qwen3_5, minicpm_v)}
 
 __all__ = ["CacheSpec", "FAMILIES", "Family", "chat_template_kwargs", "family", "family_of", "full_attention_cache"]
 

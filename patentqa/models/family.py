@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,9 @@ class Family:
     model_class: str
     processor_class: str
     image_factor: int              # pixels a side of one visual token (patch × spatial merge)
-    budget_unit: str               # how swift's loader reads a row-less image budget: "pixels" (MAX_PIXELS) or
-                                   # "tokens" (IMAGE_MAX_TOKEN_NUM; it converts a MAX_PIXELS at its own factor)
+    budget_unit: str               # how swift's loader reads a row-less image budget: "pixels" (MAX_PIXELS),
+                                   # "tokens" (IMAGE_MAX_TOKEN_NUM; it converts a MAX_PIXELS at its own factor) or
+                                   # "slices" (MAX_SLICE_NUMS + DOWNSAMPLE_MODE, one setting a run: MiniCPM-V)
     tiny: str                      # "module:function" building the tiny test checkpoint of this family
     tiny_templates: tuple[tuple[str, str], ...] = ()  # (swift template, "module:function"): a tiny checkpoint
                                                       # whose chat template is that template's (Qwen3.8's)
@@ -88,10 +89,48 @@ class Family:
     vllm_tower_lora: bool = False    # vLLM serves vision-tower LoRA (it drops it: vllm #26991, #28186)
     linear_attention_lora: tuple[str, ...] = ()  # LoRA-able projections of its linear-attention layers,
                                                  # which vLLM must apply as peft does (a node checks it)
+    vision_modules: tuple[str, ...] = ("visual",)  # the image side's modules under ``model.model`` (tower, merger)
+    # A slicing family (MiniCPM-V) budgets an image by its processor's slice settings, not its pixels:
+    # slice_rule(page (height, width) by form, token budget by form) -> settings; slice_tokens(h, w, settings) ->
+    # the visual tokens one image gets. None: tokens are pixels / image_factor² (Qwen).
+    slice_rule: Callable[[Mapping[str, tuple[int, int]], Mapping[str, int]], dict[str, Any]] | None = None
+    slice_tokens: Callable[[int, int, Mapping[str, Any]], int] | None = None
     notes: tuple[str, ...] = ()
 
-    def budget_env(self, max_tokens: int, min_tokens: int, max_pixels: int) -> dict[str, str]:
-        """swift's image budget for a row that carries none, in the units its loader reads."""
+    @property
+    def slicing(self) -> bool:
+        return self.slice_rule is not None
+
+    def image_tokens(self, height: int, width: int, settings: Mapping[str, Any] | None = None) -> int:
+        """Visual tokens of one image of ``height`` × ``width`` px as the pipeline sends it (already at its budget)."""
+        if self.slice_tokens is not None:
+            return self.slice_tokens(height, width, settings or {})
+        return height * width // self.image_factor ** 2
+
+    def slice_settings(self, pages: Mapping[str, tuple[int, int]], budgets: Mapping[str, int]) -> dict[str, Any]:
+        """The processor's slice settings for a run whose forms send pages of ``pages`` size under ``budgets``
+        visual tokens ({} for a family that budgets by pixels)."""
+        return dict(self.slice_rule(pages, budgets)) if self.slice_rule is not None else {}
+
+    def image_kwargs(self, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What the image processor is told at inference (the HF processor's ``images_kwargs``, vLLM's
+        ``mm_processor_kwargs``): a Qwen image comes at its budget already, so no second resize; a slicing
+        family's processor must resize into its slices (``do_resize=False`` crashes MiniCPM's), with the run's
+        slice settings."""
+        return dict(settings or {}) if self.slicing else {"do_resize": False}
+
+    def generate_kwargs(self, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Arguments the HF model's forward needs beside the processor's output (MiniCPM's ``downsample_mode``:
+        its merger must merge as the processor counted)."""
+        mode = (settings or {}).get("downsample_mode")
+        return {"downsample_mode": str(mode)} if self.slicing and mode else {}
+
+    def budget_env(self, max_tokens: int, min_tokens: int, max_pixels: int,
+                   settings: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """swift's image budget for a row that carries none, in the units its loader reads (a slicing family's
+        template reads its slice settings for the whole run: ``MAX_SLICE_NUMS``, ``DOWNSAMPLE_MODE``)."""
+        if self.budget_unit == "slices":
+            return {key.upper(): str(value) for key, value in (settings or {}).items()}
         if self.budget_unit == "tokens":
             return {"IMAGE_MAX_TOKEN_NUM": str(int(max_tokens)), "IMAGE_MIN_TOKEN_NUM": str(int(min_tokens))}
         return {"MAX_PIXELS": str(int(max_pixels))}

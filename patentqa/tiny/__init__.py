@@ -13,6 +13,7 @@ to id 248043, its 33 added tokens at their real ids (248044-248076; ``<|image_pa
     tiny_qwen3_5(cache_dir)           -> cache_dir/qwen3_5         (answerer: hybrid Gated DeltaNet, thinking template)
     tiny_qwen3_8(cache_dir)           -> cache_dir/qwen3_8         (the same weights, Qwen3.8's chat template)
     tiny_qwen2_vl(cache_dir)          -> cache_dir/qwen2_vl        (answerer, 28 px a visual token, GME's tower)
+    tiny_minicpm_v_4_6(cache_dir)     -> cache_dir/minicpm_v_4_6   (answerer: slices, hybrid Qwen3.5 text)
     tiny_qwen2_vl_embedder(cache_dir) -> cache_dir/qwen2_vl_gme    (GME-shaped embedder)
     tiny_answerer(model_type, cache_dir): the answerer of a swift model type (``model.build_tiny``)
 
@@ -25,10 +26,10 @@ Each family keeps its own chat template (a recipe's ``chat_template``, else Qwen
 has no default system prompt; Qwen3.5's is the released thinking template (``enable_thinking``).
 
 Modules: ``tokenizer`` (the BPE, Qwen's added tokens, the chat templates), ``build`` (recipe digest,
-atomic cached build, seeded weights), one a family: ``qwen2_5_vl``, ``qwen2_vl``, ``qwen3_vl``, ``qwen3_5``, ``gme`` (Qwen2-VL
+atomic cached build, seeded weights), one a family: ``qwen2_5_vl``, ``qwen2_vl``, ``qwen3_vl``, ``qwen3_5``, ``minicpm_v``, ``gme`` (Qwen2-VL
 embedder).
 
-CLI: ``python -m patentqa.tiny out_dir=DIR`` builds all six and prints the paths.
+CLI: ``python -m patentqa.tiny out_dir=DIR`` builds all seven and prints the paths.
 
 This package imports only the leaf word list ``patentqa.data.synth.vocab`` so every stage may use it.
 """
@@ -38,6 +39,7 @@ from pathlib import Path
 
 # the names stages and tests use, re-exported from the modules that own them
 from patentqa.tiny.build import OUTPUT_ROW_STD, RECIPE_VERSION, SEED, VOCAB_SIZE, recipe_digest
+from patentqa.tiny.minicpm_v import MINICPM_V_4_6_RECIPE, tiny_minicpm_v_4_6
 from patentqa.tiny.gme import GME_LAYOUT, QWEN2_VL_GME_RECIPE, gme_layout, tiny_qwen2_vl_embedder
 from patentqa.tiny.qwen2_5_vl import QWEN2_5_VL_RECIPE, tiny_qwen2_5_vl
 from patentqa.tiny.qwen2_vl import QWEN2_VL_RECIPE, tiny_qwen2_vl
@@ -69,4 +71,5 @@ def main(argv: list[str]) -> None:
     print(tiny_qwen3_5(out_dir))
     print(tiny_qwen3_8(out_dir))
     print(tiny_qwen2_vl(out_dir))
+    print(tiny_minicpm_v_4_6(out_dir))
     print(tiny_qwen2_vl_embedder(out_dir))

@@ -28,12 +28,14 @@ def image_budget_env(cfg: DictConfig) -> dict[str, str]:
     """swift's image budget for a row that carries none (every SFT row carries its own in
     ``chat_template_kwargs``): the largest per-form budget and the smallest image, in the units the model
     family's swift loader reads (``Family.budget_unit``: Qwen3-VL's and Qwen3.5's convert a MAX_PIXELS at their
-    own 32 px a token, so they are given tokens; Qwen2.5-VL is given MAX_PIXELS, as it always was)."""
+    own 32 px a token, so they are given tokens; Qwen2.5-VL is given MAX_PIXELS, as it always was; MiniCPM-V's
+    template reads one slice setting for every row, ``model.slices``: MAX_SLICE_NUMS and DOWNSAMPLE_MODE)."""
     from patentqa.data.build import prompt_config
 
     return family_of(cfg.model).budget_env(max_tokens=max(int(t) for t in cfg.prompt.image_tokens.values()),
                                            min_tokens=int(cfg.prompt.min_image_tokens),
-                                           max_pixels=max(prompt_config(cfg).max_pixels.values()))
+                                           max_pixels=max(prompt_config(cfg).max_pixels.values()),
+                                           settings=cfg.model.get("slices"))
 
 
 def launch_env(cfg: DictConfig) -> dict[str, str]:

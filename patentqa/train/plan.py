@@ -28,6 +28,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 A4_PAGE = (3508, 2480)  # (height, width): an A4 scan at 300 DPI, the form the real patents come in
+
+
+def form_pages(budgets: dict[str, int], min_tokens: int, factor: int) -> dict[str, tuple[int, int]]:
+    """(height, width) of an A4 page rendered at each form's budget of visual tokens (``factor`` px a token)."""
+    from qwen_vl_utils import smart_resize
+
+    return {form: smart_resize(*A4_PAGE, factor=factor, min_pixels=min_tokens * factor ** 2,
+                               max_pixels=tokens * factor ** 2) for form, tokens in budgets.items()}
 IMAGES_PER_FORM = {"with_context": 3, "figure_only": 1, "document": 2}  # asked page + k=2 retrieved pages
 GIB = 1024 ** 3
 HOST_GIB_PER_RANK = 6  # host RAM of one training process beyond model states: CUDA context, torch, a dataloader worker
@@ -87,10 +95,9 @@ def model_config(model_cfg: DictConfig) -> tuple[Any, str]:
                          "has no architecture block to build it from")
     arch = OmegaConf.to_container(arch, resolve=True)
     source = arch.pop("source", "model.architecture")
-    # the model family's own config class (Qwen2_5_VLConfig, Qwen3VLConfig), picked by model.model_type
-    return AutoConfig.for_model(str(model_cfg.model_type), text_config=arch["text_config"],
-                                vision_config=arch["vision_config"],
-                                tie_word_embeddings=arch.get("tie_word_embeddings", False)), source
+    # the model family's own config class (Qwen2_5_VLConfig, Qwen3VLConfig, ...), picked by model.model_type; the
+    # block's other keys (tie_word_embeddings, MiniCPM-V's insert_layer_id, ...) are that class's own
+    return AutoConfig.for_model(str(model_cfg.model_type), **{"tie_word_embeddings": False, **arch}), source
 
 
 def meta_model(config: Any) -> Any:
@@ -107,9 +114,14 @@ def count_params(module: Any) -> int:
 
 
 def tower_params(model: Any) -> dict[str, int]:
-    """Total and per tower: vision tower (``model.visual``), language model, output head."""
-    visual, language, head = model.model.visual, model.model.language_model, model.get_output_embeddings()
-    return {"total": count_params(model), "vision tower": count_params(visual),
+    """Total and per tower: vision tower (the family's ``vision_modules``: ``model.visual``, MiniCPM-V's
+    ``vision_tower`` + ``merger``), language model, output head."""
+    from patentqa.models import family
+
+    vision = family(model.config.model_type).vision_modules
+    language, head = model.model.language_model, model.get_output_embeddings()
+    return {"total": count_params(model),
+            "vision tower": sum(count_params(getattr(model.model, name)) for name in vision),
             "language model": count_params(language), "lm_head": count_params(head)}
 
 
@@ -130,7 +142,10 @@ def trainable_params(model: Any, model_type: str, train_cfg: DictConfig) -> tupl
     """(trainable parameters, module kinds they sit on, tuner description)."""
     tuner = str(train_cfg.get("tuner_type", "lora"))
     if tuner == "full":
-        frozen = ("model.visual",) if train_cfg.get("freeze_vit", True) else ()
+        from patentqa.models import family
+
+        vision = tuple(f"model.{name}" for name in family(model.config.model_type).vision_modules)
+        frozen = vision if train_cfg.get("freeze_vit", True) else ()
         n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith(frozen))
         return n, ["every parameter" + (" outside the vision tower" if frozen else "")], "full fine-tuning"
     from peft import LoraConfig, get_peft_model
@@ -176,7 +191,10 @@ def prompt_tokens(cfg: DictConfig, tokenizer: Any, rows_file: Path | None) -> di
     per image."""
     from qwen_vl_utils import smart_resize
 
+    from patentqa.models import family_of
+
     factor = int(cfg.model.image_factor)
+    family, slices = family_of(cfg.model), cfg.model.get("slices")  # tokens of a page as the family counts them
     by_form: dict[str, list[tuple[int, int, int]]] = {}
     if rows_file is not None and rows_file.is_file():
         from PIL import Image
@@ -191,7 +209,7 @@ def prompt_tokens(cfg: DictConfig, tokenizer: Any, rows_file: Path | None) -> di
                     w, h = page.size
                 rh, rw = smart_resize(h, w, factor=factor, min_pixels=budget.get("min_pixels", 3136),
                                       max_pixels=budget.get("max_pixels", 1_000_000))
-                image_tokens.append(rh * rw // factor ** 2)
+                image_tokens.append(family.image_tokens(rh, rw, slices))
             text = len(tokenizer(row["messages"][0]["content"].replace("<image>", ""))["input_ids"])
             by_form.setdefault(row.get("form", "?"), []).append((len(image_tokens), sum(image_tokens), text))
     else:
@@ -206,7 +224,7 @@ def prompt_tokens(cfg: DictConfig, tokenizer: Any, rows_file: Path | None) -> di
                                   page if form != "document" else None, [page] * (n - (form != "document")))
             h, w = smart_resize(*A4_PAGE, factor=factor, min_pixels=config.min_pixels, max_pixels=config.budget(form))
             text = len(tokenizer(prompt.text(""))["input_ids"])
-            by_form[form] = [(n, n * (h * w // factor ** 2), text)]
+            by_form[form] = [(n, n * family.image_tokens(h, w, slices), text)]
     out = {}
     for form, rows in sorted(by_form.items()):
         images = sum(r[0] for r in rows) / len(rows)

@@ -34,7 +34,7 @@ from typing import Any
 
 from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt, to_openai_content
-from patentqa.models import chat_template_kwargs
+from patentqa.models import chat_template_kwargs, family_of
 from patentqa.infer.engine import Reply, Sampling, image_factor
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,17 @@ def api_key() -> str:
 
 def chat_request(prompt: Prompt, model: str, sampling: Sampling, factor: int = 28,
                  extra_body: dict[str, Any] | None = None,
-                 template_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON body of one chat completion request (``template_kwargs``: vLLM's ``chat_template_kwargs``)."""
+                 template_kwargs: dict[str, Any] | None = None,
+                 processor_kwargs: dict[str, Any] | None = None, resize: bool = True) -> dict[str, Any]:
+    """The JSON body of one chat completion request (``template_kwargs``: vLLM's ``chat_template_kwargs``;
+    ``processor_kwargs``: vLLM's per-request ``mm_processor_kwargs``, a slicing family's slice settings)."""
     body: dict[str, Any] = {"model": model,
-                            "messages": [{"role": "user", "content": to_openai_content(prompt, factor)}],
+                            "messages": [{"role": "user", "content": to_openai_content(prompt, factor, resize)}],
                             "max_tokens": int(sampling.max_new_tokens), "temperature": float(sampling.temperature)}
     if template_kwargs:
         body["chat_template_kwargs"] = dict(template_kwargs)
+    if processor_kwargs:
+        body["mm_processor_kwargs"] = dict(processor_kwargs)
     body.update(extra_body or {})
     return body
 
@@ -78,6 +82,8 @@ class OpenAIEngine:
     retry_backoff_s: float = 1.0
     factor: int = 28
     template_kwargs: dict[str, Any] = field(default_factory=dict)  # the model's chat-template arguments
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)  # a slicing family's slice settings, per request
+    resize: bool = True  # images resized to their budgets before sending (False: a slicing family's, as they are)
     adapter_names: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
     name: str = "openai"
@@ -103,6 +109,7 @@ class OpenAIEngine:
                 return {}
             return dict(OmegaConf.to_container(value, resolve=True)) if OmegaConf.is_config(value) else dict(value)
 
+        family = family_of(model_cfg)
         return cls(base_url=str(cfg_get(infer_cfg, "base_url", "http://127.0.0.1:8000/v1")),
                    model_name=cfg_get(infer_cfg, "model_name"),
                    concurrency=int(cfg_get(infer_cfg, "concurrency", 8)),
@@ -111,6 +118,9 @@ class OpenAIEngine:
                    retry_backoff_s=float(cfg_get(infer_cfg, "retry_backoff_s", 1.0)),
                    factor=image_factor(model_cfg),
                    template_kwargs=chat_template_kwargs(model_cfg),
+                   processor_kwargs=(family.image_kwargs(cfg_get(model_cfg, "slices", None)) if family.slicing
+                                     else {}),  # a Qwen server is started with do_resize=False (README)
+                   resize=not family.slicing,
                    adapter_names={str(k): str(v) for k, v in plain(cfg_get(infer_cfg, "adapter_names")).items()},
                    extra_body=plain(cfg_get(infer_cfg, "extra_body")))
 
@@ -185,7 +195,7 @@ class OpenAIEngine:
     def _answer(self, prompt: Prompt, model: str, sampling: Sampling) -> str:
         response = self._request("POST", "/chat/completions",
                                  chat_request(prompt, model, sampling, self.factor, self.extra_body,
-                                              self.template_kwargs))
+                                              self.template_kwargs, self.processor_kwargs, self.resize))
         try:
             choice = response["choices"][0]
             content = choice["message"]["content"]

