@@ -202,19 +202,23 @@ def _input_diffs(a: Any, b: Any) -> list[str]:
 def _encode(base_path: str | Path, merged_dir: Path, prompts: list[Prompt], batch_size: int
             ) -> tuple[Any, list[Any], list[str]]:
     """(merged processor, batches it encodes, input keys the base processor encodes differently)."""
-    from transformers import AutoProcessor
+    from transformers import AutoConfig, AutoProcessor
 
-    from patentqa.infer.inputs import encode_prompts
+    from patentqa.infer.inputs import encode_prompts, processor_factor
+    from patentqa.models import family
 
     processor = AutoProcessor.from_pretrained(merged_dir)
     base_processor = AutoProcessor.from_pretrained(base_path)
     # the base model family's pixels a side of one visual token (28 Qwen2.5-VL, 32 Qwen3-VL): pages are resized
-    # to multiples of it, as in training; a merged processor with another factor fails encode_prompts' check
-    factor = base_processor.image_processor.patch_size * base_processor.image_processor.merge_size
+    # to multiples of it, as in training; a merged processor with another factor fails encode_prompts' check. A
+    # slicing family (MiniCPM-V) is given its images as they are, at its processor's default slicing
+    base_family = family(AutoConfig.from_pretrained(base_path).model_type)
+    factor = processor_factor(base_processor.image_processor)
+    kwargs = {"image_kwargs": base_family.image_kwargs(None), "resize": not base_family.slicing}
     chunks = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
-    batches = [encode_prompts(processor, chunk, factor) for chunk in chunks]
+    batches = [encode_prompts(processor, chunk, factor, **kwargs) for chunk in chunks]
     diffs = sorted({key for batch, chunk in zip(batches, chunks)
-                    for key in _input_diffs(batch, encode_prompts(base_processor, chunk, factor))})
+                    for key in _input_diffs(batch, encode_prompts(base_processor, chunk, factor, **kwargs))})
     return processor, batches, diffs
 
 

@@ -3,6 +3,7 @@ run and one vLLM start:
 
 - ``patentqa.train`` (data stage → ``swift sft --model_type minicpmv4_6 --template minicpmv4_6``, LoRA, the run's
   slice setting in MAX_SLICE_NUMS / DOWNSAMPLE_MODE);
+- ``merge_checkpoint`` on checkpoint-4 (swift export + the equivalence check);
 - the transformers engine (bf16, the dtype vLLM serves it in) and ONE vLLM engine with a ``LoRARequest`` for
   checkpoint-4, on one prompt of each form: greedy answers identical but at near-ties (shown by their margins);
 - ``python -m patentqa.infer.align``: swift's template, the HF processor and vLLM's agree on ids, image tokens,
@@ -70,6 +71,24 @@ def test_swift_sft_trains_the_tiny_minicpm_v_with_the_runs_slice_setting(run) ->
     targets = config["target_modules"]
     assert re.fullmatch(targets, "model.language_model.layers.0.linear_attn.in_proj_qkv"), targets
     assert not re.fullmatch(targets, "model.vision_tower.encoder.layers.0.self_attn.q_proj"), targets
+
+
+def test_merge_of_checkpoint_4_is_equivalent(adapters: tuple[Path, Path], tmp_path: Path) -> None:
+    """swift export merges the adapter (linear-attention projections included); base + adapter and the merged model
+    give the same greedy tokens and first-step logits (fp32), encoded with the family's image arguments."""
+    import shutil
+
+    from patentqa.train.merge import merge_checkpoint
+
+    run_dir = tmp_path / adapters[1].parent.name  # a copy: swift export writes the merged model beside it
+    shutil.copytree(adapters[1].parent, run_dir)
+    report = merge_checkpoint(run_dir / adapters[1].name, k=3, max_new_tokens=6, min_new_tokens=4)
+    assert report.equivalent and report.verdict == "equivalent", report.problems
+    assert json.loads((Path(report.merged_dir) / "config.json").read_text())["model_type"] == "minicpmv4_6"
+    eq = report.equivalence
+    assert eq.dtype == "float32" and not eq.input_diffs, eq.warnings
+    assert eq.adapter_effect > 100 * eq.tolerance, (eq.adapter_effect, eq.tolerance)  # the adapter matters
+    assert all(p.equal and len(p.adapter_tokens) >= 4 for p in eq.prompts)
 
 
 # --- transformers, then one vLLM engine ---------------------------------------------------------------------
