@@ -43,7 +43,7 @@ from omegaconf import DictConfig
 from patentqa.cli import InputError, fail
 from patentqa.data.prompts import FORMS, PageImage, Prompt, build_prompt, to_swift_row, to_vllm_request
 from patentqa.infer.engine import image_factor, model_dir
-from patentqa.models import FAMILIES, chat_template_kwargs, family_of
+from patentqa.models import Family, chat_template_kwargs, family_of
 from patentqa.infer.parity import first_difference
 
 TRAINING, INFERENCE, VLLM = "training", "inference", "vllm"
@@ -199,14 +199,16 @@ def thinking_prompt_ids(encoded: dict[str, Any], think_id: int) -> list[int]:
 
 
 def training_side(encoder: SwiftEncoder, prompts: list[Prompt], image_token_id: int,
-                  think_id: Optional[int] = None) -> list[Encoded]:
+                  think_id: Optional[int] = None, image_start_id: Optional[int] = None) -> list[Encoded]:
     """What swift trains on for each prompt (its answer is a placeholder; only the prompt part is compared);
-    ``think_id``: thinking on, the row answers with a reasoning block (module doc)."""
+    ``think_id``: thinking on, the row answers with a reasoning block (module doc); ``image_start_id``: see
+    ``image_token_runs``."""
     out = []
     answer = "答案" if think_id is None else THINK_ANSWER
     for row in encoder.encode([to_swift_row(prompt, answer) for prompt in prompts]):
         ids = training_prompt_ids(row) if think_id is None else thinking_prompt_ids(row, think_id)
-        out.append(Encoded(ids, image_token_runs(ids, image_token_id), image_grid(row), row.get("pixel_values")))
+        out.append(Encoded(ids, image_token_runs(ids, image_token_id, image_start_id), image_grid(row),
+                           row.get("pixel_values")))
     return out
 
 
@@ -217,20 +219,20 @@ def image_grid(encoded: Any) -> Any:
     return grid if grid is not None else encoded.get("target_sizes")
 
 
-def inference_side(processor: Any, prompts: list[Prompt], factor: int, image_token_id: int,
-                   template_kwargs: Optional[dict[str, Any]] = None, family: Any = None,
-                   slices: Any = None) -> list[Encoded]:
+def inference_side(processor: Any, prompts: list[Prompt], factor: int, image_token_id: int, family: Family,
+                   template_kwargs: Optional[dict[str, Any]] = None, slices: Any = None,
+                   image_start_id: Optional[int] = None) -> list[Encoded]:
     """What the transformers engine feeds the model for each prompt (one prompt a batch: no padding), with the
     family's image arguments (``Family.image_kwargs``; ``slices``: the run's slice settings)."""
     from patentqa.infer.inputs import encode_prompts
 
-    family = family or FAMILIES["qwen2_5_vl"]
     out = []
     for prompt in prompts:
         batch = encode_prompts(processor, [prompt], factor=factor, template_kwargs=template_kwargs,
                                image_kwargs=family.image_kwargs(slices), resize=not family.slicing)
         ids = batch["input_ids"][0].tolist()
-        out.append(Encoded(ids, image_token_runs(ids, image_token_id), image_grid(batch), batch.get("pixel_values")))
+        out.append(Encoded(ids, image_token_runs(ids, image_token_id, image_start_id), image_grid(batch),
+                           batch.get("pixel_values")))
     return out
 
 
@@ -277,14 +279,15 @@ def sliced_pixels(items: list[Any]) -> tuple[Any, Any]:
     return torch.stack(sizes).to(torch.int32), torch.cat(pixels, dim=-1).unsqueeze(0)
 
 
-def vllm_side(mm_processor: Any, hf_processor: Any, prompts: list[Prompt], factor: int,
-              template_kwargs: Optional[dict[str, Any]] = None, family: Any = None) -> list[Encoded]:
+def vllm_side(mm_processor: Any, hf_processor: Any, prompts: list[Prompt], factor: int, family: Family,
+              template_kwargs: Optional[dict[str, Any]] = None, image_token_id: Optional[int] = None,
+              image_start_id: Optional[int] = None) -> list[Encoded]:
     """What vLLM's processor makes of the request the vLLM engine sends for each prompt; pixels as its vision
     tower normalises them (float32). A slicing family's processor normalises on the host: its pixels are compared
-    as they are (``sliced_pixels``)."""
+    as they are (``sliced_pixels``), and its image tokens are counted from the ids (``image_token_runs``; a Qwen
+    image's are vLLM's placeholder lengths)."""
     import torch
 
-    family = family or FAMILIES["qwen2_5_vl"]
     norm = None if family.slicing else vllm_input_norm(mm_processor)
     out = []
     for prompt in prompts:
@@ -293,9 +296,10 @@ def vllm_side(mm_processor: Any, hf_processor: Any, prompts: list[Prompt], facto
         result = mm_processor(request["prompt"], items)
         images = list(result["mm_kwargs"].get("image") or [])
         placeholders = result["mm_placeholders"].get("image") or []
-        if family.slicing:  # image tokens counted from the ids, as on the other sides (``align``)
+        if family.slicing:
+            ids = [int(i) for i in result["prompt_token_ids"]]
             grid, pixels = sliced_pixels(images) if images else (None, None)
-            out.append(Encoded([int(i) for i in result["prompt_token_ids"]], [], grid, pixels))
+            out.append(Encoded(ids, image_token_runs(ids, int(image_token_id), image_start_id), grid, pixels))
             continue
         grid = torch.stack([item["image_grid_thw"].data for item in images]) if images else None
         pixels = norm(torch.cat([item["pixel_values"].data for item in images]), torch.float32) if images else None
@@ -447,15 +451,15 @@ def align(cfg: DictConfig) -> AlignReport:
         prompts = form_prompts(cfg, Path(tmp))
         kwargs = chat_template_kwargs(cfg.model)  # enable_thinking for a thinking template: as swift is told
         think_id = int(processor.tokenizer.convert_tokens_to_ids("<think>")) if kwargs.get("enable_thinking") else None
-        trained = training_side(run_encoder(cfg, path, Path(tmp) / "swift"), prompts, image_token_id, think_id)
-        inferred = inference_side(processor, prompts, factor, image_token_id, kwargs, family, slices)
-        served = vllm_side(vllm_processor(cfg, path), processor, prompts, factor, kwargs, family)
+        trained = training_side(run_encoder(cfg, path, Path(tmp) / "swift"), prompts, image_token_id, think_id,
+                                start_id)
+        inferred = inference_side(processor, prompts, factor, image_token_id, family, kwargs, slices, start_id)
+        served = vllm_side(vllm_processor(cfg, path), processor, prompts, factor, family, kwargs, image_token_id,
+                           start_id)
     decode = processor.tokenizer.decode
     config = prompt_config(cfg)
     forms = []
     for p, t, i, v in zip(prompts, trained, inferred, served):
-        t, i, v = (Encoded(e.input_ids, image_token_runs(e.input_ids, image_token_id, start_id), e.image_grid_thw,
-                           e.pixel_values) for e in (t, i, v))  # an image's tokens, slices summed
         forms.append(FormResult(p.form, compare(t, i, (TRAINING, INFERENCE), decode=decode)
                                 or compare(i, v, (INFERENCE, VLLM), VLLM_PIXEL_ATOL, decode),
                                 len(i.input_ids), i.image_tokens, config.budget(p.form) // factor ** 2))
