@@ -253,15 +253,25 @@ def vllm_processor(cfg: DictConfig, model_path: str) -> Any:
     return MULTIMODAL_REGISTRY.create_processor(model_config)
 
 
-def vllm_input_norm(mm_processor: Any) -> Any:
+def vllm_input_norm(mm_processor: Any) -> Callable[[Any, Any], Any]:
     """vLLM's own input normalisation of the model's vision tower: ``norm(pixel_values, dtype)``. vLLM 0.32
     rescales and normalises on the device (``mm_device_do_normalize``, on by default for Qwen-VL), so its
-    processor hands over raw uint8 pixels; without that the norm only casts."""
+    processor hands over raw uint8 pixels; without that the norm only casts. The op's PyTorch reference
+    (``forward_native``) is used, on the op's own device: on CUDA the op dispatches to a Triton kernel that
+    cannot take the host tensors compared here, and the reference is what that kernel is tested against."""
     from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.model_executor.layers.fusion.mm_input_norm import build_mm_input_norm
 
     with set_current_vllm_config(VllmConfig()):  # vLLM's ops are built inside a config context
-        return build_mm_input_norm(mm_processor.info.ctx.model_config)
+        op = build_mm_input_norm(mm_processor.info.ctx.model_config)
+    native = getattr(op, "forward_native", op)  # IdentityInputNorm (a cast) has no dispatch
+    device = next(op.buffers(), None)
+    device = device.device if device is not None else None
+
+    def norm(pixels: Any, dtype: Any) -> Any:
+        return native(pixels.to(device) if device is not None else pixels, dtype).cpu()
+
+    return norm
 
 
 def sliced_pixels(items: list[Any]) -> tuple[Any, Any]:

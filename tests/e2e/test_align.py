@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -62,9 +63,30 @@ def test_tiny_qwen3_vl_aligns_and_each_misalignment_is_named(capsys: pytest.Capt
     assert out.rstrip().splitlines()[-1].startswith("MISALIGNED: image_factor"), out
 
 
-def test_tiny_qwen2_vl_aligns_at_28_px(capsys: pytest.CaptureFixture[str]) -> None:
-    """The tiny Qwen2-VL passes (swift's qwen2_vl template with its default system prompt, on both sides); Qwen3-VL's
-    factor given to it exits 1 naming the factor."""
+@pytest.fixture
+def cuda_dispatch(monkeypatch: pytest.MonkeyPatch) -> list:
+    """vLLM's custom ops dispatch as on a CUDA node (``forward_cuda``: the input norm's Triton kernel, which a host
+    tensor fails); the norm ops align builds are collected."""
+    import vllm.model_executor.custom_op as custom_op
+    from vllm.model_executor.layers.fusion import mm_input_norm
+
+    not_cuda = ("is_rocm", "is_cpu", "is_tpu", "is_xpu", "is_out_of_tree")
+    monkeypatch.setattr(custom_op, "current_platform", SimpleNamespace(**{name: lambda: False for name in not_cuda}))
+    built, build = [], mm_input_norm.build_mm_input_norm
+
+    def spy(model_config):  # noqa: ANN001, ANN202
+        built.append(build(model_config))
+        return built[-1]
+
+    monkeypatch.setattr(mm_input_norm, "build_mm_input_norm", spy)
+    return built
+
+
+def test_tiny_qwen2_vl_aligns_at_28_px_with_vllm_on_its_cuda_dispatch(cuda_dispatch: list,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The tiny Qwen2-VL passes (swift's qwen2_vl template with its default system prompt, on both sides), with vLLM's
+    input norm built as on a GPU node (its Triton path; align compares through the op's PyTorch reference);
+    Qwen3-VL's factor given to it exits 1 naming the factor."""
     from patentqa.tiny import tiny_qwen2_vl
 
     tiny_qwen2_vl(cache_root() / "tiny")
@@ -72,6 +94,8 @@ def test_tiny_qwen2_vl_aligns_at_28_px(capsys: pytest.CaptureFixture[str]) -> No
     assert main(qwen2) == 0
     out = capsys.readouterr().out
     assert_aligned(out)
+    op = cuda_dispatch[0]
+    assert type(op).__name__ == "FusedMMInputNorm" and op._forward_method == op.forward_cuda, op  # the GPU dispatch
     assert "model=tiny_qwen2_vl (qwen2_vl, template qwen2_vl)" in out, out
     assert main([*qwen2, "model.image_factor=32"]) == 1
     assert "image_factor: model.image_factor 32 != HF processor patch_size x merge_size 28 (14 x 2)" in \
