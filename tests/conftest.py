@@ -92,8 +92,8 @@ def files_holding(roots: list[Path], secrets: list[str]) -> list[str]:
 # The test files that take longest (make test's --durations), started first: two xdist workers take files in
 # this order (make test passes --no-loadscope-reorder, else xdist starts the files with most tests first), so
 # the suite does not end waiting on one long file; files not named keep their collection order after these.
-LONGEST_FIRST = ("e2e/test_eval.py", "e2e/test_vllm.py", "e2e/test_qwen3_5_e2e.py", "e2e/test_minicpm_v_e2e.py",
-                 "e2e/test_gpucheck.py",
+LONGEST_FIRST = ("e2e/test_gpucheck.py", "e2e/test_eval.py", "e2e/test_vllm.py", "e2e/test_qwen3_5_e2e.py",
+                 "e2e/test_minicpm_v_e2e.py",
                  "e2e/test_scale.py",
                  "e2e/test_variants.py", "e2e/test_search.py", "e2e/test_ocr.py", "e2e/test_infer.py", "e2e/test_resume.py")
 

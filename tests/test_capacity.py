@@ -40,6 +40,16 @@ def test_32b_on_8_gpus_of_80_gb(plan_32b) -> None:
     assert "recommended: TP 2 × DP 4 (infer.tensor_parallel_size=2 infer.data_parallel_size=4)" in text
 
 
+def test_a_fixed_kv_budget_is_the_kv_cache_whatever_the_gpu(tmp_path: Path) -> None:
+    """``infer.kv_cache_memory_bytes``: vLLM allocates that many bytes a GPU without profiling; the plan's blocks are
+    that budget over a block's bytes (16 tokens x 262,144 bytes a token at TP 1 for the 32B), on every layout."""
+    cfg = compose(["+exp=lora_r8", "infer=vllm", f"infer.kv_cache_memory_bytes={8 * GIB}", f"paths.root={tmp_path}"])
+    plan = make_inference_plan(cfg)
+    for layout in plan.layouts:
+        assert layout.kv_budget_gib == 8 and layout.blocks == 8 * GIB // (16 * layout.kv_bytes_per_token), layout
+    assert "KV cache fixed at 8,589,934,592 bytes a GPU" in plan.format()
+
+
 def fake_vllm(monkeypatch: pytest.MonkeyPatch, root: Path, cache_py: str | None) -> None:
     """``import vllm`` would find a vLLM at ``root`` whose config/cache.py reads ``cache_py`` (None: no vLLM)."""
     import importlib.util

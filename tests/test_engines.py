@@ -157,6 +157,8 @@ def test_llm_kwargs_for_the_vllm_config() -> None:
     assert llm_kwargs(infer_cfg, model_cfg, max_lora_rank=12)["max_lora_rank"] == 16
     infer_cfg.gpu_memory_utilization = 0.85
     assert llm_kwargs(infer_cfg, model_cfg, 8)["gpu_memory_utilization"] == 0.85
+    infer_cfg.kv_cache_memory_bytes = 2 ** 30  # a fixed KV budget (gpu-check's parity row)
+    assert llm_kwargs(infer_cfg, model_cfg, 8)["kv_cache_memory_bytes"] == 2 ** 30
     infer_cfg.tensor_parallel_size = 4
     assert llm_kwargs(infer_cfg, model_cfg, 8)["tensor_parallel_size"] == 4
     assert llm_kwargs(infer_cfg, model_cfg, 8, model="/models/local")["model"] == "/models/local"
@@ -234,7 +236,7 @@ def test_vllm_engine_without_vllm_says_what_to_install(monkeypatch: pytest.Monke
     with pytest.raises(ImportError) as error:
         make_engine(infer_cfg, model_cfg)
     assert str(error.value) == VLLM_MISSING
-    assert "make setup" in VLLM_MISSING and "pip install -e .[vllm]" in VLLM_MISSING
+    assert "make setup" in VLLM_MISSING and "`make gpu-install`" in VLLM_MISSING
 
 
 # --- the OpenAI client against a stub server on 127.0.0.1 --------------------------------------

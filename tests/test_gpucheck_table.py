@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from patentqa.gpucheck import Check, Context, environment_check, format_table, one_model_at_a_time
+import pytest
+
+from patentqa.gpucheck import (TINY_FAMILIES, Check, Context, environment_check, family_models, format_table,
+                               one_model_at_a_time)
 
 
 def test_gpu_form_fails_on_this_cpu_machine_and_names_the_cause(tmp_path: Path) -> None:
@@ -35,3 +38,14 @@ def test_memory_rule_passes_in_turn_and_fails_on_an_overlap(tmp_path: Path) -> N
 def test_table_marks_failures_and_points_at_the_log() -> None:
     table = format_table([Check("environment", True, 1.0, "ok"), Check("sft_1_rank", False, 2.0, "exit 1", "/x.log")])
     assert "PASS" in table.splitlines()[1] and "FAIL" in table.splitlines()[2] and "log: /x.log" in table
+
+
+def test_family_rows_cover_every_family_module_by_default() -> None:
+    from patentqa.config import compose
+    from patentqa.models import FAMILIES, family_of
+
+    assert family_models(["all"]) == list(TINY_FAMILIES) and family_models([]) == []
+    covered = {family_of(compose([f"model={m}"]).model).model_type for m in TINY_FAMILIES}
+    assert covered == set(FAMILIES), covered  # a new family module needs its tiny model here
+    with pytest.raises(SystemExit, match="qwen2_5_vl_32b not among"):
+        family_models(["qwen2_5_vl_32b"])

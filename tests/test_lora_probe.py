@@ -35,6 +35,7 @@ def test_vllm_must_equal_peft_and_the_adapter_must_matter() -> None:
     assert not idle.passed and "changes nothing" in idle.detail
     tie = verdict(base, peft, [trace([1, 5], 0.2), trace([3, 9], 0.1)], peft_margin=0.2)
     assert tie.passed and tie.near_ties == 1  # a flip where both engines' top-2 gap is under 0.25 is tolerated
+    assert "(1 near-tie(s), transformers' top-2 margins 0.2)" in tie.detail  # the margin, printed
     undecided = verdict(base, peft, [trace([1, 5]), trace([3, 9], 1.5)], peft_margin=0.0)
     assert undecided.passed and undecided.near_ties == 1  # peft tied (gap 0): vLLM may be sure of either token
     assert not verdict(base, peft, [trace([1, 5]), trace([3, 9], 0.1)]).passed  # peft was sure (gap 2): a real miss

@@ -326,8 +326,10 @@ class InferencePlan:
 def plan_layouts(shape: Shape, *, gpus: int, memory_gib: float | None, utilization: float, dtype_bytes: int,
                  cache_bytes: int, max_model_len: int, max_num_seqs: int, max_new_tokens: int,
                  forms: dict[str, dict[str, float]], lora_rank: int, max_loras: int, profile_tokens: int,
-                 cpu_kv_gib: float | None = None, cpu_tp: int = 1, prefix_caching: bool = True) -> list[Layout]:
-    """One ``Layout`` per tensor-parallel size (a CPU plan: the one ``cpu_tp``); see module doc."""
+                 cpu_kv_gib: float | None = None, cpu_tp: int = 1, prefix_caching: bool = True,
+                 kv_bytes: int | None = None) -> list[Layout]:
+    """One ``Layout`` per tensor-parallel size (a CPU plan: the one ``cpu_tp``); see module doc. ``kv_bytes``: a KV
+    budget per GPU fixed by vLLM's ``kv_cache_memory_bytes`` (no profiling, no utilization)."""
     cpu = cpu_kv_gib is not None
     sizes = [cpu_tp] if cpu else [t for t in range(1, gpus + 1) if gpus % t == 0 and (t & (t - 1) == 0 or t == gpus)]
     layouts = []
@@ -336,6 +338,8 @@ def plan_layouts(shape: Shape, *, gpus: int, memory_gib: float | None, utilizati
         weights = (shape.params + max_loras * lora_params(shape, lora_rank)) * dtype_bytes / tp
         if cpu:
             budget = cpu_kv_gib * GIB
+        elif kv_bytes:
+            budget = float(kv_bytes)
         else:
             budget = (utilization * memory_gib * GIB - weights
                       - activation_bytes(shape, tp, profile_tokens, max_num_seqs, dtype_bytes) - OVERHEAD_GIB * GIB)
@@ -447,13 +451,16 @@ def make_inference_plan(cfg: DictConfig, rows_file: Path | None = None) -> Infer
         lora_rank=lora_rank, max_loras=max_loras,
         profile_tokens=int(infer.get("max_num_batched_tokens") or PROFILE_TOKENS),
         cpu_kv_gib=cpu_kv, cpu_tp=1 if tp_setting == "auto" else int(tp_setting),
-        prefix_caching=bool(infer.get("enable_prefix_caching", True)))
+        prefix_caching=bool(infer.get("enable_prefix_caching", True)), kv_bytes=infer.get("kv_cache_memory_bytes"))
     rows = sum(f["rows"] for f in forms.values()) or 1
     typical = int(sum(f["tokens"] * f["rows"] for f in forms.values()) / rows) + max_new
     notes = [note] if note else []
     if not built:
         notes.append("prompt lengths estimated for an A4 page at each form's pixel budget (the rows are not built)")
-    if memory_gib is not None:
+    if memory_gib is not None and infer.get("kv_cache_memory_bytes"):
+        notes.append(f"KV cache fixed at {int(infer.kv_cache_memory_bytes):,} bytes a GPU (infer.kv_cache_memory_bytes: "
+                     "vLLM allocates it without profiling, whatever gpu_memory_utilization says)")
+    elif memory_gib is not None:
         notes.append(f"weights include {max_loras} LoRA slot(s) of rank {lora_rank}; activations and "
                      f"{OVERHEAD_GIB:g} GiB of overhead per GPU are estimates: vLLM logs its own 'KV cache size' "
                      "at start-up")

@@ -1,6 +1,7 @@
-"""Does this vLLM apply LoRA on a hybrid model's linear-attention layers as peft does?
+"""Does this vLLM apply LoRA on a hybrid model's linear-attention layers (or any model's language model) as peft does?
 
-    python -m patentqa.infer.lora_probe [model=tiny_qwen3_5] [out=DIR]     (a row of make gpu-check)
+    python -m patentqa.infer.lora_probe [model=tiny_qwen3_5] [target=linear_attention|language] [out=DIR]
+    (rows of make gpu-check)
 
 A public report says that on GPUs vLLM's LoRA on hybrid (Gated DeltaNet) models "does not change generations vs
 base, while HF peft does" (vllm #49354). This probe answers it for the installed vLLM on this machine: an
@@ -16,6 +17,10 @@ The verdict is recorded per vLLM version and platform (``record_path``: ``PATENT
 ``~/.cache/patentqa/linear_attention_lora.json``). The vLLM engine reads it: once a probe on this vLLM and
 platform failed, it refuses adapters holding linear-attention LoRA weights (``LinearAttentionLoraError``,
 naming the modules) until a later probe passes, as it refuses vision-tower LoRA.
+
+``target=language`` puts the adapter on every linear layer of the language model (what swift's ``all-linear`` LoRA
+trains, vision tower aside) of any family: the node check's LoRA parity row of each tiny family. Its verdict is
+printed, not recorded.
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ from patentqa.tracking import write_json_atomic
 # (answers dominated by the adapter), where at reference gaps 0-0.25 vLLM was sure by 1.4-1.75. An adapter vLLM
 # drops or misapplies differs where peft is sure (the unit test's LoRA-dropped case; a negated adapter fails by far).
 NEAR_TIE = 0.5
-TARGET = "linear_attention"
+TARGETS = ("linear_attention", "language")  # the first is recorded (module doc)
 
 
 class LinearAttentionLoraError(InputError):
@@ -53,19 +58,28 @@ def linear_attention_regex(modules: tuple[str, ...]) -> str:
     return r".*language_model.*\.linear_attn\.(" + "|".join(modules) + r")$"
 
 
-def linear_attention_adapter(model_path: str, modules: tuple[str, ...], out: Path, rank: int = 8,
-                             seed: int = 0, b_scale: float = 4.0) -> Path:
-    """A peft LoRA adapter on ``modules`` of the linear-attention layers only, random A and B (peft's
-    ``init_lora_weights=False``, B times ``b_scale`` so it changes answers), saved into ``out`` with
-    ``model_path`` as its base."""
+def language_linear_regex(model: Any) -> str:
+    """peft's ``target_modules`` regex for every linear layer of the language model (by leaf name)."""
+    import torch
+
+    names = sorted({name.rsplit(".", 1)[-1] for name, m in model.model.language_model.named_modules()
+                    if isinstance(m, torch.nn.Linear)})
+    return r".*language_model\..*\.(" + "|".join(names) + r")$"
+
+
+def probe_adapter(model_path: str, modules: tuple[str, ...], out: Path, target: str = TARGETS[0], rank: int = 8,
+                  seed: int = 0, b_scale: float = 4.0) -> Path:
+    """A peft LoRA adapter on ``modules`` of the linear-attention layers only (``target=language``: on every linear
+    layer of the language model), random A and B (peft's ``init_lora_weights=False``, B times ``b_scale`` so it
+    changes answers), saved into ``out`` with ``model_path`` as its base."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=linear_attention_regex(modules),
-                        init_lora_weights=False, lora_dropout=0.0)
+    regex = language_linear_regex(model) if target == "language" else linear_attention_regex(modules)
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=regex, init_lora_weights=False, lora_dropout=0.0)
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -142,6 +156,7 @@ class ProbeResult:
     near_ties: int            # differences at a near-tie (tolerated)
     total: int
     report: dict[str, Any]
+    target: str = TARGETS[0]
 
 
 def near_ties(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -157,30 +172,36 @@ def judge(ours: dict[str, list[Any]], theirs: dict[str, list[Any]], prompts: lis
     """The verdict from transformers' (``ours``: base and adapter) and vLLM's (``theirs``: adapter) traces."""
     from patentqa.infer.parity import check_parity
 
-    report = check_parity({TARGET: ours[TARGET]}, theirs, prompts, sampling)
-    changed = sum(a.tokens != b.tokens for a, b in zip(ours["base"], ours[TARGET]))
+    target = next(name for name in ours if name != "base")
+    report = check_parity({target: ours[target]}, theirs, prompts, sampling)
+    changed = sum(a.tokens != b.tokens for a, b in zip(ours["base"], ours[target]))
     near = near_ties(report)
     hard = len(report["differences"]) - len(near)
     passed = changed > 0 and hard == 0
     detail = (f"the adapter changes {changed}/{len(prompts)} of peft's answers; vLLM equals peft on "
-              f"{report['identical']}/{report['total']}" + (f" ({len(near)} near-tie(s))" if near else "")
+              f"{report['identical']}/{report['total']}"
+              + (f" ({len(near)} near-tie(s), transformers' top-2 margins "
+                 f"{', '.join(format(c['transformers_margin'], '.3g') for c in near)})" if near else "")
               + ("" if changed else "; an adapter that changes nothing proves nothing"))
-    return ProbeResult(passed, detail, modules, changed, report["identical"], len(near), report["total"], report)
+    return ProbeResult(passed, detail, modules, changed, report["identical"], len(near), report["total"], report,
+                       target)
 
 
-def probe(cfg: Any, work: Path, max_new_tokens: int = 12) -> ProbeResult:
+def probe(cfg: Any, work: Path, max_new_tokens: int = 12, target: str = TARGETS[0]) -> ProbeResult:
     """Build the adapter, trace transformers + peft, close it, trace vLLM; the verdict (module doc)."""
     from patentqa.config import group_config
     from patentqa.infer.align import form_prompts
     from patentqa.infer.engines import make_engine
-    from patentqa.infer.engines.vllm_engine import VllmEngine, serve_dtype
+    from patentqa.infer.engines.vllm_engine import VllmEngine, adapter_keys, serve_dtype
     from patentqa.infer.parity import collect_traces
     from patentqa.infer.engine import model_dir
 
+    if target not in TARGETS:
+        raise InputError(f"target={target}: expected one of {', '.join(TARGETS)}")
     modules = family_of(cfg.model).linear_attention_lora
-    if not modules:
+    if target == "linear_attention" and not modules:
         raise InputError(f"model={cfg.model.name}: its family has no linear-attention layers to probe")
-    adapter = str(linear_attention_adapter(model_dir(cfg.model), modules, work / "adapter"))
+    adapter = str(probe_adapter(model_dir(cfg.model), modules, work / "adapter", target))
     (work / "pages").mkdir(parents=True, exist_ok=True)
     prompts = form_prompts(cfg, work / "pages")
     sampling = Sampling(max_new_tokens=max_new_tokens)
@@ -188,10 +209,12 @@ def probe(cfg: Any, work: Path, max_new_tokens: int = 12) -> ProbeResult:
     hf_cfg.dtype = serve_dtype(cfg.model)
     vllm_cfg.max_model_len, vllm_cfg.tensor_parallel_size = 4096, 1
     with closing(make_engine(hf_cfg, cfg.model)) as hf:  # one model at a time: transformers first
-        ours = collect_traces(hf, prompts, [("base", None), (TARGET, adapter)], sampling)
+        ours = collect_traces(hf, prompts, [("base", None), (target, adapter)], sampling)
     with closing(VllmEngine.from_config(vllm_cfg, cfg.model, [adapter], check_probe=False)) as vllm:
-        theirs = collect_traces(vllm, prompts, [(TARGET, adapter)], sampling)
-    return judge(ours, theirs, prompts, sampling, adapter_modules(adapter, modules))
+        theirs = collect_traces(vllm, prompts, [(target, adapter)], sampling)
+    found = adapter_modules(adapter, modules) if target == "linear_attention" else \
+        sorted({key.split(".lora_")[0].rsplit(".", 1)[-1] for key in adapter_keys(adapter)})
+    return judge(ours, theirs, prompts, sampling, found)
 
 
 def record(result: ProbeResult) -> None:
@@ -207,7 +230,8 @@ def record(result: ProbeResult) -> None:
 def format_result(result: ProbeResult) -> str:
     from patentqa.infer.parity import format_report
 
-    head = (f"linear-attention LoRA in vLLM ({', '.join(result.modules)}): "
+    what = "linear-attention" if result.target == "linear_attention" else "language-model"
+    head = (f"{what} LoRA in vLLM ({', '.join(result.modules)}): "
             f"{'PASS' if result.passed else 'FAIL'}: {result.detail}")
     return head + "\n" + format_report(result.report)
 
@@ -224,17 +248,19 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     out = next((a.split("=", 1)[1] for a in argv if a.startswith("out=")), None)
-    overrides = [a for a in argv if not a.startswith("out=")]
+    target = next((a.split("=", 1)[1] for a in argv if a.startswith("target=")), TARGETS[0])
+    overrides = [a for a in argv if not a.startswith(("out=", "target="))]
     try:
         cfg = compose(overrides if any(a.startswith("model=") for a in overrides)
                       else ["model=tiny_qwen3_5", *overrides])
         with tempfile.TemporaryDirectory(prefix="patentqa-probe-") as tmp:
             work = Path(out) if out else Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
-            result = probe(cfg, work)
+            result = probe(cfg, work, target=target)
     except InputError as error:
         return fail(error)
-    record(result)
+    if target == "linear_attention":
+        record(result)
     print(format_result(result))
     return 0 if result.passed else 1
 

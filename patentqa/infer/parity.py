@@ -157,12 +157,17 @@ class ParityArgs:
     per_form: int = 4               # dev prompts of each prompt form
     max_new_tokens: int = 16
     tensor_parallel_size: int = 1   # vLLM's; 2 on this 2-core CPU works too
+    kv_cache_gib: float = 1.0       # vLLM's KV cache, fixed (a GPU: kv_cache_memory_bytes; a CPU: its KV space), so the
+                                    # blocks it allocates can be compared with the inference plan exactly (report kv_cache)
     out: Optional[str] = None       # default RUN/eval/parity.json
 
 
-def engine_configs(cfg: DictConfig, tensor_parallel_size: int) -> tuple[DictConfig, DictConfig]:
+def engine_configs(cfg: DictConfig, tensor_parallel_size: int, kv_cache_gib: float = 1.0) -> tuple[DictConfig, DictConfig]:
     """(transformers, vllm) infer configs: the group defaults, both in the dtype vLLM serves the run's model in
-    (``serve_dtype``: its torch_dtype, or bfloat16 where vLLM takes nothing else), CPU-sized for vLLM."""
+    (``serve_dtype``: its torch_dtype, or bfloat16 where vLLM takes nothing else), CPU-sized for vLLM, its KV cache
+    fixed at ``kv_cache_gib``."""
+    import torch
+
     from patentqa.config import group_config
     from patentqa.infer.engines.vllm_engine import serve_dtype
 
@@ -171,7 +176,21 @@ def engine_configs(cfg: DictConfig, tensor_parallel_size: int) -> tuple[DictConf
     vllm = group_config("infer", "vllm")
     vllm.tensor_parallel_size = tensor_parallel_size
     vllm.max_model_len = min(int(vllm.max_model_len), 8192)
+    if torch.cuda.is_available():
+        vllm.kv_cache_memory_bytes = int(kv_cache_gib * 1024 ** 3)
+    else:
+        vllm.cpu_kvcache_gib = kv_cache_gib
     return hf, vllm
+
+
+def kv_cache_of(engine: Any) -> dict[str, int] | None:
+    """The KV cache a vLLM engine allocated (its blocks of ``block_size`` tokens); None for another engine."""
+    llm = getattr(engine, "llm", None)
+    if llm is None:
+        return None
+    cache = llm.llm_engine.vllm_config.cache_config
+    return {"blocks": int(cache.num_gpu_blocks), "block_size": int(cache.block_size),
+            "tokens": int(cache.num_gpu_blocks) * int(cache.block_size)}
 
 
 def parity_checkpoints(run_dir: Path) -> list[Checkpoint]:
@@ -195,7 +214,7 @@ def run_parity(args: ParityArgs) -> dict[str, Any]:
     cfg = OmegaConf.load(run_config_file(run_dir))  # InputError for a dir that is no training run
     picked = pick_checkpoints(parity_checkpoints(run_dir), args.checkpoints)
     adapters = [(c.path.name, str(c.path)) for c in picked if not c.full]
-    hf_cfg, vllm_cfg = engine_configs(cfg, args.tensor_parallel_size)
+    hf_cfg, vllm_cfg = engine_configs(cfg, args.tensor_parallel_size, args.kv_cache_gib)
     for _, adapter in adapters:  # an adapter vLLM would refuse: said before the data stage or any model loads
         check_tower_lora(adapter, bool(vllm_cfg.get("tower_lora", False)))
         check_linear_attention_lora(adapter, cfg.model)
@@ -207,15 +226,19 @@ def run_parity(args: ParityArgs) -> dict[str, Any]:
     groups += [(full_checkpoint_model(cfg.model, c.path), [(c.path.name, None)])
                for c in picked if c.full]
     cases: list[ParityCase] = []
+    kv_cache = None
     for model, targets in groups:  # one model alive at a time: transformers' traces first, then vLLM's
         with closing(make_engine(hf_cfg, model)) as hf:
             ours = collect_traces(hf, prompts, targets, sampling)
         with closing(make_engine(vllm_cfg, model, [adapter for _, adapter in targets if adapter])) as vllm:
             theirs = collect_traces(vllm, prompts, targets, sampling)
+            kv_cache = kv_cache or kv_cache_of(vllm)
         cases += compare_traces(ours, theirs, prompts)
     report = summarize(cases, sampling)
     report.update(run_dir=str(run_dir), prompts=len(prompts), targets=[t for _, ts in groups for t, _ in ts],
-                  full_checkpoints=sum(c.full for c in picked), tensor_parallel_size=args.tensor_parallel_size)
+                  full_checkpoints=sum(c.full for c in picked), tensor_parallel_size=args.tensor_parallel_size,
+                  kv_cache=kv_cache, vllm={k: vllm_cfg.get(k) for k in ("max_model_len", "max_num_seqs",
+                                                                         "kv_cache_memory_bytes", "cpu_kvcache_gib")})
     write_json_atomic(Path(args.out) if args.out else run_dir / "eval" / "parity.json", report)
     return report
 

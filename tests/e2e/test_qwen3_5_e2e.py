@@ -33,7 +33,7 @@ from patentqa import residency
 from patentqa.data.prompts import Prompt
 from patentqa.infer.engine import Sampling, Trace
 from patentqa.infer.engines import make_engine
-from patentqa.infer.lora_probe import linear_attention_adapter, near_ties
+from patentqa.infer.lora_probe import near_ties, probe_adapter
 from patentqa.infer.parity import check_parity, collect_traces, engine_configs, format_report
 from patentqa.models.qwen3_5 import LINEAR_ATTENTION_PROJECTIONS
 from patentqa.tracking import checkpoints, swift_log
@@ -216,8 +216,8 @@ def linear_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     projections only, random A and B, B x 4 so it matters), base path the tiny model's dir: what vLLM must apply
     exactly as peft does."""
     tiny = tiny_dir()
-    out = linear_attention_adapter(str(tiny), LINEAR_ATTENTION_PROJECTIONS,
-                                   tmp_path_factory.mktemp("linear_lora") / LINEAR_ONLY)
+    out = probe_adapter(str(tiny), LINEAR_ATTENTION_PROJECTIONS,
+                        tmp_path_factory.mktemp("linear_lora") / LINEAR_ONLY)
     config = json.loads((out / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]) == tiny, config
     return out

