@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 from benchmarks.common import BENCH, Result, load1, machine
 
-NAMES = ("render", "pipeline", "pipeline_vllm", "sweep", "rebuild", "scaling", "estimate", "ocr")
+NAMES = ("render", "pipeline", "pipeline_vllm", "sweep", "rebuild", "scaling", "estimate", "ocr", "browse")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -75,7 +75,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def runners(args: argparse.Namespace) -> dict[str, Callable[[], Result]]:
-    from benchmarks import estimate, ocr, pipeline, pipeline_vllm, rebuild, render, scaling, sweep
+    from benchmarks import browse, estimate, ocr, pipeline, pipeline_vllm, rebuild, render, scaling, sweep
 
     return {
         "render": lambda: render.run(args.repeats, args.quick, args.seed_pages),
@@ -86,6 +86,7 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[], Result]]:
         "scaling": lambda: scaling.run(args.scaling_repeats or args.repeats, args.quick),
         "estimate": lambda: estimate.run(),
         "ocr": lambda: ocr.run(args.repeats, args.quick),
+        "browse": lambda: browse.run(args.repeats, args.quick),
     }
 
 

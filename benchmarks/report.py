@@ -7,7 +7,7 @@ from pathlib import Path
 
 from benchmarks.common import Figure, Ratio, Result, fmt_bytes
 
-NUMBERED = {"render": "1", "pipeline": "2", "pipeline_vllm": "2b", "sweep": "3", "rebuild": "4", "scaling": "5", "estimate": "6", "ocr": "7"}
+NUMBERED = {"render": "1", "pipeline": "2", "pipeline_vllm": "2b", "sweep": "3", "rebuild": "4", "scaling": "5", "estimate": "6", "ocr": "7", "browse": "8"}
 
 
 def fmt_value(value: float, unit: str) -> str:

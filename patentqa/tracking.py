@@ -113,10 +113,12 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
     return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> Path:
     """Write ``data`` via a temp file in the same folder + ``os.replace``: readers never see half a file.
 
-    The one way patentqa writes files that others read (manifests, rows, caches, pages).
+    The one way patentqa writes files that others read (manifests, rows, caches, pages). ``durable=False`` skips
+    the fsync (~4 ms a file): for files derived from others and made again when missing (thumbnails), which a
+    power loss may leave empty, never half-written; their readers take an empty file for a missing one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +127,8 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
@@ -378,8 +381,12 @@ class Tracker:
         if self.enabled and not self._finished:
             self.start()._run.log({**scrub(metrics), **({STEP_KEY: step} if step is not None else {})})
 
-    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
-        """One W&B Table under its own key (e.g. the predictions of one checkpoint)."""
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], images: Sequence[str] = ()) -> None:
+        """One W&B Table under its own key (e.g. the predictions of one checkpoint), rows scrubbed; the cells of
+        the ``images`` columns are image files (or None), logged as ``wandb.Image``. wandb (0.31) keeps a table's
+        images in the run's table artifact, copied at log time into ``$WANDB_DATA_DIR/artifacts/staging``:
+        staged here inside the run's own offline dir, so the run holds its media and ``wandb sync`` of that dir
+        (on another machine too) uploads them."""
         if self.enabled and not self._finished:
             import wandb
 

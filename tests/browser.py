@@ -8,8 +8,11 @@ from __future__ import annotations
 import io
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -47,8 +50,9 @@ def require_chromium() -> None:
     assert not missing, f"{', '.join(missing)} missing: run `make browser` (apt-get install chromium chromium-driver)"
 
 
-def open_page(page: Path) -> PageCheck:
-    """Load ``page`` (a file) in headless Chromium; screenshot, image states and SEVERE console entries."""
+@contextmanager
+def chromium(page: Path) -> Iterator[Any]:
+    """A headless Chromium (Selenium driver) with ``page`` (a file) loaded from ``file://``; quit afterwards."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -62,10 +66,21 @@ def open_page(page: Path) -> PageCheck:
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         driver.get(Path(page).resolve().as_uri())  # returns once the page has loaded
-        images = driver.execute_script(IMAGES_JS)
-        errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-        shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"))
+        yield driver
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def check(driver: Any) -> PageCheck:
+    """What the driver's page shows now: screenshot, image states and SEVERE console entries so far."""
+    images = driver.execute_script(IMAGES_JS)
+    errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"))
     return PageCheck(shot, images, errors)
+
+
+def open_page(page: Path) -> PageCheck:
+    """Load ``page`` (a file) in headless Chromium; screenshot, image states and SEVERE console entries."""
+    with chromium(page) as driver:
+        return check(driver)

@@ -1,7 +1,8 @@
 """No file the session wrote holds an API key: tests/conftest.py puts a fake ``WANDB_API_KEY`` and
 ``OPENAI_API_KEY`` in the environment of the whole session, so every training run (manifests,
 config.yaml, Hydra's ``.hydra/``, ``.submitit/``, node 1's log, swift's args and logs, W&B offline
-files), every data cache and every infer/eval output the e2e tier writes is searched for them when the
+files, the media a W&B table stages inside them), every data cache (page thumbnails included) and every
+infer/eval output the e2e tier writes (reports and their question browsers) is searched for them when the
 session ends (conftest's ``pytest_sessionfinish``, in the controller once all xdist workers are done).
 These tests show that search finds a planted key and fails the session.
 """

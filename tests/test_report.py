@@ -218,7 +218,9 @@ def test_failure_counts(report: Path) -> None:
 def test_html_is_self_contained(report: Path) -> None:
     text = (report / "report.html").read_text(encoding="utf-8")
     links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", text, flags=re.I)
-    assert len(links) == 3 and all(link.startswith("data:image/png;base64,") for link in links)
+    plots = [link for link in links if link.startswith("data:image/png;base64,")]
+    assert len(plots) == 3 and [link for link in links if link not in plots] == ["browse/index.html"]
+    assert (report / "browse" / "index.html").is_file()  # the one link: the question browser beside the report
     assert "<link" not in text and "<script" not in text and "url(" not in text and "@import" not in text
     assert "Fixture report" in text and PLANTED_WRONG in text and "<table>" in text
 

@@ -4,8 +4,8 @@ A document is a list of blocks, built by the report's and the study's sections:
 
     ("h", level, text) | ("p", text) | ("ul", items) | ("table", header, rows) | ("img", file, alt, png)
 
-Text may hold ``**bold**`` and ```code``` (Markdown's own); the HTML template turns them into tags
-after escaping. Plots are PNG bytes: beside the Markdown as files, inside the HTML as data URIs.
+Text may hold ``**bold**``, ```code``` and ``[a link](to/a/file)`` (Markdown's own); the HTML template turns
+them into tags after escaping. Plots are PNG bytes: beside the Markdown as files, inside the HTML as data URIs.
 """
 from __future__ import annotations
 
@@ -85,9 +85,10 @@ def to_markdown(blocks: list[Block]) -> str:
 # ---------------------------------------------------------------- HTML (Jinja2)
 
 def _inline(text: Any) -> Markup:
-    """Escaped text with ``**bold**``, ```code``` and line breaks as tags."""
+    """Escaped text with ``**bold**``, ```code```, ``[links](relative/path)`` and line breaks as tags."""
     text = html.escape(str(text)).replace("\n", "<br>")
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\[([^\]]+)\]\(([\w./-]+)\)", r'<a href="\2">\1</a>', text)  # a file beside the page
     return Markup(re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text))
 
 
@@ -100,6 +101,11 @@ def _environment() -> jinja2.Environment:
 
 
 _ENV = _environment()
+
+
+def render_template(name: str, **context: Any) -> str:
+    """A template of ``templates/`` rendered with ``context`` (autoescaped; undefined names fail)."""
+    return _ENV.get_template(name).render(**context)
 
 
 def _named(block: Block) -> dict[str, Any]:

@@ -6,7 +6,8 @@
 Reads what the sweep left in each run dir (``patentqa.eval.runs``); runs no model and scores
 nothing anew. Sections (``patentqa.eval.sections``, ``patentqa.eval.study``) build document blocks;
 ``patentqa.eval.render`` writes them as ``out/report.md`` and ``out/report.html`` (a Jinja2
-template: inline CSS, plots as data URIs) beside the PNGs and ``out/report.json`` (the numbers).
+template: inline CSS, plots as data URIs) beside the PNGs and ``out/report.json`` (the numbers), and
+``patentqa.eval.browse`` the question browser ``out/browse/index.html``, which the report links.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
@@ -49,6 +50,7 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
     recall_blocks, recall_numbers = sections.recall_section(loaded)
     study_blocks, study_numbers = study_section(loaded, resamples)
     curve_blocks, curve_points = grpo_blocks(loaded)
+    link_blocks, browse_numbers = browse_blocks(loaded, base_run, Path(out), title)
     per_kind: list[Block] = [("img", "composite_per_kind.png", "composite per kind",
                               plots.plot_per_kind(entries, kinds))] if kinds else []
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -57,7 +59,7 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
         ("p", f"Generated {now} by `patentqa.eval.report` from each run's `eval/sweep.json`. Baseline: "
               f"**{base_run.label}**. Every number names its split: checkpoints are chosen on **dev** and "
               f"reported on **test**."),
-        *sections.provenance(loaded), *sections.main_table(entries, metrics), *study_blocks,
+        *link_blocks, *sections.provenance(loaded), *sections.main_table(entries, metrics), *study_blocks,
         ("img", "composite_by_run.png", "composite per run with 95% CI", plots.plot_composite_bars(entries)),
         *paired_blocks, *kinds_blocks, *recall_blocks, *per_kind,
         ("h", 2, "Dev curves: every checkpoint on dev"),
@@ -73,8 +75,27 @@ def build_report(runs: list[Path], baseline: Path, out: Path, title: str | None 
         "main": [{"label": e["label"], "split": e["split"], "checkpoint": e["scored"].checkpoint,
                   "n": len(e["scored"].rows), "metrics": e["stats"]} for e in entries],
         "paired_vs_baseline": paired_numbers, "failures": failure_numbers, "recall_table": recall_numbers,
-        "study": study_numbers, "grpo_curves": curve_points})
+        "study": study_numbers, "grpo_curves": curve_points, "browse": browse_numbers})
     return path
+
+
+def browse_blocks(runs: list[Run], baseline: Run, out: Path, title: str) -> tuple[list[Block], dict[str, Any]]:
+    """The question browser beside the report (``out/browse/``) and the line that links it; a browser that
+    cannot be written is one error line, and the report goes on without it."""
+    from patentqa.eval.browse import build_browse  # the data stage's page cache (pymupdf): only when reporting
+
+    split = baseline.main.split
+    try:
+        browse = build_browse(runs, baseline, out / "browse", split, f"Question browser: {title}")
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: question browser not written: {error}", file=sys.stderr)
+        return [], {}
+    problems = f"; {len(browse.problems)} problem(s) listed in it" if browse.problems else ""
+    return [("p", f"**Question browser**: [every {split} question beside the pages its prompt showed and each "
+                  f"run's answer](browse/index.html) (`browse/index.html`: {browse.questions} questions, filters "
+                  f"and search; opens from the folder, no server{problems}).")], \
+        {"index": "browse/index.html", "split": split, "questions": browse.questions, "columns": browse.columns,
+         "problems": browse.problems}
 
 
 def grpo_blocks(runs: list[Run]) -> tuple[list[Block], dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from patentqa.data.build import DatasetBuild, build_dataset
 from patentqa.data.corpus import DataError, Question
 from patentqa.eval.aggregate import headline
 from patentqa.eval.metrics import configure_bertscore
+from patentqa.eval.browse import shown_pages
 from patentqa.eval.runs import BASE
 from patentqa.eval.score import score_file
+from patentqa.eval.thumbnails import thumbnails
 from patentqa.infer.engine import Engine
 from patentqa.infer.engines import full_checkpoint_model, make_engine
 from patentqa.infer.pipeline import PipelineSettings, answer_questions
@@ -119,19 +122,42 @@ def evaluate(cfg: DictConfig, build: DatasetBuild, engines: Engines, questions: 
     return record | {"cached": False}
 
 
-def _log(tracker: Tracker | None, record: dict[str, Any]) -> None:
-    """Metrics against the global step, one W&B table per checkpoint, predictions as an artifact."""
+def _log(tracker: Tracker | None, record: dict[str, Any], pages: Mapping[tuple[str, int], Path] | None = None,
+         cache_dir: Path | None = None) -> None:
+    """Metrics against the global step, one W&B table per checkpoint (``table_rows``: with the asked page's
+    thumbnail from the page cache ``pages`` under ``cache_dir``), predictions as an artifact."""
     if tracker is None or not tracker.enabled or record.get("cached"):
         return
     split, name = record["split"], record["checkpoint"]
     metrics = {f"{split}/{k}": v for k, v in record["headline"].items() if v is not None}
     tracker.log(metrics, step=record["step"])
-    rows = read_jsonl(record["scores_file"])
-    questions = {r["id"]: r["question"] for r in read_jsonl(record["predictions"])}
-    tracker.log_table(f"{split}_predictions/{name}", ["id", "question", "kind", "gold", "prediction", "char_f1", "composite"],
-                      [[r.get("id"), questions.get(r.get("id")), r.get("kind"), r["answer"], r["prediction"],
-                        r["scores"].get("char_f1"), r["scores"].get("composite")] for r in rows])
+    tracker.log_table(f"{split}_predictions/{name}", TABLE_COLUMNS,
+                      table_rows(read_jsonl(record["scores_file"]), read_jsonl(record["predictions"]), pages or {},
+                                 cache_dir), images=["asked page"])
     tracker.log_artifact(record["predictions"], name=f"predictions-{split}-{name}", type="predictions")
+
+
+TABLE_COLUMNS = ["id", "question", "kind", "document", "asked page", "retrieved pages", "gold", "prediction",
+                 "char_f1", "composite"]
+
+
+def table_rows(scores: list[dict[str, Any]], predictions: list[dict[str, Any]],
+               pages: Mapping[tuple[str, int], Path], cache_dir: Path | None) -> list[list[Any]]:
+    """One checkpoint's W&B predictions table (``TABLE_COLUMNS``): each answer with its question, the asked page's
+    thumbnail file (made once, ``patentqa.eval.thumbnails``; None for a whole-patent question or without the
+    page cache) and the retrieved pages its prompt showed."""
+    records = {r["id"]: r for r in predictions}
+    shown = {key: shown_pages(record) for key, record in records.items()}
+    asked = {key: pages.get((records[key]["document"], page)) for key, (page, _) in shown.items() if page is not None}
+    thumbs = thumbnails([p for p in asked.values() if p], cache_dir, progress=False).paths if cache_dir else {}
+    rows = []
+    for row in scores:
+        key, record = row.get("id"), records.get(row.get("id"), {})
+        retrieved = shown.get(key, (None, []))[1]
+        rows.append([key, record.get("question"), row.get("kind"), record.get("document"), thumbs.get(asked.get(key)),
+                     ", ".join(map(str, retrieved)), row["answer"], row["prediction"], row["scores"].get("char_f1"),
+                     row["scores"].get("composite")])
+    return rows
 
 
 def evaluate_baseline(cfg: DictConfig, build: DatasetBuild, questions: list[Question], split: str, name: str,
@@ -190,6 +216,7 @@ def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None,
     dev, test = build.questions["dev"], build.questions["test"]
     key, out_root = eval_key(cfg, build), run_dir / "eval"
     select = cfg.eval.select_by
+    page_cache = (build.pages.paths, Path(cfg.paths.cache_dir))  # the W&B tables' page thumbnails come from it
     targets: list[tuple[str, Checkpoint | None]] = [(c.path.name, c) for c in found]
     if cfg.eval.include_base:
         targets.insert(0, (BASE, None))
@@ -199,14 +226,14 @@ def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None,
         results[name] = evaluate_baseline(cfg, build, dev, "dev", name, out_root)
         if test:
             on_test[name] = evaluate_baseline(cfg, build, test, "test", name, out_root)
-        _log(tracker, results[name])
+        _log(tracker, results[name], *page_cache)
         print(f"dev  {name:>16}: {select} = {results[name]['headline'].get(select):.4f} (baseline)")
     best_name = None
     if targets:
         with Engines(cfg, [str(c.path) for _, c in targets if c is not None and not c.full]) as engines:
             for name, checkpoint in targets:
                 results[name] = evaluate(cfg, build, engines, dev, "dev", name, checkpoint, out_root, key)
-                _log(tracker, results[name])
+                _log(tracker, results[name], *page_cache)
                 print(f"dev  {name:>16}: {select} = {results[name]['headline'].get(select):.4f}"
                       + (" (cached)" if results[name]["cached"] else ""))
             candidates = [n for n, _ in targets if n != BASE] or [BASE]  # no checkpoints: the base model is all there is
@@ -215,7 +242,7 @@ def sweep(cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None,
                                          + ([(BASE, None)] if cfg.eval.include_base else [])).items():
                 if test:
                     on_test[name] = evaluate(cfg, build, engines, test, "test", name, checkpoint, out_root, key)
-                    _log(tracker, on_test[name])
+                    _log(tracker, on_test[name], *page_cache)
     else:  # baselines only
         best_name = max(baselines, key=lambda n: results[n]["headline"].get(select) or 0.0)
     best = dict(targets).get(best_name)

@@ -71,6 +71,27 @@ def test_report_is_written_and_no_file_holds_the_key(swept) -> None:
             assert FAKE_KEY.encode() not in path.read_bytes(), path
 
 
+def test_the_report_links_its_question_browser_and_the_wandb_tables_hold_the_asked_pages(swept) -> None:
+    """make run's report: the question browser beside it (every test question, the best checkpoint against the
+    untuned model, thumbnails from the run's page cache, pages hard-linked), linked from report.html; the sweep's
+    W&B predictions tables hold the asked page's thumbnail, staged inside the run's own offline dir."""
+    from test_tracking import of, wandb_records
+
+    _, run_dir, _ = swept
+    report = run_dir / "report"
+    assert 'href="browse/index.html"' in (report / "report.html").read_text(encoding="utf-8")
+    browse = json.loads((report / "report.json").read_text())["browse"]
+    sweep = json.loads((run_dir / "eval" / "sweep.json").read_text())
+    assert browse["questions"] == sweep["test_split_size"] and browse["problems"] == [], browse
+    assert browse["columns"] == ["smoke (base model)", f"smoke ({sweep['best']['name']})"]
+    thumbs, pages = list((report / "browse" / "thumbs").iterdir()), list((report / "browse" / "pages").iterdir())
+    assert thumbs and len(pages) >= len(thumbs) and all(p.stat().st_nlink >= 2 for p in pages)  # cache's files
+    images = [entry for path in run_dir.glob("wandb/offline-run-*/run-*.wandb")
+              for artifact in of(wandb_records(path), "artifact") if artifact.type == "run_table"
+              for entry in artifact.manifest.contents if entry.path.startswith("media/images/")]
+    assert images and all(Path(e.local_path).is_relative_to(run_dir) and Path(e.local_path).is_file() for e in images)
+
+
 def test_every_checkpoint_is_scored_on_dev_and_the_best_on_test(swept) -> None:
     _, run_dir, result = swept
     report = json.loads((run_dir / "eval" / "sweep.json").read_text())
