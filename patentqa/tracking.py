@@ -1,4 +1,4 @@
-"""Run manifest, secret scrubbing and one W&B run per job (train and eval; no patentqa imports).
+"""Run manifest, secret scrubbing and one W&B run per job (train and eval; of patentqa, imports preemption only).
 
 Parent and ``swift sft`` child share one W&B run, one writer at a time, in *segments* of the
 same id: the parent opens one (config); ``Tracker.handoff()`` closes it and yields ``env()``
@@ -7,6 +7,8 @@ for the child, whose transformers ``WandbCallback`` resumes the id (``WANDB_RUN_
 exit code. Offline, each segment is a ``<run_dir>/wandb/offline-run-<time>-<id>[-N]`` dir and
 ``wandb sync <run_dir>/wandb/offline-run-*`` uploads them, in start order, into one run.
 ``log(metrics, step=N)`` puts N in ``train/global_step`` (the HF x-axis), not in ``_step``.
+A job interrupted to be requeued (``preemption.JobInterrupted``) leaves its run open, neither finished nor
+failed: the requeued job resumes the same id.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from patentqa.preemption import JobInterrupted
 
 PACKAGES = ("patentqa", "ms-swift", "transformers", "peft", "torch", "torchvision", "deepspeed",
             "wandb", "hydra-core", "omegaconf", "pymupdf", "qwen-vl-utils", "vllm")
@@ -252,13 +256,23 @@ def checkpoint_kind(path: str | os.PathLike) -> str | None:
 
 
 def checkpoints(swift_dir: str | os.PathLike) -> list[Checkpoint]:
-    """Complete checkpoints (with trainer_state.json) under swift's output dir, by step."""
+    """Complete checkpoints under swift's output dir, by step: those with a whole trainer_state.json, the file
+    transformers' Trainer writes after the weights, optimizer and RNG states (a kill while saving leaves none, or
+    half of one)."""
     found = []
     for path in Path(swift_dir).glob("v*/checkpoint-*"):
         match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and path.is_dir() and (path / "trainer_state.json").is_file():
+        if match and path.is_dir() and _whole_json(path / "trainer_state.json"):
             found.append(Checkpoint(path, int(match.group(1))))
     return sorted(found, key=lambda c: (c.step, str(c.path)))
+
+
+def _whole_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def swift_log(swift_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -367,14 +381,20 @@ class Tracker:
 
     @contextmanager
     def handoff(self) -> Iterator[dict[str, str]]:
-        """Pause, yield :meth:`env` for a child process, resume afterwards (also on errors)."""
+        """Pause, yield :meth:`env` for a child process, resume afterwards (also on errors, but not when the job
+        is interrupted to be requeued: the requeued job resumes the run)."""
         self.pause()
         self._handed_off = True
+        interrupted = False
         try:
             yield self.env()
+        except JobInterrupted:
+            interrupted = True
+            raise
         finally:
             self._handed_off = False
-            self.start()
+            if not interrupted:
+                self.start()
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log metrics; ``step`` is the training global step (``train/global_step``), not ``_step``."""
@@ -390,7 +410,19 @@ class Tracker:
         if self.enabled and not self._finished:
             import wandb
 
-            self.start()._run.log({key: wandb.Table(columns=columns, data=scrub(rows))})
+            run = self.start()._run
+            at = {columns.index(name) for name in images}
+            data = [[wandb.Image(str(cell)) if i in at and cell else cell for i, cell in enumerate(row)]
+                    for row in scrub(rows)]
+            saved = os.environ.get("WANDB_DATA_DIR")
+            os.environ["WANDB_DATA_DIR"] = str(Path(run.dir).parent)  # <run_dir>/wandb/<offline-run-...>/
+            try:
+                run.log({key: wandb.Table(columns=columns, data=data)})
+            finally:
+                if saved is None:
+                    os.environ.pop("WANDB_DATA_DIR", None)
+                else:
+                    os.environ["WANDB_DATA_DIR"] = saved
 
     def log_artifact(self, path: str | os.PathLike, *, name: str, type: str) -> None:
         """A file as a W&B artifact (e.g. a predictions.jsonl)."""
@@ -421,4 +453,7 @@ class Tracker:
         return self.start()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None and issubclass(exc_type, JobInterrupted):
+            self.pause()  # neither finished nor failed: the requeued (or resumed) job continues this run
+            return
         self.finish(1 if exc_type is not None else 0)

@@ -94,7 +94,7 @@ def files_holding(roots: list[Path], secrets: list[str]) -> list[str]:
 # the suite does not end waiting on one long file; files not named keep their collection order after these.
 LONGEST_FIRST = ("e2e/test_gpucheck.py", "e2e/test_eval.py", "e2e/test_vllm.py", "e2e/test_qwen3_5_e2e.py",
                  "e2e/test_minicpm_v_e2e.py",
-                 "e2e/test_scale.py",
+                 "e2e/test_scale.py", "e2e/test_preemption.py",
                  "e2e/test_variants.py", "e2e/test_search.py", "e2e/test_ocr.py", "e2e/test_infer.py", "e2e/test_resume.py")
 
 
@@ -211,19 +211,26 @@ def adapters(tiny_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     return a, b
 
 
+def smoke_run_overrides(root: Path, model: str = "tiny_qwen3_vl") -> list[str]:
+    """The overrides of ``smoke_run_cfg`` (also what a CLI run of the same training is given)."""
+    from patentqa.config import compose
+
+    tiny = cache_root() / "tiny"
+    path = compose([f"model={model}", f"paths.cache_dir={tiny.parent}"]).model.path  # cache_dir/tiny/<family dir>
+    return ["+exp=smoke", f"model={model}", f"paths.root={root}", f"paths.cache_dir={root}/cache",
+            f"model.path={path}", f"model.embedder_path={tiny}/qwen2_vl_gme", "retrieval=none",
+            "data.synth.n_docs=6", "logger=none", "train.max_steps=4", "train.save_steps=2",
+            "train.eval_steps=2", "train.learning_rate=2e-2", "train.lora_rank=8", "train.lora_alpha=32",
+            "eval.after_train=false"]
+
+
 def smoke_run_cfg(root: Path, model: str = "tiny_qwen3_vl") -> Any:
     """+exp=smoke model=``model`` (a tiny family: tiny_qwen3_vl, tiny_qwen2_vl), 4 LoRA steps saved at 2 and 4
     (retrieval=none, 6 documents) under ``root``; r8 at lr 2e-2 like ``adapters``: 4 steps visibly change the model
     (vLLM parity asserts the adapters matter)."""
     from patentqa.config import compose
 
-    tiny = cache_root() / "tiny"
-    path = compose([f"model={model}", f"paths.cache_dir={tiny.parent}"]).model.path  # cache_dir/tiny/<family dir>
-    return compose(["+exp=smoke", f"model={model}", f"paths.root={root}", f"paths.cache_dir={root}/cache",
-                    f"model.path={path}", f"model.embedder_path={tiny}/qwen2_vl_gme", "retrieval=none",
-                    "data.synth.n_docs=6", "logger=none", "train.max_steps=4", "train.save_steps=2",
-                    "train.eval_steps=2", "train.learning_rate=2e-2", "train.lora_rank=8", "train.lora_alpha=32",
-                    "eval.after_train=false"])
+    return compose(smoke_run_overrides(root, model))
 
 
 def smoke_run(tmp_path_factory: pytest.TempPathFactory, model: str) -> tuple[Any, SimpleNamespace]:

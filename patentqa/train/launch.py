@@ -10,6 +10,7 @@ from typing import Mapping
 
 from omegaconf import DictConfig
 
+from patentqa import preemption
 from patentqa.models import family_of
 from patentqa.tracking import swift_log
 
@@ -67,12 +68,15 @@ def child_env(launch: dict[str, str], extra: dict[str, str],
 
 
 def run_streaming(argv: list[str], env: dict[str, str], log_path: Path, tail: int = 40) -> tuple[int, list[str]]:
-    """Run ``argv`` (no shell), echo its output to the console and ``log_path``; (exit code, last lines)."""
+    """Run ``argv`` (no shell), echo its output to the console and ``log_path``; (exit code, last lines).
+    A preemption signal, or any exception here, ends the child and everything it started at once
+    (``preemption.guard``): no ``swift``, torchrun or rank outlives this call."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     last: deque[str] = deque(maxlen=tail)
     with open(log_path, "a", encoding="utf-8", buffering=1) as log, \
             subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             encoding="utf-8", errors="replace", bufsize=1) as process:
+                             encoding="utf-8", errors="replace", bufsize=1) as process, \
+            preemption.guard(process):
         assert process.stdout is not None
         for line in process.stdout:
             sys.stdout.write(line)

@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from patentqa import preemption
 from patentqa.tracking import write_json_atomic
 # MergeError lives beside the check (loading its prompts raises it too) and is this module's error as well
 from patentqa.train.equivalence import (Equivalence, MergeError, check_equivalence, load_prompts,
@@ -94,11 +95,12 @@ def export_argv(checkpoint: Path, output_dir: Path) -> list[str]:
 
 
 def run_streamed(argv: list[str], env: dict[str, str], log: Path, tail_lines: int = 60) -> None:
-    """Run ``argv`` (no shell), echo its output live, keep it in ``log``; raise MergeError on failure."""
+    """Run ``argv`` (no shell), echo its output live, keep it in ``log``; raise MergeError on failure. A preemption
+    signal or an exception ends the child at once (``preemption.guard``)."""
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-    with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", bufsize=1)
+    with open(log, "w", encoding="utf-8") as out, \
+            subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             errors="replace", bufsize=1) as proc, preemption.guard(proc):
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stdout.write(line)

@@ -10,13 +10,14 @@ import re
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from patentqa import residency
+from patentqa import preemption, residency
 from patentqa.data.build import build_dataset, dataset_dir
 from patentqa.data.corpus import DataError
 from patentqa.config import world_size
@@ -71,6 +72,40 @@ def find_resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Checkpoint, dict[
     return checkpoint, manifest
 
 
+def requeued_run(run_dir: Path) -> dict[str, Any] | None:
+    """This run dir's manifest when this job is a requeue of the job that wrote it (preempted or at its time
+    limit: the same scheduler job id, ``preemption.job_id``), else None. Hydra's submitit launcher runs a requeued
+    job in the same run dir, so what it finds there is its own run, never another one."""
+    job = preemption.job_id()
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if job is not None and (manifest.get("job") or {}).get("id") == job else None
+
+
+def continuation(cfg: DictConfig, run_dir: Path) -> tuple[tuple[Checkpoint, dict[str, Any]] | None,
+                                                            dict[str, Any] | None]:
+    """(the checkpoint to resume from and its run's manifest, this run dir's manifest if the job is requeued).
+    A requeued job continues its own run, from its last complete checkpoint (or the start), with no flag;
+    ``resume=true`` continues the latest earlier run of the experiment (``find_resume_point``)."""
+    requeued = requeued_run(run_dir)
+    if requeued is not None:
+        found = checkpoints(run_dir / "swift")
+        return ((found[-1], requeued) if found else None), requeued
+    return (find_resume_point(cfg, run_dir) if cfg.resume else None), None
+
+
+@contextmanager
+def interruption_recorded(manifest_path: Path) -> Iterator[None]:
+    """An interrupted job's manifest says so (state ``interrupted`` and the signal); the exception goes on."""
+    try:
+        yield
+    except preemption.JobInterrupted as stop:
+        update_manifest(manifest_path, state="interrupted", interrupted_by=stop.signal)
+        raise
+
+
 def node_rank(cfg: DictConfig) -> int:
     """This node's rank in a multi-node job (0 when the launcher has none)."""
     return int(cfg.launcher.get("node_rank") or 0)
@@ -123,11 +158,13 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
             data_dir = build.out_dir
         else:
             data_dir = wait_for_rank0(cfg, run_dir)
-    resume = find_resume_point(cfg, run_dir) if cfg.resume else None
+    resume, requeued = continuation(cfg, run_dir)
+    earlier = resume[1] if resume else requeued  # the run whose W&B run goes on
+    trained = requeued is not None and requeued.get("exit_code") == 0  # requeued after swift finished: sweep only
     train_file, start = data_dir / "train.jsonl", None
     if grpo.is_grpo(cfg):  # GRPO starts from the SFT run's best checkpoint, merged: model.path becomes that model
         # a resumed GRPO run keeps the SFT run its checkpoints grew from, even when a newer one exists now
-        started = ((resume[1].get("init_from") or {}).get("run") if resume else None)
+        started = ((earlier.get("init_from") or {}).get("run") if earlier else None)
         sft = Path(started) if started else grpo.sft_run(cfg)
         if sft is None and cfg.dry_run:
             print(f"dry run: experiment {cfg.train.init_from} has no swept run of model={cfg.model.name} yet: a real run "
@@ -140,16 +177,20 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
     config = scrub(OmegaConf.to_container(cfg, resolve=True))
     if rank == 0:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)), encoding="utf-8")
-    if cfg.resume:
+    if requeued is not None:
+        print(f"requeued job {requeued['job']['id']}: " + ("training finished before; evaluating what is missing"
+              if trained else f"continuing this run from {resume[0].path} (step {resume[0].step})" if resume
+              else "no complete checkpoint yet; training again from the start"), flush=True)
+    elif cfg.resume:
         print(f"resume: continuing from {resume[0].path} (step {resume[0].step})" if resume else
               f"resume: no earlier checkpoint of experiment '{cfg.name}' under {cfg.paths.runs_dir}; starting fresh")
     tracker = Tracker(OmegaConf.to_container(cfg.logger, resolve=True) if rank == 0 else None, run_dir=run_dir,
                       name=cfg.name, group=group or cfg.name, tags=list(cfg.tags), config=config,
-                      run_id=((resume[1].get("wandb") or {}).get("id") if resume else None))
+                      run_id=((earlier.get("wandb") or {}).get("id") if earlier else None))
     args = swift_args.render(cfg, train_file, data_dir / "dev.jsonl", run_dir / "swift",
                              report_to="wandb" if tracker.enabled else "none",
                              model_path=swift_args.model_for_swift(cfg))
-    if resume:
+    if resume and not trained:
         args["resume_from_checkpoint"] = str(resume[0].path)
     launch = {**launch_env(cfg), **(grpo.reward_spec(cfg).to_env() if grpo.is_grpo(cfg) else {})}
     if rank == 0:
@@ -163,6 +204,8 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
         return result
     log_path = run_dir / "logs" / (f"swift_{command_name}.log" if rank == 0 else f"swift_{command_name}.node{rank}.log")
     if rank > 0:
+        if trained:
+            return result
         result.exit_code, tail = run_streaming(command, child_env(launch, {}), log_path)
         if result.exit_code != 0:
             raise TrainFailed(f"node {rank}: swift {command_name} exited with status {result.exit_code}\nlast lines:\n"
@@ -178,10 +221,15 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
                     **_split_checks(data_dir / "manifest.json")},
         "seeds": {"seed": cfg.seed, "data_seed": cfg.seed}, "wandb": tracker.info(),
         "init_from": start.record() if start is not None else None,
-        "resumed_from": str(resume[0].path) if resume else None}))
+        "resumed_from": str(resume[0].path) if resume else None,
+        "job": {"id": preemption.job_id(), "requeues": requeued["job"].get("requeues", 0) + 1 if requeued else 0},
+        **({k: requeued.get(k) for k in ("exit_code", "summary", "resumed_from")} if trained else {})}))
     started = time.perf_counter()
-    with tracker:
-        if cfg.train.enabled:
+    with preemption.guard(), tracker, interruption_recorded(manifest_path):
+        if trained:
+            print("swift already finished in this job before it was requeued: not run again")
+            result.exit_code, tail = 0, []
+        elif cfg.train.enabled:
             # swift's trainer logs into this same W&B run; no model of ours may be alive meanwhile (GME released)
             with tracker.handoff() as wandb_env, residency.holding(f"swift {command_name}", str(cfg.model.path)):
                 result.exit_code, tail = run_streaming(command, child_env(launch, wandb_env), log_path)
@@ -189,7 +237,8 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> TrainResu
             print("train.enabled=false: no swift sft run (the base model is what gets evaluated)")
             result.exit_code, tail = 0, []
         result.checkpoints = checkpoints(run_dir / "swift")
-        result.summary = run_summary(cfg, run_dir, log_path, wall_seconds=time.perf_counter() - started)
+        result.summary = (requeued.get("summary") if trained else None) or run_summary(
+            cfg, run_dir, log_path, wall_seconds=time.perf_counter() - started)
         failed = result.exit_code != 0
         cause = next((line for line in reversed(tail) if re.search(r"\w(Error|Exception)\b", line)), None)
         update_manifest(manifest_path, state="failed" if failed else "succeeded", exit_code=result.exit_code,
