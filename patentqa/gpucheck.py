@@ -211,6 +211,11 @@ def sft_check(ranks: int) -> Callable[[Context], tuple[bool, str, Path]]:
     return check
 
 
+def one_gpu(ctx: Context) -> dict[str, str]:
+    """The environment of a check that runs on one GPU (the first)."""
+    return {"CUDA_VISIBLE_DEVICES": "0"} if ctx.form == "gpu" else {}
+
+
 def parity_check(ctx: Context) -> tuple[bool, str, Path]:
     run = ctx.runs.get("sft_1")
     if run is None or not checkpoints_made(run):
@@ -218,8 +223,8 @@ def parity_check(ctx: Context) -> tuple[bool, str, Path]:
     if ctx.residency_log.exists():
         ctx.residency_log.unlink()
     argv = [sys.executable, "-m", "patentqa.infer.parity", f"run_dir={run}", "checkpoints=1", "per_form=1",
-            "max_new_tokens=8"]
-    code, log = run_command(ctx, "parity_vllm_lora", argv, {"CUDA_VISIBLE_DEVICES": "0"} if ctx.form == "gpu" else {})
+            "max_new_tokens=8", "kv_cache_gib=1"]  # a fixed KV cache: its blocks compare with the plan exactly
+    code, log = run_command(ctx, "parity_vllm_lora", argv, one_gpu(ctx))
     report = run / "eval" / "parity.json"
     if not report.is_file():
         return False, f"exit {code}, no {report}; {last_line(log)}", log
@@ -256,19 +261,17 @@ def kv_cache_as_planned(run: Path, parity: dict[str, Any]) -> tuple[bool, str]:
                 f"{'=' if ok else '!='} plan {planned['blocks']:,} of {planned['block_size']}")
 
 
-def linear_attention_lora_check(ctx: Context) -> tuple[bool, str, Path]:
-    """The linear-attention LoRA probe on the tiny Qwen3.5 (one GPU); its verdict line is the detail."""
-    argv = [sys.executable, "-m", "patentqa.infer.lora_probe", "model=tiny_qwen3_5", f"out={ctx.out / 'probe'}",
-            f"paths.root={ctx.out}"]
-    code, log = run_command(ctx, "linear_attention_lora", argv,
-                            {"CUDA_VISIBLE_DEVICES": "0"} if ctx.form == "gpu" else {})
-    verdict = next((line for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
-                    if line.startswith("linear-attention LoRA in vLLM")), None)
-    return code == 0 and verdict is not None, (verdict or f"exit {code}; {last_line(log)}")[:400], log
-
-
-def one_gpu(ctx: Context) -> dict[str, str]:
-    return {"CUDA_VISIBLE_DEVICES": "0"} if ctx.form == "gpu" else {}
+def probe_check(name: str, model: str, target: str, out: str) -> Callable[[Context], tuple[bool, str, Path]]:
+    """``patentqa.infer.lora_probe`` on one GPU: vLLM + LoRA against transformers + peft for an adapter on
+    ``target`` (linear_attention | language) of the tiny ``model``; its verdict line is the detail."""
+    def check(ctx: Context) -> tuple[bool, str, Path]:
+        argv = [sys.executable, "-m", "patentqa.infer.lora_probe", f"model={model}", f"target={target}",
+                f"out={ctx.out / out}", f"paths.root={ctx.out}"]
+        code, log = run_command(ctx, name, argv, one_gpu(ctx))
+        verdict = next((line for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+                        if " LoRA in vLLM (" in line), None)
+        return code == 0 and verdict is not None, (verdict or f"exit {code}; {last_line(log)}")[:400], log
+    return check
 
 
 def align_check(model: str) -> Callable[[Context], tuple[bool, str, Path]]:
@@ -277,18 +280,6 @@ def align_check(model: str) -> Callable[[Context], tuple[bool, str, Path]]:
         argv = [sys.executable, "-m", "patentqa.infer.align", "+exp=smoke", f"model={model}", f"paths.root={ctx.out}"]
         code, log = run_command(ctx, f"align_{model}", argv, one_gpu(ctx))
         return code == 0, f"exit {code}; {last_line(log)}", log
-    return check
-
-
-def lora_parity_check(model: str) -> Callable[[Context], tuple[bool, str, Path]]:
-    """The LoRA probe with ``target=language`` on a tiny family: vLLM + LoRA equals transformers + peft."""
-    def check(ctx: Context) -> tuple[bool, str, Path]:
-        argv = [sys.executable, "-m", "patentqa.infer.lora_probe", f"model={model}", "target=language",
-                f"out={ctx.out / 'lora_parity' / model}", f"paths.root={ctx.out}"]
-        code, log = run_command(ctx, f"lora_parity_{model}", argv, one_gpu(ctx))
-        verdict = next((line for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
-                        if line.startswith("language-model LoRA in vLLM")), None)
-        return code == 0 and verdict is not None, (verdict or f"exit {code}; {last_line(log)}")[:400], log
     return check
 
 
@@ -354,9 +345,10 @@ def run_checks(args: GpuCheckArgs) -> list[Check]:
         ("sft_1_rank", sft_check(1)),
         (f"sft_zero3_{ranks}_ranks", sft_check(ranks)),
         ("parity_vllm_lora", parity_check),
-        ("linear_attention_lora", linear_attention_lora_check),
+        ("linear_attention_lora", probe_check("linear_attention_lora", "tiny_qwen3_5", "linear_attention", "probe")),
         *[(f"align_{m}", align_check(m)) for m in models],
-        *[(f"lora_parity_{m}", lora_parity_check(m)) for m in models if m != SFT_MODEL],  # parity_vllm_lora's
+        *[(f"lora_parity_{m}", probe_check(f"lora_parity_{m}", m, "language", f"lora_parity/{m}"))
+          for m in models if m != SFT_MODEL],  # SFT_MODEL's: parity_vllm_lora
         *([("grpo_vllm_colocate", grpo_check)] if args.grpo else []),
         ("one_model_at_a_time", memory_rule_check),
     ]

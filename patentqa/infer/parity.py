@@ -157,15 +157,17 @@ class ParityArgs:
     per_form: int = 4               # dev prompts of each prompt form
     max_new_tokens: int = 16
     tensor_parallel_size: int = 1   # vLLM's; 2 on this 2-core CPU works too
-    kv_cache_gib: float = 1.0       # vLLM's KV cache, fixed (a GPU: kv_cache_memory_bytes; a CPU: its KV space), so the
-                                    # blocks it allocates can be compared with the inference plan exactly (report kv_cache)
+    kv_cache_gib: Optional[float] = None  # vLLM's KV cache fixed at this (a GPU: kv_cache_memory_bytes; a CPU: its KV
+                                    # space), so the blocks it allocates (report kv_cache) compare with the inference
+                                    # plan exactly (gpu-check: 1); None: vLLM sizes it (a 32B run needs > 1 GiB for 8k)
     out: Optional[str] = None       # default RUN/eval/parity.json
 
 
-def engine_configs(cfg: DictConfig, tensor_parallel_size: int, kv_cache_gib: float = 1.0) -> tuple[DictConfig, DictConfig]:
+def engine_configs(cfg: DictConfig, tensor_parallel_size: int,
+                   kv_cache_gib: float | None = None) -> tuple[DictConfig, DictConfig]:
     """(transformers, vllm) infer configs: the group defaults, both in the dtype vLLM serves the run's model in
     (``serve_dtype``: its torch_dtype, or bfloat16 where vLLM takes nothing else), CPU-sized for vLLM, its KV cache
-    fixed at ``kv_cache_gib``."""
+    fixed at ``kv_cache_gib`` when given."""
     import torch
 
     from patentqa.config import group_config
@@ -176,9 +178,9 @@ def engine_configs(cfg: DictConfig, tensor_parallel_size: int, kv_cache_gib: flo
     vllm = group_config("infer", "vllm")
     vllm.tensor_parallel_size = tensor_parallel_size
     vllm.max_model_len = min(int(vllm.max_model_len), 8192)
-    if torch.cuda.is_available():
+    if kv_cache_gib is not None and torch.cuda.is_available():
         vllm.kv_cache_memory_bytes = int(kv_cache_gib * 1024 ** 3)
-    else:
+    elif kv_cache_gib is not None:
         vllm.cpu_kvcache_gib = kv_cache_gib
     return hf, vllm
 
