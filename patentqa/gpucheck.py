@@ -200,15 +200,20 @@ def sft_check(ranks: int) -> Callable[[Context], tuple[bool, str, Path]]:
     def check(ctx: Context) -> tuple[bool, str, Path]:
         argv, env = sft_command(ctx, ranks)
         code, log = run_command(ctx, f"sft_{ranks}", argv, env)
-        made = checkpoints_made(ctx.runs[f"sft_{ranks}"])
-        summary = run_summary_of(ctx.runs[f"sft_{ranks}"])
-        world, apart = summary.get("swift_world_size"), bool(summary.get("ranks_trained_apart"))
-        ok = code == 0 and len(made) >= ctx.steps and world == ranks and not apart
-        detail = (f"exit {code}, world size {world}, checkpoints {made}"
-                  + ("; the ranks trained apart (no gradient all-reduce)" if apart else "")
-                  + ("" if ok else f"; {last_line(log)}"))
-        return ok, detail, log
+        ok, detail = training_verdict(ctx.runs[f"sft_{ranks}"], code, ranks, ctx.steps)
+        return ok, detail + ("" if ok else f"; {last_line(log)}"), log
     return check
+
+
+def training_verdict(run_dir: Path, code: int, ranks: int, steps: int) -> tuple[bool, str]:
+    """A training row passes on exit 0, ``steps`` checkpoints, and the world size swift logged equal to ``ranks``
+    with no rank that trained alone (the run manifest's summary)."""
+    made = checkpoints_made(run_dir)
+    summary = run_summary_of(run_dir)
+    world, apart = summary.get("swift_world_size"), bool(summary.get("ranks_trained_apart"))
+    ok = code == 0 and len(made) >= steps and world == ranks and not apart
+    return ok, (f"exit {code}, world size {world}, checkpoints {made}"
+                + ("; the ranks trained apart (no gradient all-reduce)" if apart else ""))
 
 
 def one_gpu(ctx: Context) -> dict[str, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from patentqa.gpucheck import (TINY_FAMILIES, Check, Context, environment_check, family_models, format_table,
-                               one_model_at_a_time)
+                               one_model_at_a_time, training_verdict)
 
 
 def test_gpu_form_fails_on_this_cpu_machine_and_names_the_cause(tmp_path: Path) -> None:
@@ -49,3 +49,26 @@ def test_family_rows_cover_every_family_module_by_default() -> None:
     assert covered == set(FAMILIES), covered  # a new family module needs its tiny model here
     with pytest.raises(SystemExit, match="qwen2_5_vl_32b not among"):
         family_models(["qwen2_5_vl_32b"])
+
+
+def planted_run(run_dir: Path, summary: dict, checkpoints: int = 2) -> Path:
+    """A training run's traces as ``patentqa.train`` leaves them: checkpoints and the manifest's summary."""
+    for step in range(1, checkpoints + 1):
+        (run_dir / "swift" / "v0-x" / f"checkpoint-{step}").mkdir(parents=True)
+        (run_dir / "swift" / "v0-x" / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (run_dir / "manifest.json").write_text(json.dumps({"summary": summary}))
+    return run_dir
+
+
+@pytest.mark.parametrize("summary, checkpoints, code, passed, says", [
+    ({"swift_world_size": 2}, 2, 0, True, "world size 2, checkpoints ['checkpoint-1', 'checkpoint-2']"),
+    ({"swift_world_size": 2, "ranks_trained_apart": True}, 2, 0, False, "the ranks trained apart"),
+    ({"swift_world_size": 1}, 2, 0, False, "world size 1"),  # one rank where two were asked
+    ({}, 2, 0, False, "world size None"),                     # no manifest summary: nothing shows it was one job
+    ({"swift_world_size": 2}, 1, 0, False, "checkpoints ['checkpoint-1']"),
+    ({"swift_world_size": 2}, 2, 1, False, "exit 1"),
+])
+def test_training_row_needs_one_job_of_its_ranks(tmp_path: Path, summary: dict, checkpoints: int, code: int,
+                                                 passed: bool, says: str) -> None:
+    ok, detail = training_verdict(planted_run(tmp_path / "run", summary, checkpoints), code, ranks=2, steps=2)
+    assert ok is passed and says in detail, detail
