@@ -13,13 +13,13 @@ The prompts it runs on: ``load_prompts`` (the first K of an evaluation JSONL) or
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from patentqa import residency
 from patentqa.data.prompts import PageImage, Prompt, PromptConfig, build_prompt, prompt_from_json
 from patentqa.infer.engines.transformers_engine import resolve_device
 
@@ -183,15 +183,6 @@ def _generate(model: Any, batches: list[Any], generation_config: Any, stop: set[
     return _Run(tokens=tokens, step_logits=step_logits)
 
 
-def _release_memory() -> None:
-    """Return freed model memory (call after dropping the last reference to a model)."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _input_diffs(a: Any, b: Any) -> list[str]:
     """Keys of two encoded batches that differ (missing, shape or values)."""
     keys = sorted(set(a.keys()) | set(b.keys()))
@@ -286,25 +277,25 @@ def check_equivalence(base_path: str | Path, adapter_dir: Path, merged_dir: Path
     timings = {"encode_s": time.perf_counter() - start}
 
     tick = time.perf_counter()
-    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base_path, **load),
-                                      str(adapter_dir)).eval()
-    timings["load_adapter_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    adapter = _generate(model, batches, greedy, stop)
-    timings["generate_adapter_s"] = time.perf_counter() - tick
-    with model.disable_adapter():  # the base model's first step: how much the adapter changes
-        base = _generate(model, batches, _one_step(greedy), stop)
-    del model  # one model in memory at a time
-    _release_memory()
+    with residency.holding("transformers", str(adapter_dir)):  # one model in memory at a time, each released
+        model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base_path, **load),
+                                          str(adapter_dir)).eval()
+        timings["load_adapter_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        adapter = _generate(model, batches, greedy, stop)
+        timings["generate_adapter_s"] = time.perf_counter() - tick
+        with model.disable_adapter():  # the base model's first step: how much the adapter changes
+            base = _generate(model, batches, _one_step(greedy), stop)
+        del model
 
     tick = time.perf_counter()
-    model = AutoModelForImageTextToText.from_pretrained(merged_dir, **load).eval()
-    timings["load_merged_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    merged = _generate(model, batches, greedy, stop)
-    timings["generate_merged_s"] = time.perf_counter() - tick
-    del model
-    _release_memory()
+    with residency.holding("transformers", str(merged_dir)):
+        model = AutoModelForImageTextToText.from_pretrained(merged_dir, **load).eval()
+        timings["load_merged_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        merged = _generate(model, batches, greedy, stop)
+        timings["generate_merged_s"] = time.perf_counter() - tick
+        del model
 
     results, prefix_diff = _compare(adapter, merged, base, processor.tokenizer.decode)
     logit_scale = float(adapter.step_logits[0].abs().max())

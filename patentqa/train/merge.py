@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from patentqa import preemption
+from patentqa import preemption, residency
 from patentqa.tracking import write_json_atomic
 # MergeError lives beside the check (loading its prompts raises it too) and is this module's error as well
 from patentqa.train.equivalence import (Equivalence, MergeError, check_equivalence, load_prompts,
@@ -119,7 +119,8 @@ def export_merged(checkpoint: Path, merged_dir: Path) -> list[str]:
     argv = export_argv(checkpoint, partial)
     print(f"[merge] {' '.join(argv)}", flush=True)
     try:
-        run_streamed(argv, export_env(), log)
+        with residency.holding("swift export", str(checkpoint)):  # swift loads base + adapter in its process
+            run_streamed(argv, export_env(), log)
         if not (partial / "config.json").is_file():
             raise MergeError(f"swift export finished but wrote no config.json into {partial}; log {log}")
         shutil.move(str(log), partial / "export.log")

@@ -52,11 +52,14 @@ def test_cpu_form_runs_every_check_and_passes(tmp_path: Path) -> None:
     verdicts = json.loads((tmp_path / "probe.json").read_text())
     assert [v["passed"] for v in verdicts.values()] == [True], verdicts
     events = [json.loads(line) for line in (tmp_path / "residency.jsonl").read_text().splitlines()]
-    # the parity check's, the two probes' transformers then vLLM, the GRPO row's sweep (transformers) then swift rlhf:
-    # each released before the next
-    in_turn = [("load", "transformers"), ("release", "transformers"), ("load", "vllm"), ("release", "vllm")]
-    assert [(e["event"], e["kind"]) for e in events] == in_turn * 3 + [
-        ("load", "transformers"), ("release", "transformers"), ("load", "swift rlhf"), ("release", "swift rlhf")], events
+    # the parity check's, the two probes' transformers then vLLM; the GRPO row's sweep (transformers), the merge of its
+    # best checkpoint (swift export, then the equivalence check's base + adapter and merged model), swift rlhf: each
+    # released before the next
+    kinds = [e["kind"] for e in events[::2]]
+    assert [(e["event"], e["kind"]) for e in events] == [(event, kind) for kind in kinds for event in ("load", "release")]
+    assert kinds == ["transformers", "vllm"] * 3 + [
+        "transformers", "swift export", "transformers", "transformers", "swift rlhf"], events
     names = [Path(e["name"]).name for e in events[::2]]
-    assert names[:-1] == ["qwen2_5_vl"] * 2 + ["qwen3_5"] * 2 + ["qwen2_vl"] * 2 + ["qwen2_5_vl"], events
-    assert re.fullmatch(r"checkpoint-[12]-merged", names[-1]), names  # GRPO's policy: the SFT run's best, merged
+    assert names[:7] == ["qwen2_5_vl"] * 2 + ["qwen3_5"] * 2 + ["qwen2_vl"] * 2 + ["qwen2_5_vl"], events
+    best = names[7]  # GRPO's policy: the SFT run's best checkpoint, merged
+    assert re.fullmatch(r"checkpoint-[12]", best) and names[7:] == [best, best, f"{best}-merged", f"{best}-merged"], names

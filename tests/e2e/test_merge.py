@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from patentqa import residency
 from patentqa.data.prompts import prompt_to_json
 from patentqa.train import equivalence as check, merge
 from patentqa.train.equivalence import synthetic_prompts
@@ -42,8 +43,23 @@ def checkpoint(adapters: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 def merged(checkpoint: Path) -> MergeReport:
-    """The first merge of ``checkpoint`` (real `swift export`) and its equivalence report."""
-    return merge_checkpoint(checkpoint, k=8, max_new_tokens=8, min_new_tokens=4)
+    """The first merge of ``checkpoint`` (real `swift export`) and its equivalence report; its model loads recorded in
+    ``residency.jsonl`` beside the run."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(residency.LOG_ENV, str(checkpoint.parent / "residency.jsonl"))
+        return merge_checkpoint(checkpoint, k=8, max_new_tokens=8, min_new_tokens=4)
+
+
+@pytest.mark.e2e
+def test_the_merge_holds_one_model_at_a_time(checkpoint: Path, merged: MergeReport) -> None:
+    """swift export (base + adapter in its process), then the check's base + adapter, then the merged model: each
+    recorded and released before the next (on a node the 32B merge and its check never hold two models)."""
+    events = residency.read_log(checkpoint.parent / "residency.jsonl")
+    assert [(e["event"], e["kind"], e["name"]) for e in events] == [
+        (event, kind, str(name)) for kind, name in [("swift export", checkpoint), ("transformers", checkpoint),
+                                                    ("transformers", Path(merged.merged_dir))]
+        for event in ("load", "release")], events
+    assert all(e["alive"] == [f"{e['kind']}:{e['name']}"] for e in events if e["event"] == "load"), events
 
 
 @pytest.mark.e2e
