@@ -164,6 +164,19 @@ def test_llm_kwargs_for_the_vllm_config() -> None:
     assert llm_kwargs(infer_cfg, model_cfg, 8, model="/models/local")["model"] == "/models/local"
 
 
+def test_the_model_runs_eagerly_on_a_cpu_and_compiled_on_a_gpu() -> None:
+    """enforce_eager: auto is eager on vLLM's CPU platform (its compile costs ~30 s a start there) and vLLM's own
+    default on a GPU (compiled, CUDA graphs: not passed at all); a set value holds on both."""
+    infer_cfg = OmegaConf.load(REPO / "conf/infer/vllm.yaml")
+    model_cfg = OmegaConf.load(REPO / "conf/model/qwen2_5_vl_32b.yaml")
+    assert infer_cfg.enforce_eager == "auto"
+    assert llm_kwargs(infer_cfg, model_cfg, 8, cpu=True)["enforce_eager"] is True
+    assert "enforce_eager" not in llm_kwargs(infer_cfg, model_cfg, 8, cpu=False)
+    for value in (True, False):
+        infer_cfg.enforce_eager = value
+        assert [llm_kwargs(infer_cfg, model_cfg, 8, cpu=cpu)["enforce_eager"] for cpu in (True, False)] == [value] * 2
+
+
 def test_cpu_env_binds_one_core_set_per_tensor_parallel_worker() -> None:
     assert cpu_env(1, 2, environ={}) == {"VLLM_CPU_KVCACHE_SPACE": "2"}
     assert cpu_env(2, 4, environ={}, cpus=[0, 1]) == {"VLLM_CPU_KVCACHE_SPACE": "4", "VLLM_CPU_OMP_THREADS_BIND": "0|1"}

