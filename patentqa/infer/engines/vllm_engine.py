@@ -259,9 +259,10 @@ class VllmEngine:
         from vllm.platforms import current_platform
 
         require_gpu(model_cfg, cfg_get(model_cfg, "device"), stage="vLLM engine", vllm_platform=current_platform)
+        cpu = current_platform.is_cpu()
         kwargs = llm_kwargs(infer_cfg, model_cfg, served_lora_rank(cfg_get(infer_cfg, "max_lora_rank"), adapters),
-                            model_dir(model_cfg), cpu=current_platform.is_cpu())
-        if current_platform.is_cpu():
+                            model_dir(model_cfg), cpu=cpu)
+        if cpu:
             os.environ.update(cpu_env(kwargs["tensor_parallel_size"], int(cfg_get(infer_cfg, "cpu_kvcache_gib", 2))))
         processor = AutoProcessor.from_pretrained(kwargs["model"])
         with residency.loading("vllm", kwargs["model"]) as held:  # no other model may be alive
